@@ -1,0 +1,512 @@
+"""Threshold schedulers: the ISTA core.
+
+Training with ``w = S_d(theta)`` (straight-through) and a threshold that moves from ``d_t`` to
+``d_{t+1}`` between optimizer steps is one ISTA step on ``L(w) + lambda_t ||w||_1`` with
+
+    lambda_t = (d_{t+1} - d_t) / eta_t + wd * d_t
+
+(``eta_t``: the learning rate of step t, ``wd``: weight decay applied to ``theta``). Every
+scheduler here is therefore a schedule of L1 coefficients, and reports the one it implied in
+``l1_coefficient``.
+
+Protocol, for every scheduler: build it after ``sparsify(model)`` and the optimizer; call
+``step()`` once after every ``optimizer.step()`` (after the LR scheduler's step is fine: the LR a
+step really used is recorded by an optimizer hook). The clock is the global optimizer step
+``last_step``; on resume, build it as for a fresh run, then ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import schedules
+from .learning_rates import param_group_of, simulate_learning_rates
+from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, check_threshold
+from .sparsify import PrunedLayer, pruned_layers
+
+THRESHOLD_SCHEDULERS: dict[str, type[ThresholdScheduler]] = {}
+
+
+def register_threshold_scheduler(name: str) -> Callable[[type], type]:
+    """Class decorator adding a scheduler to the registry under ``name``."""
+    def add(cls: type) -> type:
+        if name in THRESHOLD_SCHEDULERS:
+            raise ValueError(f"threshold scheduler {name!r} is already registered")
+        THRESHOLD_SCHEDULERS[name] = cls
+        cls.name = name
+        return cls
+    return add
+
+
+def build_threshold_scheduler(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                              **kwargs: Any) -> ThresholdScheduler:
+    """Build the registered scheduler ``name``; unknown names and keywords list the valid ones."""
+    if name not in THRESHOLD_SCHEDULERS:
+        raise ValueError(f"unknown threshold scheduler {name!r}; valid names: {', '.join(sorted(THRESHOLD_SCHEDULERS))}")
+    cls = THRESHOLD_SCHEDULERS[name]
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "optimizer")]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise TypeError(f"threshold scheduler {name!r} got unknown argument(s) {unknown}; valid: {', '.join(valid)}")
+    return cls(model, optimizer, **kwargs)
+
+
+class ThresholdScheduler:
+    """Base class. Subclasses implement :meth:`_advance` (and extend the state if needed).
+
+    Attributes:
+        threshold: current global threshold d (weight units).
+        l1_coefficient: implied lambda of the last step, ``delta d / lr + wd * d``.
+        last_step: optimizer steps completed (the clock; identical on every DDP rank).
+        start_step: the threshold stays at its initial value before this step.
+    """
+
+    name = "base"
+    parametrization_type: type[PruningParametrization] = SoftThreshold
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, start_step: int = 0):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.layers: list[PrunedLayer] = pruned_layers(model, self.parametrization_type)
+        if not self.layers:
+            raise ValueError(
+                f"the {self.name!r} scheduler needs weights with a {self.parametrization_type.__name__} "
+                f"parametrization; call snn_stp.sparsify(model, rule={self._expected_rule()!r}) first")
+        self.optimizer = optimizer
+        self.group_index = param_group_of(optimizer, [(layer.name, layer.theta) for layer in self.layers])
+        self.start_step = _non_negative_int(start_step, "start_step")
+        self.last_step = 0
+        self.threshold = 0.0
+        self.l1_coefficient = 0.0
+        self._pending_lr = self.lr
+        # The LR of the step about to run, read at optimizer.step() time: correct whether the
+        # training loop steps the LR scheduler before or after this scheduler.
+        self._hook = optimizer.register_step_pre_hook(self._record_lr)
+
+    # -- learning rate ---------------------------------------------------------------------
+    @property
+    def group(self) -> dict:
+        return self.optimizer.param_groups[self.group_index]
+
+    @property
+    def lr(self) -> float:
+        return float(self.group["lr"])
+
+    @property
+    def weight_decay(self) -> float:
+        return float(self.group.get("weight_decay", 0.0) or 0.0)
+
+    def _record_lr(self, optimizer, args, kwargs) -> None:
+        self._pending_lr = self.lr
+
+    # -- stepping --------------------------------------------------------------------------
+    def step(self) -> None:
+        """Advance one optimizer step: update d, ``l1_coefficient`` and the model's thresholds."""
+        lr = self._pending_lr
+        old = self.threshold
+        self.threshold, delta = self._advance(lr)
+        self.last_step += 1
+        self.l1_coefficient = self._implied_l1(delta, lr, old)
+        self._apply()
+        self._pending_lr = self.lr
+
+    def _advance(self, lr: float) -> tuple[float, float]:
+        """``(new threshold, increment)`` for the step with index ``self.last_step`` that used ``lr``."""
+        raise NotImplementedError
+
+    def _implied_l1(self, delta: float, lr: float, old: float) -> float:
+        if delta == 0.0:
+            ratio = 0.0
+        else:
+            ratio = delta / lr if lr > 0 else math.copysign(math.inf, delta)
+        return ratio + self.weight_decay * old
+
+    def _apply(self) -> None:
+        """Write the current threshold into every pruned layer's buffer."""
+        for layer in self.layers:
+            layer.parametrization.threshold.fill_(self.threshold)
+
+    def layer_thresholds(self) -> dict[str, float]:
+        """The effective threshold of each pruned layer (global d times its multiplier)."""
+        return {layer.name: float(layer.parametrization.effective_threshold()) for layer in self.layers}
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "last_step": self.last_step, "threshold": self.threshold,
+                "l1_coefficient": self.l1_coefficient, "pending_lr": self._pending_lr,
+                "start_step": self.start_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"state of a {state['name']!r} scheduler cannot be loaded into {self.name!r}")
+        self.last_step = int(state["last_step"])
+        self.threshold = float(state["threshold"])
+        self.l1_coefficient = float(state["l1_coefficient"])
+        self._pending_lr = float(state["pending_lr"])
+        self.start_step = int(state["start_step"])
+        self._apply()
+
+    def close(self) -> None:
+        """Remove the optimizer hook (the scheduler stops tracking learning rates)."""
+        self._hook.remove()
+
+    def _expected_rule(self) -> str:
+        return {SoftThreshold: "ste", FixedSignReLU: "gradr", MagnitudeMask: "magnitude"}[self.parametrization_type]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(step={self.last_step}, threshold={self.threshold:.6g}, "
+                f"l1_coefficient={self.l1_coefficient:.6g})")
+
+
+class ShapedThreshold(ThresholdScheduler):
+    """``d_t = D * f(x)``, ``x = (t - t0) / (T - t0)`` clamped to [0, 1], for a shape ``f``."""
+
+    def __init__(self, model, optimizer, *, final_threshold: float, total_steps: int, start_step: int = 0):
+        super().__init__(model, optimizer, start_step=start_step)
+        check_threshold(final_threshold, "final_threshold")
+        self.final_threshold = float(final_threshold)
+        self.total_steps = _positive_int(total_steps, "total_steps")
+        if self.total_steps <= self.start_step:
+            raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
+        self.threshold = self.threshold_at(0)
+        self._apply()
+
+    def fraction(self, step: int) -> float:
+        x = (step - self.start_step) / (self.total_steps - self.start_step)
+        return min(max(x, 0.0), 1.0)
+
+    def shape(self, x: float) -> float:
+        raise NotImplementedError
+
+    def threshold_at(self, step: int) -> float:
+        """d after ``step`` optimizer steps."""
+        return self.final_threshold * self.shape(self.fraction(step))
+
+    def _advance(self, lr: float) -> tuple[float, float]:
+        new = self.threshold_at(self.last_step + 1)
+        return new, new - self.threshold
+
+
+@register_threshold_scheduler("slats")
+class SLATS(ShapedThreshold):
+    """Simplified LATS, ``f(x) = x + sin(pi x) / pi``: constant lambda ``2D / (T eta_0)`` under a
+    cosine LR with no warm-up."""
+
+    def shape(self, x: float) -> float:
+        return schedules.slats(x)
+
+
+@register_threshold_scheduler("pgh")
+class PGH(ShapedThreshold):
+    """Proximal gradient homotopy: implied lambda ~ ``beta^x`` under a cosine LR (beta < 1 prunes early)."""
+
+    def __init__(self, model, optimizer, *, final_threshold: float, total_steps: int, beta: float,
+                 start_step: int = 0):
+        schedules.check_beta(beta)
+        self.beta = float(beta)
+        super().__init__(model, optimizer, final_threshold=final_threshold, total_steps=total_steps,
+                         start_step=start_step)
+
+    def shape(self, x: float) -> float:
+        return schedules.pgh(x, self.beta)
+
+
+@register_threshold_scheduler("sine")
+class Sine(ShapedThreshold):
+    """STDS sine schedule ``(1 - cos(pi x)) / 2``."""
+
+    def shape(self, x: float) -> float:
+        return schedules.sine(x)
+
+
+@register_threshold_scheduler("linear")
+class Linear(ShapedThreshold):
+    """STDS linear schedule ``f(x) = x``."""
+
+    def shape(self, x: float) -> float:
+        return schedules.linear(x)
+
+
+@register_threshold_scheduler("lats_epoch")
+class LATSEpoch(ShapedThreshold):
+    """The reference code's per-epoch LATS: constant lambda for a cosine LR stepped per epoch.
+
+    Needs ``(total_steps - start_step)`` to be a whole number of epochs of ``steps_per_epoch``.
+    """
+
+    def __init__(self, model, optimizer, *, final_threshold: float, total_steps: int, steps_per_epoch: int,
+                 start_step: int = 0):
+        self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
+        epochs, rest = divmod(total_steps - start_step, self.steps_per_epoch)
+        if rest or epochs < 1:
+            raise ValueError(f"lats_epoch needs whole epochs: total_steps - start_step = {total_steps - start_step} "
+                             f"is not a positive multiple of steps_per_epoch = {steps_per_epoch}")
+        self.epochs = epochs
+        super().__init__(model, optimizer, final_threshold=final_threshold, total_steps=total_steps,
+                         start_step=start_step)
+
+    def threshold_at(self, step: int) -> float:
+        relative = min(max(step - self.start_step, 0), self.total_steps - self.start_step)
+        return self.final_threshold * schedules.lats_epoch(relative, self.steps_per_epoch, self.epochs)
+
+
+@register_threshold_scheduler("fixed")
+class Fixed(ThresholdScheduler):
+    """Pruning at initialization: ``d = D`` from step 0 (pair with ``sparsify(init="inverse")``).
+
+    The schedule implies no L1 term; weight decay ``wd`` on theta makes it a constant ``wd * D``
+    (the fixed points are the elastic-net solution).
+    """
+
+    def __init__(self, model, optimizer, *, final_threshold: float):
+        super().__init__(model, optimizer, start_step=0)
+        check_threshold(final_threshold, "final_threshold")
+        self.final_threshold = float(final_threshold)
+        self.threshold = self.final_threshold
+        self.l1_coefficient = self.weight_decay * self.threshold
+        self._apply()
+
+    def _advance(self, lr: float) -> tuple[float, float]:
+        return self.threshold, 0.0
+
+
+@register_threshold_scheduler("lats")
+class LATS(ThresholdScheduler):
+    """Exact LATS: each step raises d by ``l1 * eta_t``, the learning rate that step really used.
+
+    The implied lambda is then constant for any LR schedule and optimizer (warm-up included),
+    which is what makes the run ISTA on one fixed objective. Give either ``l1`` (lambda) or
+    ``final_threshold`` (D); with D, lambda = D / (sum of the LRs of the pruning steps), the sum
+    taken from ``lr_sum`` or by simulating a copy of ``lr_scheduler`` over ``total_steps``
+    (a constant LR if there is no LR scheduler).
+
+    Args:
+        lr_step_interval: ``"step"`` or ``"epoch"``: how often the loop steps ``lr_scheduler``
+            (``"epoch"`` needs ``steps_per_epoch``). Only used for the simulation.
+    """
+
+    def __init__(self, model, optimizer, *, l1: float | None = None, final_threshold: float | None = None,
+                 total_steps: int | None = None, lr_scheduler=None, lr_sum: float | None = None,
+                 steps_per_epoch: int | None = None, lr_step_interval: str = "step", start_step: int = 0):
+        super().__init__(model, optimizer, start_step=start_step)
+        if (l1 is None) == (final_threshold is None):
+            raise ValueError("lats needs exactly one of l1 (lambda) or final_threshold (D)")
+        if l1 is not None:
+            check_threshold(l1, "l1")
+            self.l1 = float(l1)
+            self.lr_sum = None
+        else:
+            check_threshold(final_threshold, "final_threshold")
+            if lr_sum is None:
+                if total_steps is None:
+                    raise ValueError("lats with final_threshold needs total_steps (to simulate the LR "
+                                     "schedule) or lr_sum (the sum of the LRs of all pruning steps)")
+                total = _positive_int(total_steps, "total_steps")
+                if total <= self.start_step:
+                    raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
+                lrs = simulate_learning_rates(optimizer, lr_scheduler, total, self.group_index,
+                                              lr_step_interval, steps_per_epoch)
+                lr_sum = math.fsum(lrs[self.start_step:])
+            if not lr_sum > 0:
+                raise ValueError(f"the learning rates of the pruning steps sum to {lr_sum}; lats needs a positive sum")
+            self.lr_sum = float(lr_sum)
+            self.l1 = float(final_threshold) / self.lr_sum
+        self._apply()
+
+    def _advance(self, lr: float) -> tuple[float, float]:
+        # The increment is l1 * lr exactly (not recovered by a subtraction), so the reported
+        # lambda is exact even when lr is tiny next to d.
+        delta = self.l1 * lr if self.last_step >= self.start_step else 0.0
+        return self.threshold + delta, delta
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "l1": self.l1, "lr_sum": self.lr_sum}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.l1 = float(state["l1"])
+        self.lr_sum = state["lr_sum"]
+        super().load_state_dict(state)
+
+
+@register_threshold_scheduler("str")
+class STR(ThresholdScheduler):
+    """Soft Threshold Reparameterization: per-layer trainable ``d = sigmoid(s)`` (exact rule).
+
+    Nothing is scheduled: the optimizer moves ``s`` (weight decay on ``s`` pulls it toward 0,
+    raising d). This scheduler observes: ``threshold`` is the mean per-layer d, and
+    ``l1_coefficient`` the mean over layers of ``delta d / lr + wd * d``. Needs
+    ``sparsify(model, rule="exact", trainable_threshold_init=s0)`` and ``s`` in the optimizer.
+    """
+
+    def __init__(self, model, optimizer, *, start_step: int = 0):
+        super().__init__(model, optimizer, start_step=start_step)
+        fixed = [layer.name for layer in self.layers if not layer.parametrization.trainable]
+        if fixed:
+            raise ValueError(f"str needs trainable thresholds; layers {fixed[:5]} have a scheduled one: "
+                             "sparsify(model, rule='exact', trainable_threshold_init=s0)")
+        logits = {id(layer.parametrization.threshold_logit) for layer in self.layers}
+        groups = [g for g in optimizer.param_groups if any(id(q) in logits for q in g["params"])]
+        held = {id(q) for g in groups for q in g["params"]}
+        if logits - held:
+            raise ValueError("the optimizer does not update the STR threshold logits; build it from model.parameters()")
+        if not any(g.get("weight_decay", 0.0) for g in groups):
+            warnings.warn("STR without weight decay on the threshold logits: only the loss gradient moves d, "
+                          "which lowers it; STR's sparsity comes from weight decay on s", stacklevel=2)
+        self._layer_d = self._current()
+        self.threshold = _mean(self._layer_d)
+
+    def _current(self) -> list[float]:
+        return [float(layer.parametrization.effective_threshold()) for layer in self.layers]
+
+    def step(self) -> None:
+        lr = self._pending_lr
+        new = self._current()
+        l1 = [self._implied_l1(n - o, lr, o) for n, o in zip(new, self._layer_d)]
+        self.last_step += 1
+        self._layer_d = new
+        self.threshold = _mean(new)
+        self.l1_coefficient = _mean(l1)
+        self._pending_lr = self.lr
+
+    def _apply(self) -> None:
+        pass  # the thresholds are model parameters
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "layer_thresholds": list(self._layer_d)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._layer_d = [float(v) for v in state["layer_thresholds"]]
+
+
+@register_threshold_scheduler("gradr")
+class GradR(ThresholdScheduler):
+    """Grad R's prior, applied after every optimizer step (needs ``sparsify(rule="gradr")``).
+
+    ``theta -= alpha * lr / (1 - beta1^t) * sign(theta - mu)`` with ``mu = ln(2 (1 - s)) / alpha``:
+    a Laplace prior centred at ``mu`` that leaves a fraction ``s`` of ``theta`` below 0 (pruned).
+    ``beta1`` is Adam's first moment decay (bias correction 1 for SGD). Reported
+    ``l1_coefficient`` is ``alpha`` while active; ``threshold`` is 0 (Grad R prunes at theta < 0).
+    """
+
+    parametrization_type = FixedSignReLU
+
+    def __init__(self, model, optimizer, *, alpha: float, target_sparsity: float, start_step: int = 0):
+        super().__init__(model, optimizer, start_step=start_step)
+        if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
+            raise ValueError(f"gradr needs alpha > 0 (prior strength), got {alpha!r}")
+        if not (isinstance(target_sparsity, (int, float)) and 0 <= target_sparsity < 1):
+            raise ValueError(f"gradr needs 0 <= target_sparsity < 1, got {target_sparsity!r}")
+        self.alpha = float(alpha)
+        self.target_sparsity = float(target_sparsity)
+        self.mu = math.log(2 * (1 - self.target_sparsity)) / self.alpha
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr = self._pending_lr
+        t = self.last_step + 1
+        active = self.last_step >= self.start_step
+        if active:
+            betas = self.group.get("betas")
+            correction = 1.0 - betas[0] ** t if betas else 1.0
+            scale = self.alpha * lr / correction
+            for layer in self.layers:
+                theta = layer.theta
+                theta.sub_(torch.sign(theta - self.mu), alpha=scale)
+        self.last_step = t
+        self.l1_coefficient = self.alpha if active else 0.0
+        self._pending_lr = self.lr
+
+    def _apply(self) -> None:
+        pass  # no threshold: theta < 0 is pruned
+
+
+@register_threshold_scheduler("gmp")
+class GMP(ThresholdScheduler):
+    """Gradual magnitude pruning baseline (needs ``sparsify(rule="magnitude")``); not an L1 method.
+
+    At every epoch boundary each layer's mask keeps its largest ``|w|`` so that the layer's
+    sparsity is ``s_f (1 - (1 - (e - e0) / (e_end - e0))^3)`` (the reference formula with last
+    pruning epoch ``e_end - 1``): ``e0 = start_step // steps_per_epoch``, ``e_end = end_step //
+    steps_per_epoch`` (``end_step`` defaults to ``total_steps``, so the final weights have exactly
+    ``s_f``). ``threshold`` reports the mean per-layer magnitude cut; ``l1_coefficient`` is 0.
+    """
+
+    parametrization_type = MagnitudeMask
+
+    def __init__(self, model, optimizer, *, final_sparsity: float, steps_per_epoch: int, total_steps: int,
+                 start_step: int = 0, end_step: int | None = None):
+        super().__init__(model, optimizer, start_step=start_step)
+        if not (isinstance(final_sparsity, (int, float)) and 0 <= final_sparsity < 1):
+            raise ValueError(f"gmp needs 0 <= final_sparsity < 1, got {final_sparsity!r}")
+        self.final_sparsity = float(final_sparsity)
+        self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
+        end = _positive_int(total_steps if end_step is None else end_step, "end_step")
+        self.start_epoch = self.start_step // self.steps_per_epoch
+        self.end_epoch = end // self.steps_per_epoch
+        if self.end_epoch <= self.start_epoch:
+            raise ValueError(f"gmp prunes between epochs {self.start_epoch} and {self.end_epoch}: "
+                             "end_step must be at least one epoch after start_step")
+        self.sparsity_target = 0.0
+        self._update_masks()
+
+    def target_at(self, step: int) -> float:
+        epoch = step // self.steps_per_epoch
+        return schedules.gmp_sparsity(epoch, self.start_epoch, self.end_epoch - 1, self.final_sparsity)
+
+    def step(self) -> None:
+        self.last_step += 1
+        if self.last_step % self.steps_per_epoch == 0:
+            self._update_masks()
+        self._pending_lr = self.lr
+
+    @torch.no_grad()
+    def _update_masks(self) -> None:
+        target = self.target_at(self.last_step)
+        if target == self.sparsity_target and self.last_step > 0:
+            return
+        self.sparsity_target = target
+        cuts = []
+        for layer in self.layers:
+            mask_buffer = layer.parametrization.mask
+            magnitude = (layer.theta.abs() * mask_buffer).flatten()
+            k = int(round(target * magnitude.numel()))
+            mask = torch.ones_like(magnitude, dtype=torch.bool)
+            if k:
+                order = torch.argsort(magnitude, stable=True)
+                mask[order[:k]] = False
+                cuts.append(float(magnitude[order[k - 1]]))
+            mask_buffer.copy_(mask.view_as(mask_buffer))
+        self.threshold = _mean(cuts) if cuts else 0.0
+
+    def _apply(self) -> None:
+        pass  # the masks are model buffers
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "sparsity_target": self.sparsity_target}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.sparsity_target = float(state["sparsity_target"])
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+def _non_negative_int(value, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{what} must be an integer >= 0 (optimizer steps), got {value!r}")
+    return value
+
+
+def _positive_int(value, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1 (optimizer steps), got {value!r}")
+    return value
