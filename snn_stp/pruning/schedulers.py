@@ -134,7 +134,7 @@ class ThresholdScheduler:
 
     def layer_thresholds(self) -> dict[str, float]:
         """The effective threshold of each pruned layer (global d times its multiplier)."""
-        return {layer.name: float(layer.parametrization.effective_threshold()) for layer in self.layers}
+        return {layer.name: float(layer.parametrization.effective_threshold().detach()) for layer in self.layers}
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -362,7 +362,7 @@ class STR(ThresholdScheduler):
         self.threshold = _mean(self._layer_d)
 
     def _current(self) -> list[float]:
-        return [float(layer.parametrization.effective_threshold()) for layer in self.layers]
+        return list(self.layer_thresholds().values())
 
     def step(self) -> None:
         lr = self._pending_lr

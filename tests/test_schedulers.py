@@ -1,0 +1,404 @@
+"""Threshold schedulers driven by real optimizers and real torch LR schedulers."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import snn_stp
+from snn_stp.pruning import schedules
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def blobs(n=256, seed=1):
+    """Four Gaussian clusters in 16 dimensions: a tiny but real classification task."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(4, 16, generator=g) * 2
+    y = torch.arange(n) % 4
+    x = centers[y] + torch.randn(n, 16, generator=g)
+    return x, y
+
+
+def warmup_cosine(opt, warmup, total):
+    return torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=1e-4),
+    ], milestones=[warmup])
+
+
+def train(model, opt, sched, steps, lrs=None, data=None, batch=32):
+    """Full training steps on ``data``; returns per-step (lr used, threshold after, l1)."""
+    x, y = data if data is not None else blobs()
+    trace = []
+    for t in range(steps):
+        i = (t * batch) % len(x)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[i:i + batch]), y[i:i + batch]).backward()
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        if lrs is not None:
+            lrs.step()
+        sched.step()
+        trace.append((lr, sched.threshold, sched.l1_coefficient))
+    return trace
+
+
+def sparsified(rule="ste", **kw):
+    model = mlp()
+    snn_stp.sparsify(model, rule=rule, **kw)
+    return model
+
+
+# -- registry and errors ---------------------------------------------------------------------
+
+def test_registry_lists_every_scheduler():
+    assert sorted(snn_stp.THRESHOLD_SCHEDULERS) == sorted(
+        ["lats", "lats_epoch", "slats", "pgh", "fixed", "sine", "linear", "str", "gradr", "gmp"])
+
+
+def test_unknown_name_and_argument_list_the_valid_ones():
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="unknown threshold scheduler 'stlas'; valid names: fixed, gmp, gradr, lats"):
+        snn_stp.build_threshold_scheduler("stlas", model, opt)
+    with pytest.raises(TypeError, match=r"'slats' got unknown argument\(s\) \['beta'\]; valid: final_threshold, total_steps"):
+        snn_stp.build_threshold_scheduler("slats", model, opt, final_threshold=1.0, total_steps=10, beta=0.5)
+
+
+def test_scheduler_errors():
+    opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"call snn_stp.sparsify\(model, rule='ste'\) first"):
+        snn_stp.build_threshold_scheduler("slats", mlp(), opt, final_threshold=1.0, total_steps=10)
+    model = sparsified()
+    stale = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="build the optimizer after snn_stp.sparsify"):
+        snn_stp.build_threshold_scheduler("slats", model, stale, final_threshold=1.0, total_steps=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="pgh needs beta > 0 and beta != 1"):
+        snn_stp.build_threshold_scheduler("pgh", model, opt, final_threshold=1.0, total_steps=10, beta=1.0)
+    with pytest.raises(ValueError, match="final_threshold must be a finite number >= 0"):
+        snn_stp.build_threshold_scheduler("sine", model, opt, final_threshold=-1.0, total_steps=10)
+    with pytest.raises(ValueError, match="exactly one of l1"):
+        snn_stp.build_threshold_scheduler("lats", model, opt, l1=0.1, final_threshold=1.0)
+    with pytest.raises(ValueError, match="needs total_steps .to simulate the LR"):
+        snn_stp.build_threshold_scheduler("lats", model, opt, final_threshold=1.0)
+    with pytest.raises(ValueError, match="not a positive multiple of steps_per_epoch"):
+        snn_stp.build_threshold_scheduler("lats_epoch", model, opt, final_threshold=1.0, total_steps=10,
+                                          steps_per_epoch=3)
+    with pytest.raises(ValueError, match="total_steps .5. must exceed start_step .5."):
+        snn_stp.build_threshold_scheduler("slats", model, opt, final_threshold=1.0, total_steps=5, start_step=5)
+    groups = torch.optim.SGD([{"params": [model[0].parametrizations.weight.original], "lr": 0.1},
+                              {"params": [model[2].parametrizations.weight.original], "lr": 0.2}], lr=0.1)
+    with pytest.raises(ValueError, match="different \\(lr, weight_decay\\)"):
+        snn_stp.build_threshold_scheduler("fixed", model, groups, final_threshold=0.1)
+
+
+# -- schedule values through the scheduler -----------------------------------------------------
+
+@pytest.mark.parametrize("name, shape, extra", [
+    ("slats", schedules.slats, {}),
+    ("sine", schedules.sine, {}),
+    ("linear", schedules.linear, {}),
+    ("pgh", lambda x: schedules.pgh(x, 0.1), {"beta": 0.1}),
+])
+def test_shaped_schedulers_follow_their_shape_with_start_step(name, shape, extra):
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = snn_stp.build_threshold_scheduler(name, model, opt, final_threshold=0.3, total_steps=120,
+                                              start_step=20, **extra)
+    trace = train(model, opt, sched, 120)
+    thresholds = [d for _, d, _ in trace]
+    assert thresholds[:20] == [0.0] * 20  # steps 1..20: before the pruning phase
+    for step in (30, 45, 70, 95, 120):
+        assert thresholds[step - 1] == pytest.approx(0.3 * shape((step - 20) / 100), rel=1e-12, abs=1e-15)
+    assert thresholds[-1] == pytest.approx(0.3, rel=1e-12)
+    # The model's buffers carry the scheduler's threshold.
+    assert all(float(layer.parametrization.threshold) == pytest.approx(0.3) for layer in sched.layers)
+
+
+def test_lats_is_constant_lambda_under_warmup_cosine_and_reaches_D():
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    lrs = warmup_cosine(opt, warmup=10, total=200)
+    sched = snn_stp.build_threshold_scheduler("lats", model, opt, final_threshold=0.25, total_steps=200,
+                                              lr_scheduler=lrs)
+    trace = train(model, opt, sched, 200, lrs)
+    lam = 0.25 / math.fsum(lr for lr, _, _ in trace)
+    reported = [l1 for _, _, l1 in trace]
+    assert max(abs(l1 / lam - 1) for l1 in reported) < 1e-9
+    previous = [0.0] + [d for _, d, _ in trace[:-1]]
+    from_thresholds = [(d - p) / lr for (lr, d, _), p in zip(trace, previous)]
+    assert max(abs(v / lam - 1) for v in from_thresholds) < 1e-9
+    assert trace[-1][1] == pytest.approx(0.25, rel=1e-12)
+    assert lam == pytest.approx(sched.l1, rel=1e-12)
+
+
+def test_slats_under_warmup_cosine_is_not_constant_lambda():
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    lrs = warmup_cosine(opt, warmup=10, total=200)
+    sched = snn_stp.build_threshold_scheduler("slats", model, opt, final_threshold=0.25, total_steps=200)
+    trace = train(model, opt, sched, 200, lrs)
+    l1 = [v for _, _, v in trace]
+    # During warm-up the LR is up to 10x smaller than cosine assumes: lambda is up to 10x too big.
+    assert max(l1) / min(l1[:150]) > 5
+
+
+def test_lats_with_l1_accumulates_lambda_times_learning_rate():
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lrs = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.3, total_steps=60)
+    sched = snn_stp.build_threshold_scheduler("lats", model, opt, l1=0.01, start_step=5)
+    trace = train(model, opt, sched, 60, lrs)
+    assert trace[-1][1] == pytest.approx(0.01 * math.fsum(lr for lr, _, _ in trace[5:]), rel=1e-12)
+    assert [d for _, d, _ in trace[:5]] == [0.0] * 5
+
+
+def test_lats_simulates_onecycle_and_per_epoch_schedules():
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lrs = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.3, total_steps=60)
+    sched = snn_stp.build_threshold_scheduler("lats", model, opt, final_threshold=0.2, total_steps=60,
+                                              lr_scheduler=lrs)
+    assert train(model, opt, sched, 60, lrs)[-1][1] == pytest.approx(0.2, rel=1e-12)
+
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lrs = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)  # stepped once per epoch
+    sched = snn_stp.build_threshold_scheduler("lats", model, opt, final_threshold=0.2, total_steps=40,
+                                              lr_scheduler=lrs, lr_step_interval="epoch", steps_per_epoch=8)
+    x, y = blobs()
+    for epoch in range(5):
+        train(model, opt, sched, 8, data=(x, y))
+        lrs.step()
+    assert sched.threshold == pytest.approx(0.2, rel=1e-12)
+    assert sched.lr_sum == pytest.approx(8 * 0.1 * (1 + 1 + 0.5 + 0.5 + 0.25))
+
+
+def test_lats_epoch_reaches_D_with_constant_lambda_under_per_epoch_cosine():
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    epochs, per_epoch = 6, 5
+    lrs = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    sched = snn_stp.build_threshold_scheduler("lats_epoch", model, opt, final_threshold=0.4,
+                                              total_steps=epochs * per_epoch, steps_per_epoch=per_epoch)
+    trace = []
+    for _ in range(epochs):
+        trace += train(model, opt, sched, per_epoch)
+        lrs.step()
+    assert trace[-1][1] == 0.4
+    l1 = [v for _, _, v in trace]
+    assert max(l1) / min(l1) == pytest.approx(1.0, abs=1e-9)
+    assert l1[0] == pytest.approx(2 * 0.4 / (0.1 * per_epoch * (epochs + 1)), rel=1e-9)
+
+
+def test_threshold_step_order_relative_to_lr_step_does_not_matter():
+    def run(threshold_first):
+        model = sparsified()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        lrs = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
+        sched = snn_stp.build_threshold_scheduler("lats", model, opt, l1=0.05)
+        x, y = blobs()
+        for t in range(30):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
+            opt.step()
+            if threshold_first:
+                sched.step(); lrs.step()
+            else:
+                lrs.step(); sched.step()
+        return sched.threshold
+    assert run(True) == run(False)
+
+
+def test_weight_decay_adds_wd_times_d_to_the_implied_l1():
+    model = sparsified(init="inverse", final_threshold=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-3)
+    sched = snn_stp.build_threshold_scheduler("fixed", model, opt, final_threshold=0.1)
+    trace = train(model, opt, sched, 3)
+    assert [l1 for _, _, l1 in trace] == pytest.approx([5e-4] * 3)
+
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-2)
+    sched = snn_stp.build_threshold_scheduler("lats", model, opt, l1=0.02)
+    trace = train(model, opt, sched, 4)
+    assert trace[-1][2] == pytest.approx(0.02 + 1e-2 * 3 * 0.02 * 0.1, rel=1e-12)
+
+
+def test_fixed_with_inverse_init_reproduces_the_dense_output_at_step_0():
+    dense = mlp()
+    model = copy.deepcopy(dense)
+    snn_stp.sparsify(model, init="inverse", final_threshold=0.15)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = snn_stp.build_threshold_scheduler("fixed", model, opt, final_threshold=0.15)
+    x, _ = blobs()
+    assert sched.threshold == 0.15
+    assert torch.allclose(model(x), dense(x), atol=1e-6)
+    assert snn_stp.weight_sparsity(model).global_sparsity == 0.0
+
+
+# -- resume ----------------------------------------------------------------------------------
+
+def build_run(name):
+    rule = {"gradr": "gradr", "gmp": "magnitude", "str": "exact"}.get(name, "ste")
+    extra_sparsify = {"trainable_threshold_init": -4.0} if name == "str" else {}
+    model = mlp()
+    snn_stp.sparsify(model, rule=rule, **extra_sparsify)
+    if name == "gradr":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    lrs = warmup_cosine(opt, warmup=4, total=40)
+    kwargs = {
+        "lats": dict(final_threshold=0.1, total_steps=40, lr_scheduler=lrs),
+        "slats": dict(final_threshold=0.1, total_steps=40),
+        "pgh": dict(final_threshold=0.1, total_steps=40, beta=0.2),
+        "str": {},
+        "gradr": dict(alpha=0.5, target_sparsity=0.8),
+        "gmp": dict(final_sparsity=0.7, steps_per_epoch=8, total_steps=40),
+    }[name]
+    sched = snn_stp.build_threshold_scheduler(name, model, opt, **kwargs)
+    return model, opt, lrs, sched
+
+
+@pytest.mark.parametrize("name", ["lats", "slats", "pgh", "str", "gradr", "gmp"])
+def test_resume_is_bit_identical(name):
+    model, opt, lrs, sched = build_run(name)
+    train(model, opt, sched, 40, lrs)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, opt, lrs, sched = build_run(name)
+    train(model, opt, sched, 20, lrs)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "lr_scheduler": lrs.state_dict(),
+                "threshold_scheduler": sched.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+
+    model, opt, lrs, sched = build_run(name)  # fresh objects, as a restarted process builds them
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    lrs.load_state_dict(saved["lr_scheduler"])
+    sched.load_state_dict(saved["threshold_scheduler"])
+    assert sched.last_step == 20
+    x, y = blobs()
+    # Continue on the same batches the straight run saw at steps 20..39.
+    for t in range(20, 40):
+        i = (t * 32) % len(x)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
+        opt.step()
+        lrs.step()
+        sched.step()
+    resumed = model.state_dict()
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+# -- prior methods: sparsity responds to their knobs -----------------------------------------
+
+def accuracy(model):
+    x, y = blobs()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def str_run(init, weight_decay):
+    model = mlp()
+    snn_stp.sparsify(model, rule="exact", trainable_threshold_init=init)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=weight_decay)
+    sched = snn_stp.build_threshold_scheduler("str", model, opt)
+    train(model, opt, sched, 150)
+    return snn_stp.weight_sparsity(model).global_sparsity, sched, model
+
+
+def test_str_sparsity_responds_to_init_and_weight_decay():
+    low, _, _ = str_run(-6.0, 1e-4)
+    high_init, sched, _ = str_run(-2.5, 1e-4)
+    high_wd, _, model = str_run(-6.0, 1e-2)
+    assert 0.0 < low < 0.05
+    assert high_init > low + 0.05
+    assert high_wd > 0.5  # weight decay on s raises d = sigmoid(s)
+    assert accuracy(model) > 0.9
+    assert sched.threshold == pytest.approx(sum(sched.layer_thresholds().values()) / 2)
+
+
+def test_str_requires_trainable_thresholds():
+    model = sparsified(rule="exact")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="str needs trainable thresholds"):
+        snn_stp.build_threshold_scheduler("str", model, opt)
+
+
+def gradr_run(target):
+    model = mlp()
+    snn_stp.sparsify(model, rule="gradr")
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    sched = snn_stp.build_threshold_scheduler("gradr", model, opt, alpha=0.5, target_sparsity=target)
+    train(model, opt, sched, 300)
+    return snn_stp.weight_sparsity(model).global_sparsity, sched, model
+
+
+def test_gradr_sparsity_responds_to_target():
+    # mu = ln(2(1 - s)) / alpha: the prior pulls theta toward mu, below 0 (pruned) when s > 0.5.
+    # The target is the prior's asymptotic fraction, so a short run is only ordered by it.
+    low, _, _ = gradr_run(0.3)
+    high, sched, model = gradr_run(0.9)
+    assert low < 0.05
+    assert high > 0.6
+    assert accuracy(model) > 0.9
+    assert sched.l1_coefficient == 0.5
+    assert sched.mu == pytest.approx(math.log(0.2) / 0.5)
+
+
+def test_gradr_keeps_signs():
+    model = mlp()
+    signs = [torch.sign(model[i].weight.detach()) for i in (0, 2)]
+    snn_stp.sparsify(model, rule="gradr")
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    sched = snn_stp.build_threshold_scheduler("gradr", model, opt, alpha=0.5, target_sparsity=0.9)
+    train(model, opt, sched, 50)
+    for i, s in zip((0, 2), signs):
+        w = model[i].weight.detach()
+        assert torch.all((w == 0) | (torch.sign(w) == s))
+
+
+def test_gmp_reaches_final_sparsity_on_the_cubic_schedule():
+    model = mlp()
+    snn_stp.sparsify(model, rule="magnitude")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = snn_stp.build_threshold_scheduler("gmp", model, opt, final_sparsity=0.8, steps_per_epoch=10,
+                                              total_steps=50)
+    per_epoch = []
+    for epoch in range(5):
+        per_epoch.append(snn_stp.weight_sparsity(model).layers["0.weight"])
+        train(model, opt, sched, 10)
+    final = snn_stp.weight_sparsity(model)
+    expected = [schedules.gmp_sparsity(e, 0, 4, 0.8) for e in range(5)]
+    assert per_epoch == pytest.approx(expected, abs=1 / 512)
+    assert final.layers["0.weight"] == pytest.approx(0.8, abs=1 / 512)
+    assert final.layers["2.weight"] == pytest.approx(0.8, abs=1 / 128)
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+def test_support_change_counts_pruned_and_regrown():
+    lin = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.5, 0.05, -0.5, -0.05]]))
+    snn_stp.sparsify(lin, final_threshold=0.1)
+    before = snn_stp.support(lin)
+    assert snn_stp.weight_sparsity(lin).global_sparsity == 0.5
+    with torch.no_grad():
+        lin.parametrizations.weight.original.copy_(torch.tensor([[0.05, 0.3, -0.02, -0.4]]))
+    change = snn_stp.support_change(before, snn_stp.support(lin))
+    assert (change.pruned, change.regrown) == (2, 2)
+    assert change.layers == {"weight": (2, 2)}

@@ -1,0 +1,191 @@
+"""sparsify / bake / the soft threshold parametrization on real modules."""
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from torch import nn
+
+import snn_stp
+from snn_stp.pruning.functional import soft_threshold
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 6 * 6, 10))
+
+
+def spiking_net():
+    """A multi-step SpikingJelly network: [T, B, 2, 8, 8] -> [T, B, 10]."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        layer.Conv2d(2, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8),
+        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True),
+        layer.Flatten(), layer.Linear(8 * 8 * 8, 10),
+        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True))
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def test_soft_threshold_operator_values():
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0])
+    assert soft_threshold(x, 1.0).tolist() == [-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("rule, dead_zone_grad", [("ste", 1.0), ("exact", 0.0), ("identity", 1.0)])
+def test_gradient_rules_in_dead_zone(rule, dead_zone_grad):
+    lin = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.05, -0.05, 0.5, -0.5]]))
+    snn_stp.sparsify(lin, rule=rule, final_threshold=0.1 if rule != "identity" else None)
+    w = lin.weight
+    expected_w = [0.0, 0.0, 0.4, -0.4] if rule != "identity" else [0.05, -0.05, 0.5, -0.5]
+    assert w.detach()[0].tolist() == pytest.approx(expected_w)
+    w.sum().backward()
+    grad = lin.parametrizations.weight.original.grad[0].tolist()
+    assert grad == [dead_zone_grad, dead_zone_grad, 1.0, 1.0]
+
+
+def test_weight_is_effective_and_theta_is_stored():
+    model = small_cnn()
+    names = snn_stp.sparsify(model, final_threshold=0.05)
+    assert names == ["0.weight", "4.weight"]
+    theta = model[0].parametrizations.weight.original
+    assert torch.equal(model[0].weight, theta - theta.clamp(-0.05, 0.05))
+    assert (model[0].weight == 0).any()  # hooks and counters see the zeros
+    keys = model.state_dict().keys()
+    assert "0.parametrizations.weight.0.threshold" in keys
+    assert "0.parametrizations.weight.original" in keys
+    assert "1.parametrizations.weight.original" not in keys  # BatchNorm never pruned
+
+
+def test_threshold_survives_state_dict_round_trip():
+    model = small_cnn()
+    snn_stp.sparsify(model)
+    for layer_ in snn_stp.pruned_layers(model):
+        layer_.parametrization.threshold.fill_(0.07)
+    state = copy.deepcopy(model.state_dict())
+    fresh = small_cnn()
+    snn_stp.sparsify(fresh)
+    x = torch.randn(2, 3, 6, 6)
+    fresh.load_state_dict(state)
+    fresh.eval(), model.eval()
+    # No training step needed: the loaded model evaluates with the saved threshold.
+    assert float(fresh[4].parametrizations.weight[0].threshold) == pytest.approx(0.07)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_inverse_init_reproduces_dense_model():
+    dense = small_cnn().eval()
+    model = copy.deepcopy(dense)
+    snn_stp.sparsify(model, init="inverse", final_threshold=0.2)
+    x = torch.randn(3, 3, 6, 6)
+    assert torch.allclose(model(x), dense(x), atol=1e-6)
+    theta = model[4].parametrizations.weight.original
+    assert torch.allclose(theta.abs(), dense[4].weight.abs() + 0.2)
+
+
+def test_keep_init_with_threshold_kills_small_weights():
+    model = small_cnn()
+    w0 = model[0].weight.detach().clone()
+    snn_stp.sparsify(model, final_threshold=0.1)
+    assert torch.equal(model[0].weight == 0, w0.abs() <= 0.1)
+
+
+def test_bake_gives_plain_modules_with_identical_outputs():
+    model = small_cnn().eval()
+    snn_stp.sparsify(model, final_threshold=0.08)
+    x = torch.randn(2, 3, 6, 6)
+    before = model(x)
+    snn_stp.bake(model)
+    assert not snn_stp.pruned_layers(model)
+    assert isinstance(model[0].weight, nn.Parameter)
+    assert sorted(model.state_dict()) == sorted(small_cnn().state_dict())
+    assert torch.equal(model(x), before)
+
+
+def test_include_exclude_by_pattern_and_type():
+    model = torchvision.models.resnet18(num_classes=10)
+    every = snn_stp.select_modules(model)
+    assert len(every) == 21  # 20 convs (incl. 3 downsample) + fc
+    names = snn_stp.sparsify(copy.deepcopy(model), include=["layer1.*"], exclude=nn.Linear)
+    assert names and all(n.startswith("layer1.") for n in names)
+    names = snn_stp.sparsify(copy.deepcopy(model), exclude=["fc"])
+    assert "fc.weight" not in names and len(names) == 20
+    names = snn_stp.sparsify(copy.deepcopy(model), include=nn.Linear)
+    assert names == ["fc.weight"]
+
+
+def test_threshold_multipliers_per_layer():
+    model = small_cnn()
+    snn_stp.sparsify(model, final_threshold=0.1, threshold_multipliers={"4": 0.5})
+    d = {layer_.name: float(layer_.parametrization.effective_threshold()) for layer_ in snn_stp.pruned_layers(model)}
+    assert d == pytest.approx({"0.weight": 0.1, "4.weight": 0.05})
+
+
+def test_errors_are_clear():
+    with pytest.raises(ValueError, match="no prunable weights"):
+        snn_stp.sparsify(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
+        snn_stp.sparsify(small_cnn(), final_threshold=-0.1)
+    with pytest.raises(ValueError, match="include pattern 'encoder.\\*' matches no prunable module"):
+        snn_stp.sparsify(small_cnn(), include="encoder.*")
+    with pytest.raises(ValueError, match="normalization layers are never pruned"):
+        snn_stp.sparsify(small_cnn(), include=nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="unknown rule 'soft'; valid rules: ste, exact, identity"):
+        snn_stp.sparsify(small_cnn(), rule="soft")
+    with pytest.raises(ValueError, match="init='inverse' needs final_threshold"):
+        snn_stp.sparsify(small_cnn(), init="inverse")
+    with pytest.raises(ValueError, match="match no pruned layer"):
+        snn_stp.sparsify(small_cnn(), threshold_multipliers={"head": 2.0})
+    with pytest.raises(ValueError, match="trainable .STR. threshold needs rule='exact'"):
+        snn_stp.sparsify(small_cnn(), trainable_threshold_init=-5.0)
+    model = small_cnn()
+    snn_stp.sparsify(model)
+    with pytest.raises(ValueError, match="already have a parametrized weight"):
+        snn_stp.sparsify(model)
+
+
+def test_torchvision_resnet18_trains_and_bakes():
+    model = torchvision.models.resnet18(num_classes=10)
+    snn_stp.sparsify(model, final_threshold=0.02)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = snn_stp.build_threshold_scheduler("slats", model, opt, final_threshold=0.02, total_steps=2)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sched.step()
+    assert sched.threshold == pytest.approx(0.02)
+    report = snn_stp.weight_sparsity(model)
+    assert 0.0 < report.global_sparsity < 1.0 and len(report.layers) == 21
+    model.eval()
+    before = model(x)
+    snn_stp.bake(model)
+    assert torch.equal(model(x), before)
+
+
+def test_spikingjelly_multistep_network_prunes_and_bakes():
+    net = spiking_net()
+    # D below the linear layer's init bound 1/sqrt(512): a larger D prunes all of it and no
+    # gradient reaches the conv.
+    names = snn_stp.sparsify(net, final_threshold=0.01)
+    assert names == ["0.weight", "4.weight"]
+    assert isinstance(net[0], layer.Conv2d) and net[0].step_mode == "m"
+    x = (torch.rand(4, 2, 2, 8, 8) > 0.5).float()  # [T, B, C, H, W]
+    out = net(x)
+    assert out.shape == (4, 2, 10)
+    out.mean().backward()
+    assert net[0].parametrizations.weight.original.grad.abs().sum() > 0
+    functional.reset_net(net)
+    net.eval()
+    with torch.no_grad():
+        before = net(x)
+        functional.reset_net(net)
+        snn_stp.bake(net)
+        after = net(x)
+    assert torch.equal(before, after)
