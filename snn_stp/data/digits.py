@@ -1,0 +1,48 @@
+"""The bundled 8x8 handwritten digits (UCI optical recognition, the copy scikit-learn ships).
+
+1,797 images of 8x8 pixels with integer values 0..16 and labels 0..9, stored as
+``datasets/digits/digits.csv.gz`` (one row per image: 64 pixels then the label). Read with the
+standard library and numpy only; no scikit-learn at run time.
+
+Split (fixed, documented): sample ``i`` is a test sample iff ``i % 5 == 4``; 1,438 train, 359 test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DIGITS_FILE = Path(__file__).resolve().parents[2] / "datasets" / "digits" / "digits.csv.gz"
+DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+NUM_SAMPLES = 1797
+MAX_PIXEL = 16.0
+
+
+def load_digits_arrays(path: str | Path = DIGITS_FILE) -> tuple[np.ndarray, np.ndarray]:
+    """``(images float32 [1797, 8, 8] in 0..16, labels int64 [1797])`` from the bundled file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the bundled digits file is missing: expected {path} (datasets/digits/digits.csv.gz in a "
+            "checkout of snn_stp; it is the copy of the UCI optical-recognition digits that scikit-learn "
+            "ships as sklearn/datasets/data/digits.csv.gz)")
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != DIGITS_SHA256:
+        raise ValueError(f"{path} is corrupt or modified (sha256 mismatch); restore it from the repository")
+    table = np.loadtxt(gzip.decompress(raw).decode().splitlines(), delimiter=",", dtype=np.float32)
+    if table.shape != (NUM_SAMPLES, 65):
+        raise ValueError(f"{path} has shape {table.shape}, expected ({NUM_SAMPLES}, 65)")
+    return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+
+
+def digits_split(train: bool, path: str | Path = DIGITS_FILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images float32 [N, 64] scaled to 0..1, labels int64 [N])`` of the fixed train/test split."""
+    images, labels = load_digits_arrays(path)
+    test = np.arange(NUM_SAMPLES) % 5 == 4
+    keep = ~test if train else test
+    x = torch.from_numpy(images[keep].reshape(-1, 64) / MAX_PIXEL)
+    return x, torch.from_numpy(labels[keep])
