@@ -402,3 +402,18 @@ def test_support_change_counts_pruned_and_regrown():
     change = snn_stp.support_change(before, snn_stp.support(lin))
     assert (change.pruned, change.regrown) == (2, 2)
     assert change.layers == {"weight": (2, 2)}
+
+
+def test_a_discarded_scheduler_stops_tracking_the_optimizer():
+    import gc
+    import weakref
+    model = sparsified()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = snn_stp.build_threshold_scheduler("lats", model, opt, l1=0.1)
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None
+    second = snn_stp.build_threshold_scheduler("lats", model, opt, l1=0.1)
+    train(model, opt, second, 3)
+    assert second.threshold == pytest.approx(0.03)

@@ -189,3 +189,17 @@ def test_spikingjelly_multistep_network_prunes_and_bakes():
         snn_stp.bake(net)
         after = net(x)
     assert torch.equal(before, after)
+
+
+def test_trainable_threshold_receives_the_exact_gradient():
+    lin = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.9, -0.8, 0.01, -0.02]]))
+    snn_stp.sparsify(lin, rule="exact", trainable_threshold_init=-2.0)
+    p = lin.parametrizations.weight[0]
+    d = torch.sigmoid(torch.tensor(-2.0))
+    assert torch.allclose(lin.weight.detach(), torch.tensor([[0.9 - d, -0.8 + d, 0.0, 0.0]]))
+    (lin.weight * torch.tensor([[1.0, 2.0, 3.0, 4.0]])).sum().backward()
+    # dw/dd = -sign(theta) on live weights: -(1 * 1) + -(2 * -1) = 1; times dsigmoid/ds = d(1 - d).
+    assert float(p.threshold_logit.grad) == pytest.approx(float(1.0 * d * (1 - d)), rel=1e-6)
+    assert lin.parametrizations.weight.original.grad.tolist() == [[1.0, 2.0, 0.0, 0.0]]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -86,8 +87,15 @@ class ThresholdScheduler:
         self.l1_coefficient = 0.0
         self._pending_lr = self.lr
         # The LR of the step about to run, read at optimizer.step() time: correct whether the
-        # training loop steps the LR scheduler before or after this scheduler.
-        self._hook = optimizer.register_step_pre_hook(self._record_lr)
+        # training loop steps the LR scheduler before or after this scheduler. The hook holds
+        # the scheduler weakly, so a discarded (or half-built) scheduler is not kept alive.
+        owner = weakref.ref(self)
+
+        def record_lr(optimizer, args, kwargs) -> None:
+            scheduler = owner()
+            if scheduler is not None:
+                scheduler._pending_lr = scheduler.lr
+        self._hook = optimizer.register_step_pre_hook(record_lr)
 
     # -- learning rate ---------------------------------------------------------------------
     @property
@@ -101,9 +109,6 @@ class ThresholdScheduler:
     @property
     def weight_decay(self) -> float:
         return float(self.group.get("weight_decay", 0.0) or 0.0)
-
-    def _record_lr(self, optimizer, args, kwargs) -> None:
-        self._pending_lr = self.lr
 
     # -- stepping --------------------------------------------------------------------------
     def step(self) -> None:

@@ -7,10 +7,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .functional import GRADIENT_RULES
+from .functional import GRADIENT_RULES, inverse_soft_threshold
 from .parametrizations import (FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold,
                                check_threshold)
 
@@ -80,12 +81,14 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
     for name, module in selected:
         if rule in GRADIENT_RULES:
             factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(name, p)), 1.0)
-            # 'keep' registers with d = 0 so that right_inverse (called by parametrize to set
-            # theta) is the identity; 'inverse' registers with d = D to get sign(w)(|w| + D).
-            start = threshold if init == "inverse" else 0.0
-            parametrization = SoftThreshold(rule, start, factor, trainable_threshold_init)
+            initial = module.weight.detach().clone()
+            parametrization = SoftThreshold(rule, threshold, factor, trainable_threshold_init)
             parametrize.register_parametrization(module, "weight", parametrization)
-            parametrization.threshold.fill_(threshold)
+            # Set theta explicitly: parametrize initializes it through right_inverse, which is
+            # the inverse map (right for assignments, not for init="keep").
+            with torch.no_grad():
+                theta = (inverse_soft_threshold(initial, threshold * factor) if init == "inverse" else initial)
+                module.parametrizations.weight.original.copy_(theta)
         elif rule == "gradr":
             parametrize.register_parametrization(module, "weight", FixedSignReLU(module.weight.detach()))
         else:
@@ -111,8 +114,9 @@ def select_modules(model: nn.Module, include: Selector = None,
         candidates.append((name, module))
     already = [name or "<root>" for name, m in candidates if parametrize.is_parametrized(m, "weight")]
     if already:
-        raise ValueError(f"module(s) {already} already have a parametrized weight; "
-                         "sparsify a model once (call bake() first to start again)")
+        raise ValueError(f"module(s) {already} already have a parametrized weight; sparsify a model once "
+                         "(snn_stp.bake(model) turns pruned weights back into plain ones) and do not stack it "
+                         "on other weight parametrizations")
     prunable = [(n, m) for n, m in candidates if not isinstance(m, NEVER_PRUNED_TYPES)]
 
     if include_items:
