@@ -1,0 +1,100 @@
+"""ANN ResNet baselines: torchvision ResNet-50 (ImageNet recipe), CIFAR ResNet-18 and ResNet-20."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+
+class ConvClassifier(nn.Module):
+    """A 1x1 convolution as the classifier on pooled ``[B, C]`` features (so it prunes like a conv)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_features, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x[:, :, None, None]).flatten(1)
+
+
+def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: bool = False) -> nn.Module:
+    """torchvision ResNet-50 (v1.5); every conv prunable, the first included.
+
+    ``conv_classifier=True`` replaces the final ``fc`` by a 1x1 conv, as in recipes that prune
+    "every conv including the classifier".
+    """
+    model = torchvision.models.resnet50(num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if conv_classifier:
+        model.fc = ConvClassifier(model.fc.in_features, num_classes)
+    return model
+
+
+def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-18 for 32x32 inputs: torchvision's with a 3x3 stride-1 stem and no max-pool."""
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model
+
+
+class _ShortcutA(nn.Module):
+    """He et al.'s CIFAR option A: subsample by 2 and zero-pad the new channels (no parameters)."""
+
+    def __init__(self, extra_channels: int):
+        super().__init__()
+        self.extra = extra_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::2, ::2]
+        pad = self.extra // 2
+        return nn.functional.pad(x, (0, 0, 0, 0, pad, self.extra - pad))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _ShortcutA(planes - in_planes) if stride != 1 or in_planes != planes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al. (2016) CIFAR ResNet-(6n+2): 3 stages of n blocks, 16/32/64 channels, option A
+    shortcuts. ResNet-20 (n = 3) has 0.27 M parameters."""
+
+    def __init__(self, blocks_per_stage: int = 3, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        stages, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(blocks_per_stage):
+                blocks.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def cifar_resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return CifarResNet(3, num_classes, in_channels)

@@ -1,0 +1,32 @@
+"""A spiking MLP for vector inputs such as the bundled 8x8 digits."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..neurons import NeuronConfig
+from ..twin import TwinBuilder, TwinNetwork
+
+
+class SpikingMLP(TwinNetwork):
+    """``in -> hidden`` (Linear + BatchNorm, direct encoding) -> neuron, ``depth - 1`` more
+    [Linear + BatchNorm, neuron], then a Linear readout whose outputs are averaged over time.
+
+    BatchNorm matters: the same MLP without normalization never reaches threshold on the digits.
+    Input ``[B, in_features]`` (or ``[T, B, in_features]``); output ``[B, num_classes]``.
+    """
+
+    sample_dims = 1
+
+    def __init__(self, num_classes: int = 10, in_features: int = 64, spiking: bool = True, time_steps: int = 4,
+                 hidden: int = 256, depth: int = 2, neuron: NeuronConfig | dict | str | None = None):
+        super().__init__(spiking, time_steps)
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1 hidden layer, got {depth}")
+        b = TwinBuilder(spiking, NeuronConfig.coerce(neuron))
+        self.encoder = b.stateless(nn.Linear(in_features, hidden, bias=False), nn.BatchNorm1d(hidden))
+        layers = [b.activation()]
+        for _ in range(depth - 1):
+            layers += [b.stateless(nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden)), b.activation()]
+        layers.append(b.stateless(nn.Linear(hidden, num_classes)))
+        self.body = nn.Sequential(*layers)

@@ -1,0 +1,126 @@
+"""Building blocks for networks that exist as an SNN and as its ANN twin.
+
+One topology definition serves both: stateless layers sit in :class:`Stateless` containers,
+which apply them to all time steps at once in a spiking network and plainly in the twin, and the
+activation is a SpikingJelly neuron or a ReLU. Both twins therefore have the same modules and the
+same ``state_dict`` keys (except PLIF's trainable leak), which keeps ANN-vs-SNN comparisons on
+one architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .neurons import NeuronConfig, make_neuron
+
+
+class Stateless(nn.Sequential):
+    """Layers without state. Multi-step: ``[T, B, ...]`` is folded to ``[T*B, ...]`` and back."""
+
+    def __init__(self, *modules: nn.Module, multi_step: bool):
+        super().__init__(*modules)
+        self.multi_step = multi_step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.multi_step:
+            return super().forward(x)
+        steps, batch = x.shape[:2]
+        y = super().forward(x.reshape(steps * batch, *x.shape[2:]))
+        return y.reshape(steps, batch, *y.shape[1:])
+
+    def extra_repr(self) -> str:
+        return "multi_step=True" if self.multi_step else ""
+
+
+class Voting(nn.Module):
+    """Average consecutive groups of ``group`` outputs: ``[..., K * group] -> [..., K]`` (population coding)."""
+
+    def __init__(self, group: int = 10):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (x.shape[-1] // self.group, self.group)).mean(-1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
+
+
+class TwinBuilder:
+    """Makes the layers of one topology for the spiking network or for its ANN twin."""
+
+    def __init__(self, spiking: bool, neuron: NeuronConfig):
+        self.spiking = spiking
+        self.neuron = neuron
+
+    def stateless(self, *modules: nn.Module) -> Stateless:
+        return Stateless(*modules, multi_step=self.spiking)
+
+    def activation(self) -> nn.Module:
+        return make_neuron(self.neuron) if self.spiking else nn.ReLU()
+
+    def dropout(self, p: float) -> nn.Module:
+        if self.spiking:
+            from spikingjelly.activation_based import layer
+            return layer.Dropout(p, step_mode="m")  # one mask for all time steps
+        return nn.Dropout(p)
+
+
+class TwinNetwork(nn.Module):
+    """Base of the spiking models and their ANN twins.
+
+    Subclasses set ``encoder`` (the stateless first layer, e.g. conv + BN) and ``body``.
+
+    Spiking (``spiking=True``):
+        static input ``[B, *sample]`` is direct-encoded: the encoder runs once and its output is
+        repeated for ``time_steps`` steps; event input ``[T, B, *sample]`` runs the encoder on
+        every step. The body maps ``[T, B, ...]`` to ``[T, B, classes]``; the output is its mean
+        over time, ``[B, classes]``. Neuron state is reset at the start of every forward.
+    ANN twin (``spiking=False``): ``[B, *sample] -> [B, classes]``.
+
+    Attributes:
+        sample_dims: dimensions of one sample (3 for images and event frames ``[C, H, W]``).
+        input_kind: ``static`` (images, vectors) or ``events`` (frames ``[P, H, W]`` per step).
+    """
+
+    sample_dims = 3
+    input_kind = "static"
+
+    def __init__(self, spiking: bool, time_steps: int):
+        super().__init__()
+        if spiking and (not isinstance(time_steps, int) or time_steps < 1):
+            raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
+        self.spiking = spiking
+        self.time_steps = time_steps if spiking else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.spiking:
+            self._check_dims(x, (self.sample_dims + 1,))
+            return self.body(self.encoder(x))
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self)
+        self._check_dims(x, (self.sample_dims + 1, self.sample_dims + 2))
+        if x.dim() == self.sample_dims + 1:
+            encoded = self.encoder(x.unsqueeze(0))  # computed once
+            encoded = encoded.expand(self.time_steps, *encoded.shape[1:])
+        else:
+            encoded = self.encoder(x)
+        return self.body(encoded).mean(0)
+
+    def _check_dims(self, x: torch.Tensor, allowed: tuple[int, ...]) -> None:
+        if x.dim() not in allowed:
+            layouts = {self.sample_dims + 1: "[B, *sample]", self.sample_dims + 2: "[T, B, *sample]"}
+            raise ValueError(
+                f"{type(self).__name__} ({'spiking' if self.spiking else 'ANN twin'}) takes "
+                + " or ".join(layouts[d] for d in allowed)
+                + f" with {self.sample_dims}-dimensional samples; got shape {tuple(x.shape)}")
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+            padding: int | None = None) -> list[nn.Module]:
+    """``[Conv2d (no bias), BatchNorm2d]`` with 'same' padding by default."""
+    pad = kernel_size // 2 if padding is None else padding
+    return [nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad, bias=False), nn.BatchNorm2d(out_channels)]
+
