@@ -1,8 +1,9 @@
 """End-to-end example of the pruning core: a spiking MLP on the bundled digits, pruned with LATS.
 
-Real training (SpikingJelly multi-step LIF neurons, SGD with a cosine LR, a threshold scheduler
-stepped after every optimizer step), small enough for two CPU cores in well under a minute. It
-stands in for the main job until the training engine exists.
+Real training (the zoo's ``spiking_mlp``: SpikingJelly multi-step LIF neurons, direct encoding;
+SGD with a cosine LR; a threshold scheduler stepped after every optimizer step), small enough for
+two CPU cores in well under a minute. It stands in for the main job until the training engine
+exists.
 """
 
 from __future__ import annotations
@@ -17,48 +18,10 @@ from torch import nn
 
 from . import pruning
 from .data import digits_split
+from .models import build_model
 
 #: Schedulers the demo can run ("dense": the identity rule, no pruning, same code path).
 DEMO_SCHEDULERS = ("lats", "slats", "pgh", "sine", "linear", "fixed", "dense")
-
-
-class DirectEncodedMLP(nn.Module):
-    """``[B, 64]`` pixels -> ``[B, 10]`` logits.
-
-    Spiking: the pixels enter every one of ``time_steps`` steps unchanged (direct encoding), pass
-    Linear + BatchNorm + LIF twice, and the output layer's membrane-free logits are averaged over
-    time. Non-spiking (the ANN twin): the same layers with ReLU and no time dimension.
-    Neuron state is reset at the start of every forward, so no batch sees another's state.
-    """
-
-    def __init__(self, hidden: int = 256, time_steps: int = 4, spiking: bool = True):
-        super().__init__()
-        self.time_steps = time_steps
-        self.spiking = spiking
-        if spiking:
-            from spikingjelly.activation_based import functional, layer, neuron, surrogate
-
-            def act():
-                return neuron.LIFNode(tau=2.0, detach_reset=True, surrogate_function=surrogate.ATan())
-            self.net = nn.Sequential(
-                layer.Linear(64, hidden, bias=False), layer.BatchNorm1d(hidden), act(),
-                layer.Linear(hidden, hidden, bias=False), layer.BatchNorm1d(hidden), act(),
-                layer.Linear(hidden, 10))
-            functional.set_step_mode(self.net, "m")
-            self._reset = lambda: functional.reset_net(self.net)
-        else:
-            self.net = nn.Sequential(
-                nn.Linear(64, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
-                nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
-                nn.Linear(hidden, 10))
-            self._reset = lambda: None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.spiking:
-            return self.net(x)
-        self._reset()
-        out = self.net(x.unsqueeze(0).expand(self.time_steps, *x.shape))  # [T, B, 10]
-        return out.mean(0)
 
 
 @dataclass
@@ -80,7 +43,8 @@ def run_demo(scheduler: str = "lats", final_threshold: float = 0.2, epochs: int 
     torch.manual_seed(seed)
     x_train, y_train = digits_split(train=True)
     x_test, y_test = digits_split(train=False)
-    model = DirectEncodedMLP(hidden, time_steps, spiking)
+    model = build_model("spiking_mlp", spiking=spiking, hidden=hidden,
+                        **({"time_steps": time_steps} if spiking else {}))
     rule = "identity" if scheduler == "dense" else "ste"
     init = "inverse" if scheduler == "fixed" else "keep"
     pruning.sparsify(model, rule=rule, init=init,

@@ -10,7 +10,7 @@ import torch
 
 from snn_stp import cli
 from snn_stp.data import digits_split, load_digits_arrays
-from snn_stp.demo import DirectEncodedMLP, run_demo
+from snn_stp.demo import run_demo
 
 
 def test_digits_contents_and_split():
@@ -36,14 +36,6 @@ def test_missing_or_corrupt_digits_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not the data")
     with pytest.raises(ValueError, match="corrupt or modified"):
         load_digits_arrays(bad)
-
-
-def test_spiking_mlp_resets_state_between_forwards():
-    torch.manual_seed(0)
-    model = DirectEncodedMLP(hidden=32, time_steps=4).eval()
-    x, _ = digits_split(train=False)
-    with torch.no_grad():
-        assert torch.equal(model(x[:8]), model(x[:8]))
 
 
 def test_demo_trains_and_prunes():

@@ -125,8 +125,9 @@ def resolve_backend(requested: str, device: torch.device | str, neuron_kind: str
             causes = [f"the neurons are on {device}, and {requested} kernels need a CUDA device"]
             if not torch.cuda.is_available():
                 causes.append("torch sees no CUDA device")
-            if requested == "cupy" and not legacy:
-                causes.append(_no_cupy_kernels(version))
+            if requested == "cupy":
+                status = probe_cupy() if legacy else None
+                causes.append(_no_cupy_kernels(version) if not legacy else status.reason)
             if requested == "triton" and legacy:
                 causes.append(_no_triton_kernels(version))
             raise BackendUnavailableError(f"neuron backend {requested!r} cannot run: " + "; ".join(causes))

@@ -9,10 +9,16 @@ one architecture.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .neurons import NeuronConfig, make_neuron
+
+
+#: Firing rate assumed for the spikes entering a fully connected layer, for its initialization.
+ASSUMED_INPUT_RATE = 0.1
 
 
 class Stateless(nn.Sequential):
@@ -59,6 +65,23 @@ class TwinBuilder:
 
     def activation(self) -> nn.Module:
         return make_neuron(self.neuron) if self.spiking else nn.ReLU()
+
+    def linear(self, in_features: int, out_features: int, bias: bool = True) -> Stateless:
+        """A fully connected layer that feeds a neuron directly (no normalization in between).
+
+        Spiking: weights ~ N(0, (v_th / sqrt(fan_in * r))^2) with an assumed input firing rate
+        ``r = ASSUMED_INPUT_RATE``, so the input current's spread is about one threshold and
+        part of the layer fires at initialization; torch's default (std ``1/sqrt(3 fan_in)``)
+        leaves such layers silent, learning only through surrogate-gradient tails. The ANN twin
+        keeps torch's default initialization.
+        """
+        fc = nn.Linear(in_features, out_features, bias=bias)
+        if self.spiking:
+            std = self.neuron.v_threshold / math.sqrt(in_features * ASSUMED_INPUT_RATE)
+            nn.init.normal_(fc.weight, 0.0, std)
+            if bias:
+                nn.init.zeros_(fc.bias)
+        return self.stateless(fc)
 
     def dropout(self, p: float) -> nn.Module:
         if self.spiking:

@@ -33,9 +33,8 @@ class ConvPoolNet(TwinNetwork):
             size //= 2
         if size < 1:
             raise ValueError(f"image_size {image_size} is too small for {blocks} max-pools")
-        layers += [b.stateless(nn.Flatten()), b.dropout(dropout), b.stateless(nn.Linear(channels * size * size, hidden)),
-                   b.activation(), b.dropout(dropout), b.stateless(nn.Linear(hidden, 10 * num_classes)),
-                   b.activation(), Voting(10)]
+        layers += [b.stateless(nn.Flatten()), b.dropout(dropout), b.linear(channels * size * size, hidden),
+                   b.activation(), b.dropout(dropout), b.linear(hidden, 10 * num_classes), b.activation(), Voting(10)]
         self.body = nn.Sequential(*layers)
 
 

@@ -33,7 +33,6 @@ class STDSCifarNet(TwinNetwork):
             layers += [b.stateless(*conv_bn(width, width)), b.activation()]
         layers.append(b.stateless(nn.MaxPool2d(2), nn.Flatten()))
         features = width * (image_size // 4) ** 2
-        layers += [b.dropout(dropout), b.stateless(nn.Linear(features, fc_width, bias=False)), b.activation(),
-                   b.dropout(dropout), b.stateless(nn.Linear(fc_width, 10 * num_classes, bias=False)),
-                   b.activation(), Voting(10)]
+        layers += [b.dropout(dropout), b.linear(features, fc_width, bias=False), b.activation(),
+                   b.dropout(dropout), b.linear(fc_width, 10 * num_classes, bias=False), b.activation(), Voting(10)]
         self.body = nn.Sequential(*layers)
