@@ -22,12 +22,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ann", action="store_true", help="train the ANN twin (ReLU, no time dimension) instead")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="print only the final line")
+    sub.add_parser("list", help="list the registered models and threshold schedulers",
+                   description="List the registered models (spiking ones with their ANN twins) and threshold schedulers.")
     return parser
+
+
+def print_registries() -> None:
+    from .models import list_models
+    from .pruning import THRESHOLD_SCHEDULERS
+
+    print("models (spiking ones also build as their ANN twin with spiking=False):")
+    for spec in list_models():
+        kind = "SNN + ANN twin" if spec.has_spiking else "ANN"
+        print(f"  {spec.name:<16} {kind:<15} {spec.input:<7} {spec.description}")
+    print("threshold schedulers:")
+    for name, cls in sorted(THRESHOLD_SCHEDULERS.items()):
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<16} {summary}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
+    if args.command == "list":
+        print_registries()
+    elif args.command == "demo":
         from .demo import run_demo
         if args.epochs < 1 or args.time_steps < 1:
             raise SystemExit("snn-stp demo: --epochs and --time-steps must be >= 1")

@@ -66,3 +66,11 @@ def test_cli_rejects_unknown_scheduler():
                           text=True)
     assert proc.returncode == 2
     assert "invalid choice: 'foo'" in proc.stderr and "'lats'" in proc.stderr
+
+
+def test_cli_list_shows_models_and_schedulers(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "stds_cifarnet    SNN + ANN twin" in out and "resnet50         ANN" in out
+    for name in ("lats", "slats", "pgh", "gmp", "str", "gradr"):
+        assert f"\n  {name:<16} " in out

@@ -200,8 +200,10 @@ class ShapedThreshold(ThresholdScheduler):
 
 @register_threshold_scheduler("slats")
 class SLATS(ShapedThreshold):
-    """Simplified LATS, ``f(x) = x + sin(pi x) / pi``: constant lambda ``2D / (T eta_0)`` under a
-    cosine LR with no warm-up."""
+    """Simplified LATS, ``f(x) = x + sin(pi x) / pi``: constant lambda under a cosine LR.
+
+    The implied lambda is ``2D / (T eta_0)`` for a cosine LR with no warm-up.
+    """
 
     def shape(self, x: float) -> float:
         return schedules.slats(x)
