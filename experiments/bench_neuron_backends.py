@@ -27,31 +27,7 @@ import torch
 
 from snn_stp.snn import make_neuron, set_backend, spikingjelly_version
 from snn_stp.snn.backends import BackendUnavailableError, is_legacy_spikingjelly
-
-
-class _HeavisideATan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (ctx.alpha / 2) / (1 + (torch.pi / 2 * ctx.alpha * x) ** 2), None
-
-
-def reference(x_seq: torch.Tensor, kind: str) -> torch.Tensor:
-    """Plain PyTorch multi-step IF/LIF (tau 2, threshold 1, hard reset, detached reset, ATan 2)."""
-    v = torch.zeros_like(x_seq[0])
-    out = []
-    for x in x_seq:
-        h = v + (x - v) / 2.0 if kind == "lif" else v + x
-        s = _HeavisideATan.apply(h - 1.0, 2.0)
-        v = h * (1 - s.detach())
-        out.append(s)
-    return torch.stack(out)
+from snn_stp.snn.reference import reference_neuron
 
 
 def time_step(fn, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
@@ -91,7 +67,7 @@ def measure(implementation: str, args) -> None:
     def run_neuron(inp):
         functional.reset_net(cell)
         return cell(inp)
-    ref_s, ref_out = time_step(lambda inp: reference(inp, args.kind), x, args.repeats)
+    ref_s, ref_out = time_step(lambda inp: reference_neuron(inp, args.kind), x, args.repeats)
     s, out = time_step(run_neuron, x, args.repeats)
     flips = (out != ref_out).float().mean().item()
     print(f"{choice.implementation:<8} {s * 1e3:9.3f} ms   plain-torch loop {ref_s * 1e3:9.3f} ms   "

@@ -10,6 +10,7 @@ from torch import nn
 from snn_stp.snn import (BackendUnavailableError, NeuronConfig, make_neuron, probe_cupy, resolve_backend, set_backend,
                          spikingjelly_version)
 from snn_stp.snn.backends import is_legacy_spikingjelly
+from snn_stp.snn.reference import reference_neuron
 
 LEGACY = is_legacy_spikingjelly()
 HAS_CUDA = torch.cuda.is_available()
@@ -136,34 +137,6 @@ def test_set_backend_records_the_choice_on_the_model():
 
 
 # -- every implementation against a plain PyTorch reference ------------------------------------
-
-class _HeavisideATan(torch.autograd.Function):
-    """Spike = [h >= v_th]; backward: SpikingJelly's ATan surrogate alpha/2 / (1 + (pi/2 alpha x)^2)."""
-
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        a = ctx.alpha
-        return grad * (a / 2) / (1 + (torch.pi / 2 * a * x) ** 2), None
-
-
-def reference_neuron(x_seq, kind, tau=2.0, v_threshold=1.0, alpha=2.0):
-    """Multi-step IF/LIF with hard reset to 0, input decay, detached reset: [T, ...] -> spikes."""
-    v = torch.zeros_like(x_seq[0])
-    spikes = []
-    for x in x_seq:
-        h = v + (x - v) / tau if kind == "lif" else v + x
-        s = _HeavisideATan.apply(h - v_threshold, alpha)
-        v = h * (1 - s.detach())
-        spikes.append(s)
-    return torch.stack(spikes)
-
 
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
