@@ -1,5 +1,10 @@
-"""Data sets. For now the bundled digits; the dataset registry (CIFAR, ImageNet, DVS) comes next."""
+"""Data sets: bundled digits (static and as events), CIFAR and ImageNet through torchvision,
+event-camera data through Tonic, all in one batch layout (see ``registry``)."""
 
-from .digits import digits_split, load_digits_arrays
+from .digits import Digits, digits_split, load_digits_arrays
+from .events import DatasetNotFoundError
+from .frames import FrameSpec
+from .registry import DATASETS, DEFAULT_ROOT, build_dataset, make_loader
 
-__all__ = ["digits_split", "load_digits_arrays"]
+__all__ = ["Digits", "digits_split", "load_digits_arrays", "DatasetNotFoundError", "FrameSpec", "DATASETS",
+           "DEFAULT_ROOT", "build_dataset", "make_loader"]

@@ -46,3 +46,18 @@ def digits_split(train: bool, path: str | Path = DIGITS_FILE) -> tuple[torch.Ten
     keep = ~test if train else test
     x = torch.from_numpy(images[keep].reshape(-1, 64) / MAX_PIXEL)
     return x, torch.from_numpy(labels[keep])
+
+
+class Digits(torch.utils.data.Dataset):
+    """The digits split as ``(pixels float32 [64] in 0..1, label int)`` samples."""
+
+    def __init__(self, split: str = "train", path: str | Path = DIGITS_FILE):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        self.x, self.y = digits_split(split == "train", path)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.x[index], int(self.y[index])

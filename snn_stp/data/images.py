@@ -1,0 +1,96 @@
+"""Static image data sets through torchvision: CIFAR-10/100 and ImageNet (ImageFolder)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision import transforms as T
+
+from .events import DatasetNotFoundError
+
+#: Per-channel mean and std of the CIFAR training images (the normalization of the STDS recipe).
+CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def cifar_transform(name: str, train: bool, augment: bool = True):
+    """Random crop 32 (padding 4) + horizontal flip for training, then the CIFAR normalization."""
+    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and augment else []
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])])
+
+
+def imagenet_transform(train: bool, augment: bool = True):
+    """RandomResizedCrop 224 + flip for training; resize 256 + center crop 224 for evaluation."""
+    steps = ([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] if train and augment
+             else [T.Resize(256), T.CenterCrop(224)])
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class _PresenceCheckedCIFAR:
+    """torchvision's CIFAR readers, checking that the files exist instead of hashing them.
+
+    torchvision compares every batch file with a fixed md5 on each construction and reports any
+    problem as "Dataset not found or corrupted". Here a missing file is named with where to get
+    it, and a damaged one fails when unpickled, naming the file. ``verify_md5=True`` restores
+    torchvision's checksum test.
+    """
+
+    def __init__(self, root: str, train: bool = True, transform=None, download: bool = False,
+                 verify_md5: bool = False):
+        self.verify_md5 = verify_md5
+        if not download:
+            self._raise_if_missing(Path(root))
+        try:
+            super().__init__(root, train=train, transform=transform, download=download)
+        except (EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as error:
+            raise RuntimeError(f"could not read the {type(self).__name__} batches under {Path(root) / self.base_folder}: "
+                               f"{type(error).__name__}: {error} (a file is truncated or not a CIFAR python "
+                               "pickle)") from error
+
+    def _raise_if_missing(self, root: Path) -> None:
+        base = root / self.base_folder
+        names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+        missing = [str(base / name) for name in names if not (base / name).is_file()]
+        if missing:
+            raise DatasetNotFoundError(
+                f"{type(self).__name__} not found under {root}: missing {', '.join(missing)}. Download the python "
+                f"version ({self.filename}) from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there "
+                f"(it creates {self.base_folder}/), or pass download=True")
+
+    def _check_integrity(self) -> bool:
+        if self.verify_md5:
+            return super()._check_integrity()
+        base = Path(self.root) / self.base_folder
+        return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
+
+
+class CIFAR10(_PresenceCheckedCIFAR, torchvision.datasets.CIFAR10):
+    pass
+
+
+class CIFAR100(_PresenceCheckedCIFAR, torchvision.datasets.CIFAR100):
+    pass
+
+
+def cifar(name: str, root: str | Path, split: str, augment: bool = True, download: bool = False,
+          verify_md5: bool = False) -> torch.utils.data.Dataset:
+    """CIFAR-10 or CIFAR-100 from ``root/cifar-10-batches-py`` (``cifar-100-python``): ``[3, 32, 32]``."""
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    train = split == "train"
+    return cls(str(root), train=train, transform=cifar_transform(name, train, augment), download=download,
+               verify_md5=verify_md5)
+
+
+def imagenet(root: str | Path, split: str, augment: bool = True) -> torch.utils.data.Dataset:
+    """ImageNet as ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (torchvision ImageFolder)."""
+    folder = Path(root) / ("train" if split == "train" else "val")
+    if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
+        raise DatasetNotFoundError(
+            f"imagenet ({split}) not found: expected {folder}/<class>/<image>.JPEG (one folder per class; the "
+            "validation images sorted into class folders too). ImageNet is obtained from https://image-net.org "
+            "(ILSVRC 2012) after registration; it is never downloaded")
+    return torchvision.datasets.ImageFolder(str(folder), transform=imagenet_transform(split == "train", augment))
