@@ -62,12 +62,12 @@ class FrameSpec:
             steps.append(tt.Downsample(spatial_factor=self.downsample))
         sensor = self.sensor_after(sensor_size)
         if self.time_window is not None:
-            steps.append(tt.ToFrame(sensor_size=sensor, time_window=self.time_window))
+            steps.append(tt.ToFrame(sensor_size=sensor, time_window=self.time_window, include_incomplete=True))
         elif self.event_count is not None:
-            steps.append(tt.ToFrame(sensor_size=sensor, event_count=self.event_count))
+            steps.append(tt.ToFrame(sensor_size=sensor, event_count=self.event_count, include_incomplete=True))
         else:
-            steps.append(tt.ToFrame(sensor_size=sensor, n_time_bins=self.time_steps))
-        steps.append(FixedLength(self.time_steps))
+            steps.append(EqualTimeBins(sensor, self.time_steps))
+        steps.append(FixedLength(self.time_steps, sensor))
         return tt.Compose(steps)
 
     def key(self) -> str:
@@ -80,11 +80,40 @@ class FrameSpec:
         return "_".join(parts)
 
 
-class FixedLength:
-    """Crop or zero-pad frames ``[n, ...]`` to ``[T, ...]`` (n_time_bins already gives T)."""
+class EqualTimeBins:
+    """Tonic ``ToFrame`` into ``T`` equal time bins that together hold every event.
 
-    def __init__(self, time_steps: int):
+    ``ToFrame(n_time_bins=T)`` in Tonic 1.7 uses bins of ``(t_last - t_first) // T`` with
+    exclusive ends, so the events of the last timestamps fall outside every bin and are lost
+    (found by the frame-sum tests). Here the bin width is ``(t_last - t_first) // T + 1``, passed
+    to ``ToFrame(time_window=..., start_time=t_first, end_time=t_first + T * width)``: exactly T
+    bins, every event counted once.
+    """
+
+    def __init__(self, sensor_size: tuple[int, int, int], time_steps: int):
+        self.sensor_size = sensor_size
         self.time_steps = time_steps
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        import tonic.transforms as tt
+
+        if len(events) == 0:
+            w, h, p = self.sensor_size
+            return np.zeros((self.time_steps, p, h, w), dtype=np.int16)
+        events = np.sort(events, order="t", kind="stable") if np.any(np.diff(events["t"]) < 0) else events
+        start = events["t"][0]
+        width = (events["t"][-1] - start) // self.time_steps + 1
+        to_frame = tt.ToFrame(sensor_size=self.sensor_size, time_window=width, start_time=start,
+                              end_time=start + self.time_steps * width)
+        return to_frame(events)
+
+
+class FixedLength:
+    """Crop or zero-pad frames ``[n, ...]`` to ``[T, ...]`` (equal time bins already give T)."""
+
+    def __init__(self, time_steps: int, sensor_size: tuple[int, int, int]):
+        self.time_steps = time_steps
+        self.sensor_size = sensor_size
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         n = frames.shape[0]

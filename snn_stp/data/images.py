@@ -67,6 +67,14 @@ class _PresenceCheckedCIFAR:
         base = Path(self.root) / self.base_folder
         return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
 
+    def _load_meta(self) -> None:
+        if self.verify_md5:
+            return super()._load_meta()
+        # torchvision's reading of the class names, without its md5 test.
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as infile:
+            self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
 
 class CIFAR10(_PresenceCheckedCIFAR, torchvision.datasets.CIFAR10):
     pass
