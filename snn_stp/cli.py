@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ann", action="store_true", help="train the ANN twin (ReLU, no time dimension) instead")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="print only the final line")
-    sub.add_parser("list", help="list the registered models and threshold schedulers",
-                   description="List the registered models (spiking ones with their ANN twins) and threshold schedulers.")
+    sub.add_parser("list", help="list the registered models, data sets and threshold schedulers",
+                   description="List the registered models (spiking ones with their ANN twins), data sets and threshold "
+                               "schedulers.")
     return parser
 
 
@@ -35,6 +36,10 @@ def print_registries() -> None:
     for spec in list_models():
         kind = "SNN + ANN twin" if spec.has_spiking else "ANN"
         print(f"  {spec.name:<16} {kind:<15} {spec.input:<7} {spec.description}")
+    from .data import DATASETS
+    print("data sets:")
+    for spec in DATASETS.values():
+        print(f"  {spec.name:<16} {spec.kind:<7} {spec.sample:<18} {spec.description}")
     print("threshold schedulers:")
     for name, cls in sorted(THRESHOLD_SCHEDULERS.items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0]

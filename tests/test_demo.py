@@ -72,5 +72,6 @@ def test_cli_list_shows_models_and_schedulers(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "stds_cifarnet    SNN + ANN twin" in out and "resnet50         ANN" in out
+    assert "digits_dvs       events  [T, 2, 34, 34]" in out and "cifar10          static" in out
     for name in ("lats", "slats", "pgh", "gmp", "str", "gradr"):
         assert f"\n  {name:<16} " in out
