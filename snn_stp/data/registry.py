@@ -29,26 +29,28 @@ DEFAULT_ROOT = Path(os.environ.get("SNN_STP_DATA", DIGITS_FILE.parents[1]))
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered data set: ``kind`` is ``static`` or ``events``; ``sample`` describes one input."""
+    """A registered data set: ``kind`` is ``static`` or ``events``; ``sample`` describes one input;
+    ``train_size`` is the number of training samples of the full data set (for dry runs)."""
 
     name: str
     kind: str
     num_classes: int
     sample: str
     description: str
+    train_size: int
 
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
-    DatasetSpec("digits", "static", 10, "[64] pixels in 0..1", "bundled UCI 8x8 handwritten digits (1,438 / 359)"),
-    DatasetSpec("digits_dvs", "events", 10, "[T, 2, 34, 34]", "bundled digits through a simulated event camera"),
-    DatasetSpec("cifar10", "static", 10, "[3, 32, 32]", "CIFAR-10 (torchvision), crop+flip, normalized"),
-    DatasetSpec("cifar100", "static", 100, "[3, 32, 32]", "CIFAR-100 (torchvision), crop+flip, normalized"),
-    DatasetSpec("imagenet", "static", 1000, "[3, 224, 224]", "ImageNet ILSVRC 2012 as ImageFolder train/ and val/"),
-    DatasetSpec("dvs_gesture", "events", 11, "[T, 2, 128, 128]", "DVS128 Gesture (Tonic), 1,077 / 264"),
-    DatasetSpec("cifar10_dvs", "events", 10, "[T, 2, 128, 128]", "CIFAR10-DVS (Tonic), first 900 per class train"),
-    DatasetSpec("nmnist", "events", 10, "[T, 2, 34, 34]", "N-MNIST (Tonic), 60,000 / 10,000"),
-    DatasetSpec("ncaltech101", "events", 101, "[T, 2, 180, 240]", "N-Caltech101 (Tonic), first 90% per class train"),
-    DatasetSpec("shd", "events", 20, "[T, 700]", "Spiking Heidelberg Digits (Tonic), 8,156 / 2,264"),
+    DatasetSpec("digits", "static", 10, "[64] pixels in 0..1", "bundled UCI 8x8 handwritten digits (1,438 / 359)", 1438),
+    DatasetSpec("digits_dvs", "events", 10, "[T, 2, 34, 34]", "bundled digits through a simulated event camera", 1438),
+    DatasetSpec("cifar10", "static", 10, "[3, 32, 32]", "CIFAR-10 (torchvision), crop+flip, normalized", 50000),
+    DatasetSpec("cifar100", "static", 100, "[3, 32, 32]", "CIFAR-100 (torchvision), crop+flip, normalized", 50000),
+    DatasetSpec("imagenet", "static", 1000, "[3, 224, 224]", "ImageNet ILSVRC 2012 as ImageFolder train/ and val/", 1281167),
+    DatasetSpec("dvs_gesture", "events", 11, "[T, 2, 128, 128]", "DVS128 Gesture (Tonic), 1,077 / 264", 1077),
+    DatasetSpec("cifar10_dvs", "events", 10, "[T, 2, 128, 128]", "CIFAR10-DVS (Tonic), first 900 per class train", 9000),
+    DatasetSpec("nmnist", "events", 10, "[T, 2, 34, 34]", "N-MNIST (Tonic), 60,000 / 10,000", 60000),
+    DatasetSpec("ncaltech101", "events", 101, "[T, 2, 180, 240]", "N-Caltech101 (Tonic), first 90% per class train", 7838),
+    DatasetSpec("shd", "events", 20, "[T, 700]", "Spiking Heidelberg Digits (Tonic), 8,156 / 2,264", 8156),
 ]}
 
 

@@ -1,0 +1,120 @@
+"""Turn a :class:`Config` into the objects of a run: model, optimizer, LR and threshold schedulers, loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import pruning
+from ..models import build_model
+from ..pruning.parametrizations import SoftThreshold
+from .config import Config, ConfigError
+
+#: Parametrization rule each scheduler needs (the rest use the soft threshold "ste").
+SCHEDULER_RULES = {"dense": "identity", "str": "exact", "gradr": "gradr", "gmp": "magnitude"}
+
+
+def make_model(config: Config, num_classes: int, device: torch.device) -> nn.Module:
+    """The model of ``config.model``, sparsified as ``config.pruning`` says, on ``device``."""
+    m, p = config.model, config.pruning
+    options = dict(m.options)
+    if m.spiking:
+        if m.time_steps is not None:
+            options["time_steps"] = m.time_steps
+        if m.neuron:
+            options["neuron"] = dict(m.neuron)
+    model = build_model(m.name, num_classes=m.num_classes or num_classes, in_channels=m.in_channels,
+                        spiking=m.spiking, backend=m.backend, device=device, **options)
+    rule = p.rule or SCHEDULER_RULES.get(p.scheduler, "ste")
+    expected = SCHEDULER_RULES.get(p.scheduler)
+    if expected and rule != expected:
+        raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.rule {expected}, got {rule}")
+    threshold = p.final_threshold if (p.init == "inverse" or p.scheduler == "fixed") else None
+    pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
+                     final_threshold=threshold if rule in ("ste", "exact") else None,
+                     threshold_multipliers=p.threshold_multipliers or None,
+                     trainable_threshold_init=p.trainable_threshold_init)
+    return model.to(device)
+
+
+def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or Adam; weight decay optionally off for normalization parameters and STR logits.
+
+    Every pruned latent weight ends up in the first param group (the threshold is global).
+    """
+    o = config.optim
+    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    no_decay_ids = set()
+    for module in model.modules():
+        if isinstance(module, norm_types) and not o.decay_norm:
+            no_decay_ids.update(id(q) for q in module.parameters(recurse=False))
+        if isinstance(module, SoftThreshold) and module.trainable and not o.decay_threshold:
+            no_decay_ids.add(id(module.threshold_logit))
+    decay = [q for q in model.parameters() if q.requires_grad and id(q) not in no_decay_ids]
+    rest = [q for q in model.parameters() if q.requires_grad and id(q) in no_decay_ids]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
+
+
+def make_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """The LR schedule, in units of optimizer steps or epochs (``schedule.interval``)."""
+    s, epochs = config.schedule, config.train.epochs
+    unit = steps_per_epoch if s.interval == "step" else 1
+    total, warmup = epochs * unit, s.warmup_epochs * unit
+    sched = torch.optim.lr_scheduler
+    if s.name == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=s.min_lr)
+    elif s.name == "step":
+        main = sched.StepLR(optimizer, step_size=s.step_size * unit, gamma=s.gamma)
+    elif s.name == "multistep":
+        main = sched.MultiStepLR(optimizer, milestones=[m * unit - warmup for m in s.milestones], gamma=s.gamma)
+    else:
+        main = sched.LambdaLR(optimizer, lambda _: 1.0)
+    if not warmup:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_scheduler, steps_per_epoch: int):
+    p, epochs = config.pruning, config.train.epochs
+    name = "fixed" if p.scheduler == "dense" else p.scheduler
+    total, start = epochs * steps_per_epoch, p.start_epoch * steps_per_epoch
+    common = {"start_step": start}
+    if name == "lats":
+        kwargs = dict(common, lr_scheduler=lr_scheduler, total_steps=total, steps_per_epoch=steps_per_epoch,
+                      lr_step_interval=config.schedule.interval)
+        kwargs.update({"l1": p.l1} if p.l1 is not None else {"final_threshold": p.final_threshold})
+    elif name == "fixed":
+        kwargs = {"final_threshold": 0.0 if p.scheduler == "dense" else p.final_threshold}
+    elif name == "lats_epoch":
+        kwargs = dict(common, final_threshold=p.final_threshold, total_steps=total, steps_per_epoch=steps_per_epoch)
+    elif name in ("slats", "sine", "linear"):
+        kwargs = dict(common, final_threshold=p.final_threshold, total_steps=total)
+    elif name == "pgh":
+        kwargs = dict(common, final_threshold=p.final_threshold, total_steps=total, beta=p.beta)
+    elif name == "str":
+        kwargs = common
+    elif name == "gradr":
+        kwargs = dict(common, alpha=p.alpha, target_sparsity=p.target_sparsity)
+    else:  # gmp
+        kwargs = dict(common, final_sparsity=p.final_sparsity, steps_per_epoch=steps_per_epoch, total_steps=total)
+    return pruning.build_threshold_scheduler(name, model, optimizer, **kwargs)
+
+
+class OneHotMSE(nn.Module):
+    """The STDS loss: mean squared error between the (time-averaged) output and the one-hot label."""
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(output, nn.functional.one_hot(target, output.shape[-1]).to(output.dtype))
+
+
+def make_loss(config: Config) -> nn.Module:
+    t = config.train
+    if t.loss == "mse":
+        return OneHotMSE()
+    return nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)

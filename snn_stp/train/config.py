@@ -1,0 +1,249 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted ``--set`` overrides.
+
+Unknown keys, wrong types and impossible combinations are errors that list what is valid. The
+resolved configuration is saved in the run directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what is wrong and what is valid."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "spiking_mlp"
+    spiking: bool = True
+    num_classes: int | None = None  # default: the data set's
+    in_channels: int | None = None  # default: the model's (for spiking_mlp: the input length)
+    time_steps: int | None = None  # default: the model's; spiking only
+    neuron: dict = field(default_factory=dict)  # NeuronConfig fields; spiking only
+    backend: str = "auto"
+    options: dict = field(default_factory=dict)  # the model's own keyword arguments
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    workers: int = 0
+    frames: int | None = None  # frames per event sample; default: model time steps
+    time_window: float | None = None
+    event_count: int | None = None
+    denoise_us: float | None = None
+    downsample: float | None = None
+    cache: bool = True
+    download: bool = False
+    augment: bool = True
+
+
+@dataclass
+class PruningConfig:
+    scheduler: str = "lats"  # a threshold scheduler name, or "dense" (identity rule, no pruning)
+    rule: str | None = None  # default: the scheduler's (ste; exact for str; gradr; magnitude for gmp)
+    final_threshold: float | None = 0.2
+    l1: float | None = None
+    beta: float | None = None  # pgh
+    start_epoch: int = 0
+    init: str = "keep"  # "inverse" for fixed
+    include: list | None = None
+    exclude: list | None = None
+    threshold_multipliers: dict = field(default_factory=dict)
+    trainable_threshold_init: float | None = None  # str
+    alpha: float | None = None  # gradr
+    target_sparsity: float | None = None  # gradr
+    final_sparsity: float | None = None  # gmp
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    decay_norm: bool = False  # weight decay on BatchNorm parameters
+    decay_threshold: bool = True  # weight decay on STR threshold logits (STR needs it)
+    grad_clip: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | step | multistep | constant
+    warmup_epochs: int = 0
+    interval: str = "step"  # step the LR per optimizer step or per epoch
+    min_lr: float = 0.0
+    step_size: int = 30  # step (epochs)
+    milestones: list = field(default_factory=list)  # multistep (epochs)
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    seed: int = 0
+    loss: str = "cross_entropy"  # cross_entropy | mse (STDS: MSE of the output to one-hot)
+    label_smoothing: float = 0.0
+    amp: bool = True  # on CUDA only; off on the CPU automatically
+    deterministic: bool = True
+    device: str = "auto"
+    checkpoint_every_steps: int | None = None
+    max_steps: int | None = None  # stop early (smoke tests); the schedules keep the full length
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a configuration is a mapping of sections, got {type(data).__name__}")
+    return _build(Config, data, "")
+
+
+def _build(cls, data: dict, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; valid: {', '.join(fields)}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{prefix}{name}' is a section (a mapping), got {value!r}")
+            values[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _check_type(value, hint, prefix + name)
+    return cls(**values)
+
+
+def _check_type(value, hint, key: str):
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return None
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool, list, dict) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"'{key}' must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The default config, or ``path`` (YAML), with ``key.sub=value`` overrides (values in YAML syntax)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)})")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.05")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        target = data
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        target[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    config = from_dict(data)
+    validate(config)
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that the types alone cannot express."""
+    from ..data import DATASETS
+    from ..models import MODELS
+    from ..pruning import THRESHOLD_SCHEDULERS
+
+    m, d, p, o, s, t = config.model, config.data, config.pruning, config.optim, config.schedule, config.train
+    if m.name not in MODELS:
+        raise ConfigError(f"model.name {m.name!r} is not a model; valid: {', '.join(sorted(MODELS))}")
+    if d.name not in DATASETS:
+        raise ConfigError(f"data.name {d.name!r} is not a data set; valid: {', '.join(DATASETS)}")
+    schedulers = sorted(THRESHOLD_SCHEDULERS) + ["dense"]
+    if p.scheduler not in schedulers:
+        raise ConfigError(f"pruning.scheduler {p.scheduler!r} is unknown; valid: {', '.join(schedulers)}")
+    if not m.spiking:
+        set_spiking = [k for k, v in (("model.time_steps", m.time_steps), ("model.neuron", m.neuron)) if v]
+        if set_spiking:
+            raise ConfigError(f"{set_spiking} only apply to spiking models; model.spiking is false")
+    if MODELS[m.name].has_spiking is False and m.spiking:
+        raise ConfigError(f"model {m.name} is an ANN baseline: set model.spiking: false")
+    if p.scheduler == "pgh" and p.beta is None:
+        raise ConfigError("pruning.scheduler pgh needs pruning.beta (> 0, != 1)")
+    if p.scheduler == "gradr" and (p.alpha is None or p.target_sparsity is None):
+        raise ConfigError("pruning.scheduler gradr needs pruning.alpha and pruning.target_sparsity")
+    if p.scheduler == "gmp" and p.final_sparsity is None:
+        raise ConfigError("pruning.scheduler gmp needs pruning.final_sparsity")
+    if p.scheduler == "str" and p.trainable_threshold_init is None:
+        raise ConfigError("pruning.scheduler str needs pruning.trainable_threshold_init (the initial logit s)")
+    if p.scheduler == "lats" and p.l1 is None and p.final_threshold is None:
+        raise ConfigError("pruning.scheduler lats needs pruning.final_threshold or pruning.l1")
+    if p.init == "inverse" and p.scheduler != "fixed":
+        raise ConfigError("pruning.init inverse is for the fixed scheduler (pruning at initialization)")
+    if o.name not in ("sgd", "adam"):
+        raise ConfigError(f"optim.name {o.name!r} is unknown; valid: sgd, adam")
+    if s.name not in ("cosine", "step", "multistep", "constant"):
+        raise ConfigError(f"schedule.name {s.name!r} is unknown; valid: cosine, step, multistep, constant")
+    if s.interval not in ("step", "epoch"):
+        raise ConfigError(f"schedule.interval must be step or epoch, got {s.interval!r}")
+    if t.loss not in ("cross_entropy", "mse"):
+        raise ConfigError(f"train.loss {t.loss!r} is unknown; valid: cross_entropy, mse")
+    if t.loss == "mse" and t.label_smoothing:
+        raise ConfigError("train.label_smoothing applies to cross_entropy, not mse")
+    for key, value, low in (("train.epochs", t.epochs, 1), ("data.batch_size", d.batch_size, 1),
+                            ("schedule.warmup_epochs", s.warmup_epochs, 0), ("pruning.start_epoch", p.start_epoch, 0)):
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if s.warmup_epochs >= t.epochs:
+        raise ConfigError(f"schedule.warmup_epochs ({s.warmup_epochs}) must be below train.epochs ({t.epochs})")
+    if p.start_epoch >= t.epochs:
+        raise ConfigError(f"pruning.start_epoch ({p.start_epoch}) must be below train.epochs ({t.epochs})")
+    if DATASETS[d.name].kind == "static" and any(v is not None for v in (d.frames, d.time_window, d.event_count,
+                                                                          d.denoise_us, d.downsample)):
+        raise ConfigError(f"data.frames/time_window/event_count/denoise_us/downsample apply to event data; "
+                          f"{d.name} is static")

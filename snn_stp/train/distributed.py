@@ -1,0 +1,59 @@
+"""torch.distributed set-up from torchrun's environment, and the reductions the loop needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_request: str = "auto") -> DistContext:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on the CPU), or run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_request == "auto":
+        device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(device_request)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"train.device {device_request!r} asked for CUDA, but torch sees no CUDA device")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world, local, device)
+
+
+def teardown(context: DistContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], context: DistContext) -> list[float]:
+    """Element-wise sum over ranks (float64), identity when alone."""
+    if not context.enabled:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
