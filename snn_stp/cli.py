@@ -84,10 +84,13 @@ def run_training(args) -> int:
               f"{len(pruning_names(trainer.model))} pruned weights, {config.pruning.scheduler} threshold scheduler, "
               f"{trainer.steps_per_epoch} steps per epoch x {config.train.epochs} epochs on {config.data.name}")
         return 0
+    from .train import distributed
     try:
         summary = trainer.fit()
     except TrainingDiverged as error:
         raise SystemExit(f"snn-stp {args.command}: {error}")
+    finally:
+        distributed.teardown(trainer.ctx)
     if trainer.ctx.is_main:
         print(f"final test accuracy {summary['final_test_acc']:.2%}, weight sparsity {summary['weight_sparsity']:.2%}, "
               f"threshold d = {summary['threshold']:.4g}, implied L1 lambda = {summary['l1_coefficient']:.4g}; "

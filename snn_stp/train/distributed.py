@@ -57,3 +57,12 @@ def all_sum(values: list[float], context: DistContext) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_gather(value, context: DistContext) -> list:
+    """Every rank's ``value`` (any picklable object), in rank order."""
+    if not context.enabled:
+        return [value]
+    gathered = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -291,6 +291,10 @@ class Trainer:
 
     def _summary(self, seconds: float, stopped_early: bool) -> dict:
         report = pruning.weight_sparsity(self.model)
+        # Every rank's view, to show that they agree (same global step, threshold, sparsity).
+        mine = {"rank": self.ctx.rank, "global_step": self.global_step, "threshold": self.thresholds.threshold,
+                "weight_sparsity": report.global_sparsity}
+        ranks = distributed.all_gather(mine, self.ctx)
         last = None
         path = self.run_dir / "metrics.jsonl"
         if self.ctx.is_main and path.exists():
@@ -301,7 +305,8 @@ class Trainer:
                 "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
                 "final_test_acc": last["test_acc"] if last else None, "best_test_acc": self.best_acc,
                 "weight_sparsity": report.global_sparsity, "threshold": self.thresholds.threshold,
-                "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds}
+                "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "world_size": self.ctx.world_size,
+                "ranks": ranks}
 
 
 def _seed_everything(seed: int) -> None:
