@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
@@ -69,3 +70,24 @@ def simulate_learning_rates(optimizer: torch.optim.Optimizer, lr_scheduler, num_
             if interval == "step" or (i + 1) % steps_per_epoch == 0:
                 replica.step()
     return lrs
+
+
+def learning_rate_sum(optimizer: torch.optim.Optimizer, lr_scheduler, total_steps: int, start_step: int = 0,
+                      group: int = 0, interval: str = "step", steps_per_epoch: int | None = None) -> float:
+    """Sum of the learning rates of optimizer steps ``start_step .. total_steps - 1``.
+
+    Same simulation as :func:`simulate_learning_rates`; an LR scheduler stepped per epoch is
+    simulated once per epoch (fast even for millions of optimizer steps).
+    """
+    if interval != "epoch":
+        return math.fsum(simulate_learning_rates(optimizer, lr_scheduler, total_steps, group, interval,
+                                                 steps_per_epoch)[start_step:])
+    if not steps_per_epoch:
+        raise ValueError("an LR scheduler stepped per epoch needs steps_per_epoch to simulate it")
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    per_epoch = simulate_learning_rates(optimizer, lr_scheduler, epochs, group, "step")
+    terms = []
+    for epoch, lr in enumerate(per_epoch):
+        first, last = epoch * steps_per_epoch, min((epoch + 1) * steps_per_epoch, total_steps)
+        terms.append(lr * max(0, last - max(first, start_step)))
+    return math.fsum(terms)

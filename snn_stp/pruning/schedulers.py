@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import schedules
-from .learning_rates import param_group_of, simulate_learning_rates
+from .learning_rates import learning_rate_sum, param_group_of
 from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, check_threshold
 from .sparsify import PrunedLayer, pruned_layers
 
@@ -317,9 +317,8 @@ class LATS(ThresholdScheduler):
                 total = _positive_int(total_steps, "total_steps")
                 if total <= self.start_step:
                     raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
-                lrs = simulate_learning_rates(optimizer, lr_scheduler, total, self.group_index,
-                                              lr_step_interval, steps_per_epoch)
-                lr_sum = math.fsum(lrs[self.start_step:])
+                lr_sum = learning_rate_sum(optimizer, lr_scheduler, total, self.start_step, self.group_index,
+                                           lr_step_interval, steps_per_epoch)
             if not lr_sum > 0:
                 raise ValueError(f"the learning rates of the pruning steps sum to {lr_sum}; lats needs a positive sum")
             self.lr_sum = float(lr_sum)

@@ -86,7 +86,9 @@ def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_sch
     total, start = epochs * steps_per_epoch, p.start_epoch * steps_per_epoch
     common = {"start_step": start}
     if name == "lats":
-        kwargs = dict(common, lr_scheduler=lr_scheduler, total_steps=total, steps_per_epoch=steps_per_epoch,
+        # A constant LR needs no simulation (millions of steps in the long recipes).
+        simulated = None if config.schedule.name == "constant" and not config.schedule.warmup_epochs else lr_scheduler
+        kwargs = dict(common, lr_scheduler=simulated, total_steps=total, steps_per_epoch=steps_per_epoch,
                       lr_step_interval=config.schedule.interval)
         kwargs.update({"l1": p.l1} if p.l1 is not None else {"final_threshold": p.final_threshold})
     elif name == "fixed":
