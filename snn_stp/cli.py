@@ -10,18 +10,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snn-stp", description=__doc__.split(":")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from .demo import DEMO_SCHEDULERS
-    demo = sub.add_parser("demo", help="train and prune a spiking MLP on the bundled digits (about 10 s on 2 CPU cores)",
-                          description="Train a spiking MLP (or its ANN twin) on the bundled 8x8 digits with a soft "
-                                      "threshold pruning scheduler; print accuracy, sparsity, threshold and implied L1.")
-    demo.add_argument("--scheduler", default="lats", choices=DEMO_SCHEDULERS, help="threshold scheduler (default: lats)")
-    demo.add_argument("--final-threshold", type=float, default=0.2, metavar="D", help="final threshold D (default: 0.2)")
-    demo.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
-    demo.add_argument("--lr", type=float, default=0.1, help="peak learning rate of SGD with a cosine schedule")
-    demo.add_argument("--time-steps", type=int, default=4, metavar="T", help="simulation time steps (default: 4)")
-    demo.add_argument("--ann", action="store_true", help="train the ANN twin (ReLU, no time dimension) instead")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="print only the final line")
     train = sub.add_parser("train", help="train (and prune) a model from a config; with none, the embedded default",
                            description="Train a model from a YAML config (default: a spiking MLP on the bundled "
                                        "digits pruned with LATS, a few minutes on 2 CPU cores).")
@@ -76,7 +64,8 @@ def run_training(args) -> int:
                                                       f"{config.pruning.scheduler}")
         trainer = Trainer(config, run_dir, resume=args.command == "resume", quiet=args.quiet,
                           dry_run=getattr(args, "dry_run", False))
-    except ConfigError as error:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        # Bad settings or missing data: the message says what is wrong, a traceback would not help.
         raise SystemExit(f"snn-stp {args.command}: {error}")
     if getattr(args, "dry_run", False):
         parameters = sum(p.numel() for p in trainer.model.parameters())
@@ -115,14 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['global_step']}): test accuracy "
               f"{result['test_acc']:.2%} (top-5 {result['test_top5']:.2%}, loss {result['test_loss']:.4f}), weight "
               f"sparsity {result['weight_sparsity']:.2%}, threshold d = {result['threshold']:.4g}")
-    elif args.command == "demo":
-        from .demo import run_demo
-        if args.epochs < 1 or args.time_steps < 1:
-            raise SystemExit("snn-stp demo: --epochs and --time-steps must be >= 1")
-        quiet = args.quiet
-        run_demo(scheduler=args.scheduler, final_threshold=args.final_threshold, epochs=args.epochs, lr=args.lr,
-                 time_steps=args.time_steps, spiking=not args.ann, seed=args.seed,
-                 log=(lambda m: print(m) if m.startswith("final:") else None) if quiet else print)
     return 0
 
 

@@ -155,6 +155,12 @@ def _check_type(value, hint, key: str):
             return None
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str):
+            # PyYAML (YAML 1.1) reads 1e-4 without a dot as a string.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind in (str, bool, list, dict) and isinstance(value, kind):

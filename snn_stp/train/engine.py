@@ -279,7 +279,7 @@ class Trainer:
             last = self.run_dir / "checkpoints" / "last.pt"
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(
-                f"loss is {float(loss)} at epoch {self.epoch + 1}, step {self.global_step + 1} (lr "
+                f"loss is {float(loss.detach())} at epoch {self.epoch + 1}, step {self.global_step + 1} (lr "
                 f"{self.optimizer.param_groups[0]['lr']:.4g}, threshold {self.thresholds.threshold:.4g}); stopped, "
                 f"{kept}. Lower optim.lr, set optim.grad_clip, or check the data")
 

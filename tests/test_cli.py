@@ -1,4 +1,4 @@
-"""The bundled digits and the end-to-end demo (the README's main job until the engine exists)."""
+"""The bundled digits and the command line."""
 
 import hashlib
 import subprocess
@@ -10,7 +10,6 @@ import torch
 
 from snn_stp import cli
 from snn_stp.data import digits_split, load_digits_arrays
-from snn_stp.demo import run_demo
 
 
 def test_digits_contents_and_split():
@@ -38,34 +37,14 @@ def test_missing_or_corrupt_digits_file_is_a_clear_error(tmp_path):
         load_digits_arrays(bad)
 
 
-def test_demo_trains_and_prunes():
-    logged = []
-    result = run_demo(epochs=6, log=logged.append)
-    assert result.test_accuracy > 0.9
-    assert result.weight_sparsity > 0.5
-    assert result.threshold == pytest.approx(0.2, rel=1e-9)
-    lambdas = [r["l1_coefficient"] for r in result.history]
-    assert max(lambdas) == pytest.approx(min(lambdas), rel=1e-9)  # LATS: one objective all along
-    assert [r["epoch"] for r in result.history] == list(range(1, 7))
-    assert logged[-4].startswith("final: test accuracy")
-
-
-def test_dense_demo_has_no_zeros():
-    result = run_demo(scheduler="dense", epochs=1, log=lambda m: None)
-    assert result.weight_sparsity == 0.0 and result.threshold == 0.0
-
-
-def test_cli_demo_prints_the_final_line(capsys):
-    assert cli.main(["demo", "--epochs", "2", "--quiet", "--ann"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("final: test accuracy")
-
-
-def test_cli_rejects_unknown_scheduler():
-    proc = subprocess.run([sys.executable, "-m", "snn_stp", "demo", "--scheduler", "foo"], capture_output=True,
-                          text=True)
-    assert proc.returncode == 2
-    assert "invalid choice: 'foo'" in proc.stderr and "'lats'" in proc.stderr
+def test_cli_rejects_unknown_commands_and_bad_settings():
+    proc = subprocess.run([sys.executable, "-m", "snn_stp", "fly"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice: 'fly'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "snn_stp", "train", "--set", "pruning.scheduler=foo"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("snn-stp train: pruning.scheduler 'foo' is unknown; valid:")
+    assert "Traceback" not in proc.stderr
 
 
 def test_cli_list_shows_models_and_schedulers(capsys):

@@ -1,0 +1,261 @@
+"""The training engine: configs, the run directory, exact resume after a real kill, gloo DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from snn_stp import cli
+from snn_stp.train import METRIC_KEYS, ConfigError, Trainer, TrainingDiverged, evaluate_checkpoint, load_config
+from snn_stp.train import checkpoint as ckpt
+from snn_stp.train.builders import make_lr_scheduler, make_optimizer
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("experiments", "recipes").glob("*.yaml"))
+# 2 epochs of 90 steps: enough steps for BatchNorm's running statistics (momentum 0.1) to forget
+# their initial values, so that evaluation means something.
+SMALL = ["model.options={hidden: 32}", "train.epochs=2", "data.batch_size=16"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# -- configs ----------------------------------------------------------------------------------
+
+def test_config_errors_list_what_is_valid(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['optim.learning_rate'\] in section 'optim'; valid: name, "
+                                          r"lr, momentum"):
+        load_config(overrides=["optim.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['trainer'\] in the top level; valid: model, data"):
+        load_config(write(tmp_path / "c.yaml", "trainer: {epochs: 3}\n"))
+    with pytest.raises(ConfigError, match="'train.epochs' must be int, got 'ten'"):
+        load_config(overrides=["train.epochs=ten"])
+    with pytest.raises(ConfigError, match="pgh needs pruning.beta"):
+        load_config(overrides=["pruning.scheduler=pgh"])
+    with pytest.raises(ConfigError, match=r"\['model.time_steps'\] only apply to spiking models"):
+        load_config(overrides=["model.spiking=false", "model.time_steps=4"])
+    with pytest.raises(ConfigError, match="model resnet50 is an ANN baseline"):
+        load_config(overrides=["model.name=resnet50"])
+    with pytest.raises(ConfigError, match="pruning.scheduler 'stlas' is unknown; valid: fixed, gmp, gradr, lats"):
+        load_config(overrides=["pruning.scheduler=stlas"])
+    with pytest.raises(ConfigError, match="frames/time_window/event_count/denoise_us/downsample apply to event data"):
+        load_config(overrides=["data.frames=8"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(overrides=["optim.lr"])
+
+
+def test_overrides_are_yaml_and_the_resolved_config_round_trips(tmp_path):
+    config = load_config(overrides=["optim.lr=5e-2", "pruning.include=[encoder.*]", "model.options={hidden: 16}"])
+    assert config.optim.lr == 0.05 and config.pruning.include == ["encoder.*"] and config.model.options == {"hidden": 16}
+    from snn_stp.train import save_config
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_validates_and_builds(recipe, tmp_path):
+    config = load_config(recipe)
+    assert config.description.strip(), "each recipe states its source and reference numbers"
+    trainer = Trainer(config, tmp_path / "run", dry_run=True, quiet=True)
+    assert trainer.steps_per_epoch > 0 and trainer.thresholds.last_step == 0
+    assert len(trainer.thresholds.layers) >= 3
+
+
+# -- the loop's parts -------------------------------------------------------------------------
+
+def test_warmup_then_cosine_per_epoch_and_per_step():
+    config = load_config(overrides=["train.epochs=10", "schedule.warmup_epochs=2", "optim.lr=1.0",
+                                    "schedule.interval=epoch"])
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer(config, model)
+    schedule = make_lr_scheduler(config, optimizer, steps_per_epoch=7)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[3] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi / 8)).item()))
+    config = load_config(overrides=["train.epochs=2", "schedule.name=multistep", "schedule.milestones=[1]"])
+    optimizer = make_optimizer(config, model)
+    schedule = make_lr_scheduler(config, optimizer, steps_per_epoch=3)
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert seen == pytest.approx([0.1] * 3 + [0.01] * 3)
+
+
+def test_weight_decay_skips_batchnorm_unless_asked():
+    from snn_stp.models import build_model
+    model = build_model("spiking_mlp", hidden=8)
+    config = load_config(overrides=["optim.weight_decay=0.01"])
+    groups = make_optimizer(config, model).param_groups
+    assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
+    norm_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d) for p in m.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == norm_params
+    assert len(make_optimizer(load_config(overrides=["optim.decay_norm=true"]), model).param_groups) == 1
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.loss=mse", "optim.name=adam", "optim.lr=0.01"],
+    ["train.label_smoothing=0.1", "schedule.name=step", "schedule.step_size=1", "optim.grad_clip=1.0"],
+    ["model.spiking=false", "pruning.scheduler=slats", "schedule.name=constant"],
+    ["pruning.scheduler=fixed", "pruning.init=inverse", "pruning.final_threshold=0.05"],
+    ["pruning.scheduler=gmp", "pruning.final_sparsity=0.5"],
+    ["pruning.scheduler=str", "pruning.trainable_threshold_init=-5", "optim.weight_decay=0.001"],
+    ["pruning.scheduler=gradr", "pruning.alpha=0.5", "pruning.target_sparsity=0.3", "optim.name=adam",
+     "optim.lr=0.01"],
+])
+def test_loss_optimizer_and_scheduler_paths_train(tmp_path, overrides):
+    config = load_config(overrides=SMALL + overrides)
+    summary = Trainer(config, tmp_path, quiet=True).fit()
+    assert summary["epochs_done"] == 2 and summary["global_step"] == 180
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train_acc"] > 0.4 and summary["final_test_acc"] > 0.3  # chance is 0.1
+    assert all(r["train_loss"] == r["train_loss"] for r in records)  # not NaN
+
+
+# -- the run directory ------------------------------------------------------------------------
+
+def test_default_main_job_end_to_end(tmp_path, capsys):
+    assert cli.main(["train", "--quiet", "--out", str(tmp_path), "--set", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("final test accuracy") and f"run directory {tmp_path}" in out
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert set(METRIC_KEYS) <= set(records[-1])
+    assert records[-1]["threshold"] == pytest.approx(0.2)
+    assert len({round(r["l1_coefficient"], 12) for r in records}) == 1  # LATS: one lambda
+    assert 0 < records[-1]["weight_sparsity"] < 1 and records[-1]["step"] == 69
+    assert set(records[-1]["layer_sparsity"]) == {"encoder.0.weight", "body.1.0.weight", "body.3.0.weight"}
+    assert records[0]["pruned"] > 0
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    assert (tmp_path / "checkpoints" / "last.pt").is_file() and (tmp_path / "checkpoints" / "best.pt").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final_test_acc"] == records[-1]["test_acc"] and summary["epochs_done"] == 3
+    assert load_config(tmp_path / "config.yaml").train.epochs == 3
+
+
+def test_eval_of_a_checkpoint_uses_its_saved_threshold(tmp_path, capsys):
+    config = load_config(overrides=SMALL)
+    Trainer(config, tmp_path, quiet=True).fit()
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    result = evaluate_checkpoint(tmp_path)
+    assert result["test_acc"] == last["test_acc"] and result["weight_sparsity"] == last["weight_sparsity"]
+    assert list(result["layer_thresholds"].values()) == pytest.approx([0.2] * 3)
+    assert cli.main(["eval", str(tmp_path)]) == 0
+    assert f"test accuracy {last['test_acc']:.2%}" in capsys.readouterr().out
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = load_config(overrides=SMALL + ["model.spiking=false", "optim.lr=1e30", "pruning.scheduler=dense",
+                                            "train.checkpoint_every_steps=1"])
+    trainer = Trainer(config, tmp_path, quiet=True)
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at epoch 1, step \d+ .*last good checkpoint is"):
+        trainer.fit()
+    state = ckpt.load(tmp_path / "checkpoints" / "last.pt")
+    assert 1 <= state["global_step"] < trainer.global_step + 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.dtype.is_floating_point)
+
+
+class _Explodes:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    path = tmp_path / "last.pt"
+    ckpt.save_atomic({"step": 1}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.save_atomic({"step": 2, "bad": _Explodes()}, path)
+    assert ckpt.load(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+# -- exact resume after a real kill -------------------------------------------------------------
+
+KILL_CONFIG = """
+model: {name: spiking_mlp, time_steps: 8, options: {hidden: 1024}}
+data: {name: digits, batch_size: 64}
+pruning: {scheduler: lats, final_threshold: 0.1}
+train: {epochs: 3, checkpoint_every_steps: 5}
+"""
+
+
+def run_cli(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "snn_stp", *args, "--quiet"], **popen)
+
+
+def metrics_without_time(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
+    config = write(tmp_path / "config.yaml", KILL_CONFIG)
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run_cli("train", "--config", str(config), "--out", str(full)).wait() == 0
+
+    process = run_cli("train", "--config", str(config), "--out", str(part))
+    checkpoint = part / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (part / "summary.json").exists(), "the run finished before it could be killed"
+    killed_at = ckpt.load(checkpoint)["global_step"]
+    assert 0 < killed_at < 69
+
+    assert run_cli("resume", str(part)).wait() == 0
+    a, b = ckpt.load(full / "checkpoints" / "last.pt"), ckpt.load(checkpoint)
+    assert a["global_step"] == b["global_step"] == 69
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["threshold_scheduler"] == b["threshold_scheduler"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert metrics_without_time(full) == metrics_without_time(part)
+
+
+# -- torchrun DDP on the CPU (gloo) -------------------------------------------------------------
+
+DDP_CONFIG = """
+model: {name: spiking_mlp, options: {hidden: 64, norm: false}}
+data: {name: digits, batch_size: 32}
+pruning: {scheduler: lats, final_threshold: 0.05}
+optim: {lr: 0.05}
+train: {epochs: 2}
+"""
+
+
+def test_gloo_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    config = write(tmp_path / "config.yaml", DDP_CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "snn_stp",
+                          "train", "--config", str(config), "--out", str(tmp_path / "ddp"), "--quiet"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "snn_stp", "train", "--config", str(config), "--set",
+                             "data.batch_size=64", "--out", str(tmp_path / "single"), "--quiet"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    ranks = summary["ranks"]
+    assert ranks[0]["threshold"] == ranks[1]["threshold"] == pytest.approx(0.05)
+    assert ranks[0]["weight_sparsity"] == ranks[1]["weight_sparsity"] > 0
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 46
+    a, b = ckpt.load(tmp_path / "ddp" / "checkpoints" / "last.pt"), ckpt.load(tmp_path / "single" / "checkpoints" / "last.pt")
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5), key
+    assert not any(p.name.startswith("rank") for p in (tmp_path / "ddp").iterdir())  # rank 0 alone writes
