@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint, exactly")
     resume.add_argument("run_dir")
     resume.add_argument("--quiet", action="store_true")
-    sub.add_parser("list", help="list the registered models, data sets and threshold schedulers",
-                   description="List the registered models (spiking ones with their ANN twins), data sets and threshold "
-                               "schedulers.")
+    sub.add_parser("list", help="list the registered models, data sets, threshold schedulers and recipes",
+                   description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
+                               "schedulers and the recipes in experiments/recipes.")
     return parser
 
 
@@ -46,6 +46,20 @@ def print_registries() -> None:
     for name, cls in sorted(THRESHOLD_SCHEDULERS.items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"  {name:<16} {summary}")
+    recipes = recipe_files()
+    if recipes:
+        import yaml
+        print(f"recipes ({recipes[0].parent}; run with snn-stp train --config FILE):")
+        for path in recipes:
+            description = " ".join(str(yaml.safe_load(path.read_text()).get("description", "")).split())
+            print(f"  {path.name:<36} {description[:100]}{'...' if len(description) > 100 else ''}")
+
+
+def recipe_files():
+    """The YAML recipes of a checkout (``experiments/recipes``), if this is one."""
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[1] / "experiments" / "recipes"
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def run_training(args) -> int:

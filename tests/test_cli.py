@@ -54,3 +54,4 @@ def test_cli_list_shows_models_and_schedulers(capsys):
     assert "digits_dvs       events  [T, 2, 34, 34]" in out and "cifar10          static" in out
     for name in ("lats", "slats", "pgh", "gmp", "str", "gradr"):
         assert f"\n  {name:<16} " in out
+    assert "imagenet_resnet50_slats.yaml" in out and "ANN ResNet-50 on ImageNet pruned with S-LATS" in out

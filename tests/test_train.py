@@ -259,3 +259,10 @@ def test_gloo_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     for key in a["model"]:
         assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5), key
     assert not any(p.name.startswith("rank") for p in (tmp_path / "ddp").iterdir())  # rank 0 alone writes
+
+
+def test_the_embedded_default_is_the_digits_recipe():
+    recipe = load_config(Path(RECIPES[0]).parent / "digits_snn_lats.yaml")
+    default = load_config()
+    recipe.description = default.description
+    assert recipe == default
