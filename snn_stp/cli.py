@@ -106,6 +106,21 @@ def pruning_names(model) -> list[str]:
     return [layer.name for layer in pruned_layers(model)]
 
 
+def print_analysis(result: dict) -> None:
+    """Operation counts, energy (with its table) and spike statistics of an evaluation."""
+    ops = result.get("ops")
+    if not ops:
+        return
+    print(f"per sample: MACs {ops['macs_effective']:,.0f} effective / {ops['macs_dense']:,.0f} dense, synaptic "
+          f"operations {ops['sops_effective']:,.0f} effective / {ops['sops_dense']:,.0f} dense; estimated energy "
+          f"{ops['energy_pj_effective'] / 1e6:.4g} uJ effective / {ops['energy_pj_dense'] / 1e6:.4g} uJ dense "
+          f"(table {ops['energy_table']}: an estimate for neuromorphic hardware, not a measurement)")
+    if "firing_rate" in result:
+        print(f"mean firing rate {result['mean_firing_rate']:.4f} (spikes per neuron per time step)")
+        for name, rate in result["firing_rate"].items():
+            print(f"  {name}: firing rate {rate:.4f}, silent neurons {result['silent_fraction'][name]:.2%}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['global_step']}): test accuracy "
               f"{result['test_acc']:.2%} (top-5 {result['test_top5']:.2%}, loss {result['test_loss']:.4f}), weight "
               f"sparsity {result['weight_sparsity']:.2%}, threshold d = {result['threshold']:.4g}")
+        print_analysis(result)
     return 0
 
 

@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 
-@torch.no_grad()
-def firing_rates(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """Run ``model`` on ``x`` and return each spiking layer's firing rate.
+@dataclass(frozen=True)
+class SpikeStatistics:
+    """Per spiking layer: ``rates`` = spikes / (neurons x time steps x samples), the mean of the
+    layer's binary output over the batch and all time steps; ``silent`` = the fraction of its
+    neurons that never fired for any sample at any time step. ``total_rate`` pools all layers."""
 
-    Rate = spikes / (neurons x time steps x samples): the mean of the layer's binary output over
-    every element of the batch and every time step. Runs in the model's current mode
-    (train/eval) without gradients; the model's own forward resets neuron state first.
+    rates: dict[str, float]
+    silent: dict[str, float]
+    total_rate: float
+
+
+@torch.no_grad()
+def spike_statistics(model: nn.Module, x: torch.Tensor) -> SpikeStatistics:
+    """Run ``model`` on ``x`` (current train/eval mode, no gradients) and collect spike statistics.
+
+    Multi-step neurons output ``[T, B, *neuron_shape]``; a neuron is one element of
+    ``neuron_shape`` (a channel at a position, for conv layers).
     """
     from spikingjelly.activation_based import monitor, neuron
 
-    recorder = monitor.OutputMonitor(model, neuron.BaseNode,
-                                     function_on_output=lambda s: (float(s.sum()), s.numel()))
+    def record(spikes: torch.Tensor):
+        per_neuron = spikes.reshape(-1, *spikes.shape[2:]).sum(0)  # over time steps and samples
+        return float(spikes.sum()), spikes.numel(), per_neuron
+
+    recorder = monitor.OutputMonitor(model, neuron.BaseNode, function_on_output=record)
     try:
         model(x)
-        rates = {}
+        rates, silent, spikes_all, elements_all = {}, {}, 0.0, 0
         for name in recorder.monitored_layers:
             records = recorder[name]
-            rates[name] = sum(r[0] for r in records) / sum(r[1] for r in records)
+            spikes, elements = sum(r[0] for r in records), sum(r[1] for r in records)
+            per_neuron = sum(r[2] for r in records)
+            rates[name] = spikes / elements
+            silent[name] = float((per_neuron == 0).float().mean())
+            spikes_all, elements_all = spikes_all + spikes, elements_all + elements
     finally:
         recorder.remove_hooks()
-    return rates
+    return SpikeStatistics(rates, silent, spikes_all / elements_all if elements_all else 0.0)
+
+
+def firing_rates(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Each spiking layer's firing rate on ``x`` (see :class:`SpikeStatistics`)."""
+    return spike_statistics(model, x).rates

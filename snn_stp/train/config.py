@@ -102,6 +102,8 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every_steps: int | None = None
     max_steps: int | None = None  # stop early (smoke tests); the schedules keep the full length
+    analysis_samples: int = 256  # test samples for per-epoch spike statistics and operation counts (0: off)
+    energy_table: str = "45nm_fp32"  # per-operation energies for the estimate (see snn_stp.analysis)
 
 
 @dataclass
@@ -239,6 +241,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"schedule.interval must be step or epoch, got {s.interval!r}")
     if t.loss not in ("cross_entropy", "mse"):
         raise ConfigError(f"train.loss {t.loss!r} is unknown; valid: cross_entropy, mse")
+    from ..analysis import ENERGY_TABLES
+    if t.energy_table not in ENERGY_TABLES:
+        raise ConfigError(f"train.energy_table {t.energy_table!r} is unknown; valid: {', '.join(ENERGY_TABLES)}")
     if t.loss == "mse" and t.label_smoothing:
         raise ConfigError("train.label_smoothing applies to cross_entropy, not mse")
     for key, value, low in (("train.epochs", t.epochs, 1), ("data.batch_size", d.batch_size, 1),

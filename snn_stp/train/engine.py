@@ -198,6 +198,7 @@ class Trainer:
                   "test_acc": test["acc"], "test_top5": test["top5"], "weight_sparsity": report.global_sparsity,
                   "layer_sparsity": report.layers, "pruned": change.pruned, "regrown": change.regrown,
                   "epoch_seconds": p["seconds"]}
+        record.update(self.analyze())
         self.epoch += 1
         self.step_in_epoch = 0
         self.partial = self._fresh_partial()
@@ -209,6 +210,9 @@ class Trainer:
             for key in METRIC_KEYS[2:]:
                 if key != "layer_sparsity":
                     self.writer.add_scalar(key, record[key], record["epoch"])
+            for key, value in {**record.get("ops", {}), "mean_firing_rate": record.get("mean_firing_rate")}.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"analysis/{key}", value, record["epoch"])
             self.writer.flush()
         self._save_checkpoint(best=improved)
         return record
@@ -233,6 +237,28 @@ class Trainer:
             totals[3] += len(labels)
         loss, top1, top5, n = distributed.all_sum(totals, self.ctx)
         return {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}
+
+    @torch.no_grad()
+    def analyze(self) -> dict:
+        """Spike statistics (spiking models) and operation counts on the first
+        ``train.analysis_samples`` test samples (rank 0 only; it writes the metrics)."""
+        c = self.config
+        n = min(c.train.analysis_samples, len(self.test_set))
+        if not n or not self.ctx.is_main:
+            return {}
+        from ..analysis import count_operations
+        from ..snn.monitoring import spike_statistics
+
+        loader = make_loader(self.test_set, c.data.name, n, self.spiking, sampler=_IndexSampler(list(range(n))))
+        inputs, _ = next(iter(loader))
+        inputs = inputs.to(self.device)
+        self.model.eval()
+        ops = count_operations(self.model, inputs, energy_table=c.train.energy_table).as_dict()
+        result = {"ops": {k: v for k, v in ops.items() if k != "layers"}, "layer_ops": ops["layers"]}
+        if self.spiking:
+            stats = spike_statistics(self.model, inputs)
+            result.update(firing_rate=stats.rates, silent_fraction=stats.silent, mean_firing_rate=stats.total_rate)
+        return result
 
     # -- state ---------------------------------------------------------------------------------
     def _fresh_partial(self) -> dict:
@@ -338,10 +364,11 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
     trainer = Trainer(config, path.parent.parent, quiet=quiet)
     trainer.model.load_state_dict(state["model"])
     test = trainer.evaluate()
+    analysis = trainer.analyze()
     report = pruning.weight_sparsity(trainer.model)
     thresholds = {layer.name: float(layer.parametrization.threshold)
                   for layer in pruning.pruned_layers(trainer.model, pruning.SoftThreshold)}
     return {"checkpoint": str(path), "epoch": state["epoch"], "global_step": state["global_step"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
             "weight_sparsity": report.global_sparsity, "layer_sparsity": report.layers,
-            "threshold": state["threshold_scheduler"]["threshold"], "layer_thresholds": thresholds}
+            "threshold": state["threshold_scheduler"]["threshold"], "layer_thresholds": thresholds, **analysis}
