@@ -24,6 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint, exactly")
     resume.add_argument("run_dir")
     resume.add_argument("--quiet", action="store_true")
+    plot = sub.add_parser("plot", help="figures (PNG and PDF) of one or more run directories")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="folder for the figures (default: RUN_DIR/plots)")
+    plot.add_argument("--layers", nargs="*", help="pruned weights for the theta/w histograms (default: first three)")
+    plot.add_argument("--raster-layer", help="spiking layer for the spike raster (default: the first)")
+    plot.add_argument("--sample", type=int, default=0, help="test sample of the spike raster")
+    compare = sub.add_parser("compare", help="Markdown report comparing runs (ANN vs SNN ratios)")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", required=True, help="folder for report.md and its figures")
     sub.add_parser("list", help="list the registered models, data sets, threshold schedulers and recipes",
                    description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
                                "schedulers and the recipes in experiments/recipes.")
@@ -127,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         print_registries()
     elif args.command in ("train", "resume"):
         return run_training(args)
+    elif args.command == "plot":
+        from .analysis.plots import plot_runs
+        files = plot_runs(args.runs, args.out, args.layers, args.raster_layer, args.sample)
+        print(f"wrote {len(files)} files:")
+        for path in files:
+            print(f"  {path}")
+    elif args.command == "compare":
+        from .analysis.report import compare_runs
+        print(f"wrote {compare_runs(args.runs, args.out)}")
     elif args.command == "eval":
         from .train import evaluate_checkpoint
         result = evaluate_checkpoint(args.path)

@@ -1,0 +1,311 @@
+"""Figures from run directories (never from live training objects); one figure per question.
+
+Every function returns a ``matplotlib.figure.Figure`` with labelled axes (units included), a
+legend where there are several series, and a title naming the run; :func:`plot_runs` writes
+them as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+@dataclass
+class Run:
+    """What a run directory holds: ``config`` (dict), ``metrics`` (one dict per epoch), ``summary``."""
+
+    path: Path
+    config: dict
+    metrics: list[dict]
+    summary: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def label(self) -> str:
+        model = self.config["model"]
+        return f"{self.name} ({model['name']} {'SNN' if self.spiking else 'ANN'}, {self.config['pruning']['scheduler']})"
+
+    @property
+    def spiking(self) -> bool:
+        return bool(self.config["model"]["spiking"])
+
+    @property
+    def last(self) -> dict:
+        return self.metrics[-1]
+
+
+def read_run(path: str | Path) -> Run:
+    """Load a run directory; an incomplete one is an error naming the missing file."""
+    import yaml
+
+    path = Path(path)
+    for required in ("config.yaml", "metrics.jsonl"):
+        if not (path / required).is_file():
+            raise FileNotFoundError(f"{path} is not a run directory: {required} is missing")
+    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
+    if not metrics:
+        raise ValueError(f"{path}/metrics.jsonl has no epoch yet")
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    return Run(path, yaml.safe_load((path / "config.yaml").read_text()), metrics, summary)
+
+
+def _series(run: Run, key: str) -> list:
+    return [m[key] for m in run.metrics]
+
+
+def _integer_x(ax) -> None:
+    """Epochs and time steps are whole numbers."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_threshold(run: Run):
+    """Threshold d and the implied L1 coefficient against the optimizer step."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    steps = _series(run, "step")
+    ax.plot(steps, _series(run, "threshold"), "o-", color="tab:blue", label="threshold d")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("threshold d (weight units)")
+    twin = ax.twinx()
+    twin.plot(steps, _series(run, "l1_coefficient"), "s--", color="tab:red", label="implied L1 coefficient λ")
+    twin.set_ylabel("implied L1 coefficient λ = Δd / lr + wd·d")
+    lines = ax.get_lines() + twin.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
+    ax.set_title(f"Threshold schedule: {run.label}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sparsity(run: Run):
+    """Global and per-layer weight sparsity against the epoch."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    epochs = _series(run, "epoch")
+    ax.plot(epochs, [100 * v for v in _series(run, "weight_sparsity")], "k-", linewidth=2.5, label="global")
+    for layer in run.metrics[-1]["layer_sparsity"]:
+        ax.plot(epochs, [100 * m["layer_sparsity"][layer] for m in run.metrics], linewidth=1, label=layer)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weight sparsity (% zeros)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small")
+    _integer_x(ax)
+    ax.set_title(f"Weight sparsity: {run.label}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_support_changes(run: Run):
+    """Weights newly pruned and regrown in each epoch, with the threshold for reference."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    epochs = np.asarray(_series(run, "epoch"))
+    ax.bar(epochs - 0.2, _series(run, "pruned"), width=0.4, color="tab:orange", label="pruned (non-zero -> 0)")
+    ax.bar(epochs + 0.2, _series(run, "regrown"), width=0.4, color="tab:green", label="regrown (0 -> non-zero)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weights per epoch (count)")
+    twin = ax.twinx()
+    twin.plot(epochs, _series(run, "threshold"), "k.-", label="threshold d")
+    twin.set_ylabel("threshold d (weight units)")
+    handles = ax.get_legend_handles_labels()
+    twin_handles = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], loc="center right", fontsize="small")
+    _integer_x(ax)
+    ax.set_title(f"Pruned and regrown weights: {run.label}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy(run: Run):
+    """Train and test accuracy against the epoch."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    epochs = _series(run, "epoch")
+    ax.plot(epochs, [100 * v for v in _series(run, "test_acc")], "o-", label="test (top-1)")
+    ax.plot(epochs, [100 * v for v in _series(run, "train_acc")], "--", label="train (top-1)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend()
+    _integer_x(ax)
+    ax.set_title(f"Accuracy: {run.label}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_layers(run: Run):
+    """Final per-layer weight sparsity and (spiking models) firing rate, side by side."""
+    last = run.last
+    spiking = "firing_rate" in last
+    fig, axes = plt.subplots(1, 2 if spiking else 1, figsize=(11 if spiking else 6.4, 4), squeeze=False)
+    names = list(last["layer_sparsity"])
+    ax = axes[0][0]
+    ax.barh(names, [100 * last["layer_sparsity"][n] for n in names], color="tab:blue", label="weight sparsity")
+    ax.set_xlabel("weight sparsity (% zeros)")
+    ax.set_ylabel("pruned layer")
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    if spiking:
+        ax2 = axes[0][1]
+        neurons = list(last["firing_rate"])
+        ax2.barh(neurons, list(last["firing_rate"].values()), color="tab:red", label="firing rate")
+        ax2.set_xlabel("firing rate (spikes per neuron per time step)")
+        ax2.set_ylabel("spiking layer")
+        ax2.invert_yaxis()
+    fig.suptitle(f"Per-layer sparsity{' and firing rate' if spiking else ''} at epoch {last['epoch']}: {run.label}")
+    fig.tight_layout()
+    return fig
+
+
+def load_model(run: Run, checkpoint: str = "last.pt"):
+    """The run's model rebuilt from its config with the checkpoint's weights (CPU, eval mode)."""
+    from ..data import DATASETS
+    from ..train.builders import make_model
+    from ..train.checkpoint import load
+    from ..train.config import from_dict
+
+    config = from_dict(run.config)
+    model = make_model(config, DATASETS[config.data.name].num_classes, torch.device("cpu"))
+    model.load_state_dict(load(run.path / "checkpoints" / checkpoint)["model"])
+    return model.eval(), config
+
+
+def plot_histograms(run: Run, layers: list[str] | None = None, max_layers: int = 3):
+    """Histograms of the latent theta and the effective w = S_d(theta) of chosen pruned layers."""
+    from ..pruning import pruned_layers
+
+    model, _ = load_model(run)
+    available = {layer.name: layer for layer in pruned_layers(model)}
+    chosen = layers or list(available)[:max_layers]
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        raise ValueError(f"no pruned layer {unknown}; pruned layers: {', '.join(available)}")
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], chosen):
+        theta = available[name].theta.detach().flatten().numpy()
+        w = available[name].weight.detach().flatten().numpy()
+        bins = np.linspace(min(theta.min(), w.min()), max(theta.max(), w.max()), 80)
+        ax.hist(theta, bins=bins, alpha=0.6, label="latent θ")
+        ax.hist(w[w != 0], bins=bins, alpha=0.6, label=f"w = S_d(θ), non-zero ({(w != 0).mean():.1%})")
+        ax.set_yscale("log")
+        ax.set_xlabel("value (weight units)")
+        ax.set_ylabel("count")
+        ax.set_title(name, fontsize="medium")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"θ and w at the last checkpoint: {run.label}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_raster(run: Run, layer: str | None = None, sample: int = 0, max_neurons: int = 256):
+    """Spike raster of one test sample for one spiking layer: time step against neuron index."""
+    from spikingjelly.activation_based import monitor, neuron
+
+    from ..data import build_dataset, make_loader
+
+    model, config = load_model(run)
+    if not getattr(model, "spiking", False):
+        raise ValueError(f"{run.name} is an ANN run; spike rasters need a spiking model")
+    d = config.data
+    frames = d.frames or model.time_steps
+    options = dict(time_steps=frames, time_window=d.time_window, event_count=d.event_count,
+                   denoise_us=d.denoise_us, downsample=d.downsample)
+    from ..data import DATASETS
+    dataset = build_dataset(d.name, "test", d.root, augment=False, cache=d.cache,
+                            **(options if DATASETS[d.name].kind == "events" else {}))
+    x, label = make_loader(dataset, d.name, 1, True, sampler=[sample]).__iter__().__next__()
+    recorder = monitor.OutputMonitor(model, neuron.BaseNode, function_on_output=lambda s: s.detach().clone())
+    try:
+        with torch.no_grad():
+            model(x)
+        names = list(recorder.monitored_layers)
+        chosen = layer or names[0]
+        if chosen not in names:
+            raise ValueError(f"no spiking layer {chosen!r}; spiking layers: {', '.join(names)}")
+        spikes = recorder[chosen][0][:, 0].reshape(recorder[chosen][0].shape[0], -1)[:, :max_neurons]
+    finally:
+        recorder.remove_hooks()
+    times, cells = np.nonzero(spikes.numpy())
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.scatter(times, cells, marker="|", s=60, color="k", label="spike")
+    ax.set_xlabel("time step")
+    ax.set_ylabel(f"neuron index (first {spikes.shape[1]})")
+    ax.set_xlim(-0.5, spikes.shape[0] - 0.5)
+    ax.set_ylim(-0.5, spikes.shape[1] - 0.5)
+    _integer_x(ax)
+    ax.set_title(f"Spikes of {chosen}, test sample {sample} (label {int(label[0])}): {run.name}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_sparsity(runs: list[Run]):
+    """Final test accuracy against final weight sparsity, one point per run, marked by scheduler."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for run in runs:
+        ax.plot(100 * run.last["weight_sparsity"], 100 * run.last["test_acc"], "o", markersize=8, label=run.label)
+    ax.set_xlabel("weight sparsity (% zeros)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize="small")
+    ax.set_title("Accuracy vs weight sparsity")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_energy(runs: list[Run]):
+    """Final test accuracy against the estimated energy per sample (effective operations)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    tables = set()
+    for run in runs:
+        ops = run.last.get("ops")
+        if ops is None:
+            continue
+        tables.add(ops["energy_table"])
+        ax.plot(ops["energy_pj_effective"] / 1e6, 100 * run.last["test_acc"], "o", markersize=8, label=run.label)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"estimated energy per sample (µJ, table {', '.join(sorted(tables)) or 'n/a'})")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize="small")
+    ax.set_title("Accuracy vs estimated energy (effective operations)")
+    fig.tight_layout()
+    return fig
+
+
+RUN_FIGURES = {"threshold": plot_threshold, "sparsity": plot_sparsity, "support_changes": plot_support_changes,
+               "accuracy": plot_accuracy, "layers": plot_layers}
+
+
+def save(fig, folder: Path, name: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def plot_runs(paths: list[str | Path], out: str | Path | None = None, layers: list[str] | None = None,
+              raster_layer: str | None = None, sample: int = 0) -> list[Path]:
+    """Write every figure of every run (into ``RUN/plots`` or ``out/<run>``) and, for several
+    runs, the cross-run figures (into ``out`` or the first run's ``plots``). Returns the files."""
+    runs = [read_run(p) for p in paths]
+    written = []
+    for run in runs:
+        folder = Path(out) / run.name if out else run.path / "plots"
+        for name, function in RUN_FIGURES.items():
+            written += save(function(run), folder, name)
+        if (run.path / "checkpoints" / "last.pt").is_file():
+            written += save(plot_histograms(run, layers), folder, "histograms")
+            if "firing_rate" in run.last:
+                written += save(plot_raster(run, raster_layer, sample), folder, "raster")
+    if len(runs) > 1:
+        folder = Path(out) if out else runs[0].path / "plots"
+        written += save(plot_accuracy_vs_sparsity(runs), folder, "accuracy_vs_sparsity")
+        written += save(plot_accuracy_vs_energy(runs), folder, "accuracy_vs_energy")
+    return written

@@ -1,0 +1,94 @@
+"""ANN-vs-SNN comparison report: a Markdown table per run, ratios SNN/ANN, embedded figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .compute import ENERGY_TABLES
+from .plots import Run, plot_accuracy_vs_energy, plot_accuracy_vs_sparsity, read_run, save
+
+#: (column title, function of a run's last metrics record); None where a value does not apply.
+COLUMNS = [
+    ("test accuracy (%)", lambda m: 100 * m["test_acc"]),
+    ("weight sparsity (%)", lambda m: 100 * m["weight_sparsity"]),
+    ("firing rate", lambda m: m.get("mean_firing_rate")),
+    ("MACs dense", lambda m: m.get("ops", {}).get("macs_dense")),
+    ("MACs effective", lambda m: m.get("ops", {}).get("macs_effective")),
+    ("SOPs dense", lambda m: m.get("ops", {}).get("sops_dense")),
+    ("SOPs effective", lambda m: m.get("ops", {}).get("sops_effective")),
+    ("energy dense (µJ)", lambda m: _uj(m, "energy_pj_dense")),
+    ("energy effective (µJ)", lambda m: _uj(m, "energy_pj_effective")),
+]
+
+
+def _uj(record: dict, key: str):
+    value = record.get("ops", {}).get(key)
+    return None if value is None else value / 1e6
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def run_row(run: Run) -> dict:
+    """The report's numbers for one run (final epoch)."""
+    last = run.last
+    row = {"run": run.name, "model": run.config["model"]["name"], "spiking": run.spiking,
+           "scheduler": run.config["pruning"]["scheduler"], "D": run.config["pruning"].get("final_threshold"),
+           "epoch": last["epoch"]}
+    row.update({title: get(last) for title, get in COLUMNS})
+    return row
+
+
+def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """(SNN, ANN) pairs: twins of the same model, or the only SNN and the only ANN."""
+    snns = [r for r in runs if r.spiking]
+    anns = [r for r in runs if not r.spiking]
+    matched = [(s, a) for s in snns for a in anns if s.config["model"]["name"] == a.config["model"]["name"]]
+    if not matched and len(snns) == 1 and len(anns) == 1:
+        matched = [(snns[0], anns[0])]
+    return matched
+
+
+def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
+    """Write ``out/report.md`` (and its figures) comparing the runs; returns the report's path."""
+    runs = [read_run(p) for p in paths]
+    out = Path(out)
+    save(plot_accuracy_vs_sparsity(runs), out, "accuracy_vs_sparsity")
+    save(plot_accuracy_vs_energy(runs), out, "accuracy_vs_energy")
+    tables = sorted({r.last["ops"]["energy_table"] for r in runs if "ops" in r.last})
+    rows = [run_row(r) for r in runs]
+    head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + [title for title, _ in COLUMNS]
+    lines = ["# ANN vs SNN comparison", "",
+             "Final epoch of each run. Operation counts are per sample on the first test samples "
+             "(`train.analysis_samples`): MACs for real-valued inputs, synaptic operations (SOPs: input spikes x "
+             "non-zero fan-out, summed over time steps) for spikes; *effective* counts only non-zero weights.",
+             "", f"Energy is an estimate for neuromorphic hardware from the table {', '.join(tables) or 'n/a'} "
+                 + "(" + "; ".join(f"{t}: {ENERGY_TABLES[t]['mac_pj']} pJ per MAC, {ENERGY_TABLES[t]['ac_pj']} pJ "
+                                   f"per accumulate" for t in tables) + "), not a measurement.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [str(row["run"]), row["model"], "yes" if row["spiking"] else "no", row["scheduler"],
+                 _fmt(row["D"]), str(row["epoch"])] + [_fmt(row[title]) for title, _ in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    for snn, ann in pairs(runs):
+        s, a = run_row(snn), run_row(ann)
+        lines += ["", f"## Ratio SNN / ANN: {snn.name} / {ann.name}", "", "| quantity | SNN | ANN | SNN / ANN |",
+                  "|---|---|---|---|"]
+        for title, _ in COLUMNS:
+            ratio = s[title] / a[title] if s[title] is not None and a[title] else None
+            lines.append(f"| {title} | {_fmt(s[title])} | {_fmt(a[title])} | {_fmt(ratio)} |")
+        total_s = (s["MACs effective"] or 0) + (s["SOPs effective"] or 0)
+        total_a = (a["MACs effective"] or 0) + (a["SOPs effective"] or 0)
+        if total_a:
+            lines.append(f"| operations effective (MACs + SOPs) | {_fmt(total_s)} | {_fmt(total_a)} | "
+                         f"{_fmt(total_s / total_a)} |")
+    lines += ["", "![accuracy vs weight sparsity](accuracy_vs_sparsity.png)", "",
+              "![accuracy vs estimated energy](accuracy_vs_energy.png)", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
