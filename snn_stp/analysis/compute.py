@@ -77,17 +77,18 @@ def _operation_count(module: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> 
 
 @torch.no_grad()
 def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = None,
-                     energy_table: str = DEFAULT_ENERGY_TABLE) -> OperationReport:
+                     energy_table: str = DEFAULT_ENERGY_TABLE, batch_size: int | None = None) -> OperationReport:
     """Run ``model`` on ``x`` and count each conv/linear layer's operations per sample.
 
     ``spiking`` defaults to ``model.spiking``; in an ANN every layer counts MACs. The batch size is
-    read from ``x`` (``[B, ...]``, or ``[T, B, ...]`` for event input of a spiking model).
+    read from ``x`` (``[B, ...]``, or ``[T, B, ...]`` for event input of a spiking model of this
+    package) unless ``batch_size`` is given.
     """
     if energy_table not in ENERGY_TABLES:
         raise ValueError(f"unknown energy table {energy_table!r}; valid: {', '.join(ENERGY_TABLES)}")
     spiking = bool(getattr(model, "spiking", False)) if spiking is None else spiking
     sample_dims = getattr(model, "sample_dims", x.dim() - 1)
-    batch = x.shape[1] if spiking and x.dim() == sample_dims + 2 else x.shape[0]
+    batch = batch_size or (x.shape[1] if spiking and x.dim() == sample_dims + 2 else x.shape[0])
     layers: dict[str, LayerOps] = {}
     handles = []
 

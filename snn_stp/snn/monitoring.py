@@ -41,7 +41,7 @@ def spike_statistics(model: nn.Module, x: torch.Tensor) -> SpikeStatistics:
             spikes, elements = sum(r[0] for r in records), sum(r[1] for r in records)
             per_neuron = sum(r[2] for r in records)
             rates[name] = spikes / elements
-            silent[name] = float((per_neuron == 0).float().mean())
+            silent[name] = float((per_neuron == 0).double().mean())
             spikes_all, elements_all = spikes_all + spikes, elements_all + elements
     finally:
         recorder.remove_hooks()
