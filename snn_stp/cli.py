@@ -124,6 +124,8 @@ def print_analysis(result: dict) -> None:
           f"operations {ops['sops_effective']:,.0f} effective / {ops['sops_dense']:,.0f} dense; estimated energy "
           f"{ops['energy_pj_effective'] / 1e6:.4g} uJ effective / {ops['energy_pj_dense'] / 1e6:.4g} uJ dense "
           f"(table {ops['energy_table']}: an estimate for neuromorphic hardware, not a measurement)")
+    for name, layer in result.get("layer_ops", {}).items():
+        print(f"  {name}: {layer['kind'].upper()}s {layer['effective']:,.0f} effective / {layer['dense']:,.0f} dense")
     if "firing_rate" in result:
         print(f"mean firing rate {result['mean_firing_rate']:.4f} (spikes per neuron per time step)")
         for name, rate in result["firing_rate"].items():
