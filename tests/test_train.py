@@ -70,28 +70,25 @@ def test_every_recipe_validates_and_builds(recipe, tmp_path):
 
 # -- the loop's parts -------------------------------------------------------------------------
 
-def test_warmup_then_cosine_per_epoch_and_per_step():
-    config = load_config(overrides=["train.epochs=10", "schedule.warmup_epochs=2", "optim.lr=1.0",
-                                    "schedule.interval=epoch"])
-    model = torch.nn.Linear(2, 2)
-    optimizer = make_optimizer(config, model)
-    schedule = make_lr_scheduler(config, optimizer, steps_per_epoch=7)
+def lr_sequence(overrides, steps_per_epoch, steps):
+    """The LR of each of ``steps`` optimizer steps under the configured schedule."""
+    config = load_config(overrides=overrides)
+    optimizer = make_optimizer(config, torch.nn.Linear(2, 2))
+    schedule = make_lr_scheduler(config, optimizer, steps_per_epoch)
     lrs = []
-    for _ in range(10):
+    for _ in range(steps):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
+    return lrs
+
+
+def test_warmup_then_cosine_per_epoch_and_multistep_per_step():
+    lrs = lr_sequence(["train.epochs=10", "schedule.warmup_epochs=2", "optim.lr=1.0", "schedule.interval=epoch"], 7, 10)
     assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert lrs[3] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi / 8)).item()))
-    config = load_config(overrides=["train.epochs=2", "schedule.name=multistep", "schedule.milestones=[1]"])
-    optimizer = make_optimizer(config, model)
-    schedule = make_lr_scheduler(config, optimizer, steps_per_epoch=3)
-    seen = []
-    for _ in range(6):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert seen == pytest.approx([0.1] * 3 + [0.01] * 3)
+    lrs = lr_sequence(["train.epochs=2", "schedule.name=multistep", "schedule.milestones=[1]"], 3, 6)
+    assert lrs == pytest.approx([0.1] * 3 + [0.01] * 3)
 
 
 def test_weight_decay_skips_batchnorm_unless_asked():

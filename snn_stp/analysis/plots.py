@@ -65,6 +65,13 @@ def _series(run: Run, key: str) -> list:
     return [m[key] for m in run.metrics]
 
 
+def _legend_with_twin(ax, twin, **options) -> None:
+    """One legend for the series of an axis and of its twin (right-hand) axis."""
+    handles, labels = ax.get_legend_handles_labels()
+    twin_handles, twin_labels = twin.get_legend_handles_labels()
+    ax.legend(handles + twin_handles, labels + twin_labels, **options)
+
+
 def _integer_x(ax) -> None:
     """Epochs and time steps are whole numbers."""
     from matplotlib.ticker import MaxNLocator
@@ -81,8 +88,7 @@ def plot_threshold(run: Run):
     twin = ax.twinx()
     twin.plot(steps, _series(run, "l1_coefficient"), "s--", color="tab:red", label="implied L1 coefficient λ")
     twin.set_ylabel("implied L1 coefficient λ = Δd / lr + wd·d")
-    lines = ax.get_lines() + twin.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
+    _legend_with_twin(ax, twin, loc="lower right")
     ax.set_title(f"Threshold schedule: {run.label}")
     fig.tight_layout()
     return fig
@@ -116,9 +122,7 @@ def plot_support_changes(run: Run):
     twin = ax.twinx()
     twin.plot(epochs, _series(run, "threshold"), "k.-", label="threshold d")
     twin.set_ylabel("threshold d (weight units)")
-    handles = ax.get_legend_handles_labels()
-    twin_handles = twin.get_legend_handles_labels()
-    ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], loc="center right", fontsize="small")
+    _legend_with_twin(ax, twin, loc="center right", fontsize="small")
     _integer_x(ax)
     ax.set_title(f"Pruned and regrown weights: {run.label}")
     fig.tight_layout()
