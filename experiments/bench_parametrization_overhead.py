@@ -6,22 +6,20 @@ that drift in machine speed hits both alike; prints the medians and the ratio sp
 Target: ratio <= 1.05.
 
     python experiments/bench_parametrization_overhead.py [--repeats 15] [--batch 128] [--device cpu]
-                                                         [--steady-allocator]
+                                                         [--system-allocator]
 
-On the CPU, glibc's malloc returns freed memory to the system and page-faults it back in; the
-sparsified step allocates its effective weights (for ResNet-18, 44 MB per step) and so shifts
-when that happens, which dominates the CPU ratio. ``--steady-allocator`` re-runs the script with
-glibc told to keep freed memory (what jemalloc/tcmalloc, recommended for PyTorch CPU training,
-do anyway), isolating the cost of the parametrization itself. Report both.
+By default it measures under the conditions ``snn-stp train`` runs with: glibc told to keep freed
+memory (``snn_stp.train.allocator``). With glibc's defaults (``--system-allocator``) freed memory
+is returned to the system and page-faulted back in; the sparsified step allocates its effective
+weights (for ResNet-18, 44 MB per step), which shifts when that happens and dominates the CPU
+ratio. Report both.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import sys
 import time
 
 import torch
@@ -30,10 +28,7 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
 import snn_stp
-
-
-#: glibc malloc settings that keep freed memory in the process (values in bytes).
-STEADY_ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
+from snn_stp.train.allocator import use_steady_allocator
 
 
 def spiking_cnn() -> nn.Module:
@@ -105,14 +100,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steady-allocator", action="store_true",
-                        help="re-run with glibc malloc keeping freed memory (no trimming, no mmap)")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="keep glibc's default malloc behaviour instead of snn-stp train's steady allocator")
     args = parser.parse_args()
-    if args.steady_allocator and STEADY_ALLOCATOR_ENV["MALLOC_TRIM_THRESHOLD_"] != os.environ.get("MALLOC_TRIM_THRESHOLD_"):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_ALLOCATOR_ENV})
+    steady = not args.system_allocator and use_steady_allocator()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    allocator = "steady glibc allocator" if args.steady_allocator else "default allocator"
+    allocator = "steady allocator (as snn-stp train)" if steady else "system allocator defaults"
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {allocator}, median of {args.repeats} steps")
     y = torch.randint(0, 10, (args.batch,), device=device)

@@ -85,6 +85,9 @@ def run_training(args) -> int:
             config = load_config(args.config, args.set)
             run_dir = Path(args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
                                                       f"{config.pruning.scheduler}")
+        if config.train.steady_allocator:
+            from .train.allocator import use_steady_allocator
+            use_steady_allocator()
         trainer = Trainer(config, run_dir, resume=args.command == "resume", quiet=args.quiet,
                           dry_run=getattr(args, "dry_run", False))
     except (ConfigError, ValueError, TypeError, FileNotFoundError, ImportError) as error:

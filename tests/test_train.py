@@ -263,3 +263,9 @@ def test_the_embedded_default_is_the_digits_recipe():
     default = load_config()
     recipe.description = default.description
     assert recipe == default
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_steady_allocator_takes_effect_on_glibc():
+    from snn_stp.train.allocator import use_steady_allocator
+    assert use_steady_allocator() is True

@@ -104,6 +104,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke tests); the schedules keep the full length
     analysis_samples: int = 256  # test samples for per-epoch spike statistics and operation counts (0: off)
     energy_table: str = "45nm_fp32"  # per-operation energies for the estimate (see snn_stp.analysis)
+    steady_allocator: bool = True  # snn-stp keeps freed memory in the process (glibc; see train/allocator.py)
 
 
 @dataclass
