@@ -82,6 +82,48 @@ def write_cifar(root, name="cifar10", per_batch=4, seed=0):
     return base
 
 
+def write_aedat4(path, t, x, y, p, width=128, height=128):
+    """An uncompressed AEDAT 4 file with one event stream, as iniVation DV writes it: the magic line,
+    a size-prefixed IOHeader flatbuffer ("IOHE") whose XML description declares stream 0 as
+    events (EVTS) of the sensor size, then one packet: stream id, size, and a size-prefixed
+    EventPacket flatbuffer ("EVTS") holding Event structs {t: int64, x: int16, y: int16, on: bool}."""
+    import flatbuffers
+
+    def finished(build, identifier):
+        builder = flatbuffers.Builder(1024)
+        builder.FinishSizePrefixed(build(builder), identifier)
+        return bytes(builder.Output())
+
+    description = ('<dv version="2.0"><node name="outInfo"><node name="0">'
+                   '<attr key="typeIdentifier" type="string">EVTS</attr><node name="info">'
+                   f'<attr key="sizeX" type="int">{width}</attr><attr key="sizeY" type="int">{height}</attr>'
+                   '</node></node></node></dv>')
+
+    def io_header(builder):
+        text = builder.CreateString(description)
+        builder.StartObject(3)  # compression (0: none), dataTablePosition, infoNode
+        builder.PrependUOffsetTRelativeSlot(2, text, 0)
+        return builder.EndObject()
+
+    def event_packet(builder):
+        builder.StartVector(16, len(t), 8)
+        for i in reversed(range(len(t))):  # flatbuffers build back to front
+            builder.Prep(8, 16)
+            builder.Pad(3)
+            builder.PrependBool(bool(p[i]))
+            builder.PrependInt16(int(y[i]))
+            builder.PrependInt16(int(x[i]))
+            builder.PrependInt64(int(t[i]))
+        elements = builder.EndVector()
+        builder.StartObject(1)
+        builder.PrependUOffsetTRelativeSlot(0, elements, 0)
+        return builder.EndObject()
+
+    payload = finished(event_packet, b"EVTS")
+    path.write_bytes(b"#!AER-DAT4.0\r\n" + finished(io_header, b"IOHE") + (0).to_bytes(4, "little")
+                     + len(payload).to_bytes(4, "little") + payload)
+
+
 def write_shd(root, split="train", samples=6, seed=0):
     rng = np.random.default_rng(seed)
     base = root / "SHD"
@@ -235,18 +277,20 @@ def test_shd(tmp_path):
     assert x.shape == (5, 3, 700)
 
 
-def test_cifar10_dvs_split_and_unreadable_file(tmp_path):
-    """The split is tested through Tonic's real class on placeholder files. No valid AEDAT4 file is
-    written: the 'aedat' package only decodes, and writing AEDAT4 needs iniVation DV's
-    flatbuffer schema (IOHeader, compressed event packets), which is not available offline. So
-    reading a sample is checked to fail with an error that names the file."""
+def test_cifar10_dvs_from_aedat4_files(tmp_path):
+    """Tonic's CIFAR10DVS reads AEDAT 4 with the 'aedat' decoder; the files are written here in
+    that format (see write_aedat4). The split is the first 90 % (900 of 1,000) of each class."""
     base = tmp_path / "CIFAR10DVS"
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    counts = {}
     for c in classes:
         for i in range(100):
             path = base / c / f"cifar10_{c}_{i}.aedat4"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"#!AER-DAT4.0\r\n")
+            n = 5 + i % 4
+            write_aedat4(path, np.arange(n) * 1000 + i, (np.arange(n) * 13 + i) % 128, (np.arange(n) * 7) % 128,
+                         np.arange(n) % 2)
+            counts[str(path)] = n
     (base / "CIFAR10DVS.zip").write_bytes(b"")
     train = build_dataset("cifar10_dvs", "train", root=tmp_path, time_steps=4, cache=False)
     test = build_dataset("cifar10_dvs", "test", root=tmp_path, time_steps=4, cache=False)
@@ -254,8 +298,17 @@ def test_cifar10_dvs_split_and_unreadable_file(tmp_path):
     assert [train.labels.count(k) for k in range(10)] == [90] * 10
     first_test = test.files[test.indices[0]]
     assert first_test.endswith("airplane/cifar10_airplane_90.aedat4")  # the last 10% of each class (sorted)
-    with pytest.raises(RuntimeError, match="could not read .*cifar10_airplane_0.aedat4"):
-        train[0]
+    for dataset, index in ((train, 0), (train, 455), (test, 99)):
+        frames, label = dataset[index]
+        path = dataset.files[dataset.indices[index]]
+        assert frames.shape == (4, 2, 128, 128) and frames.dtype == torch.float32
+        assert float(frames.sum()) == counts[path]
+        assert classes[label] == path.split("/")[-2]
+    broken = train.files[train.indices[1]]
+    with open(broken, "r+b") as f:
+        f.truncate(40)
+    with pytest.raises(RuntimeError, match=f"could not read {broken}"):
+        train[1]
 
 
 # -- static images ---------------------------------------------------------------------------
