@@ -7,13 +7,15 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snn-stp", description=__doc__.split(":")[0])
+    parser = argparse.ArgumentParser(
+        prog="snn-stp", description="Sparse spiking neural networks by soft threshold pruning: train, resume, "
+                                    "evaluate, plot and compare runs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train (and prune) a model from a config; with none, the embedded default",
                            description="Train a model from a YAML config (default: a spiking MLP on the bundled "
-                                       "digits pruned with LATS, a few minutes on 2 CPU cores).")
-    train.add_argument("--config", help="YAML recipe (see experiments/)")
+                                       "digits pruned with LATS, seconds on 2 CPU cores).")
+    train.add_argument("--config", help="YAML recipe (see experiments/recipes and snn-stp list)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
     train.add_argument("--out", help="run directory (default: runs/<time>-<model>-<scheduler>)")
