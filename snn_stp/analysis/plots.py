@@ -212,19 +212,14 @@ def plot_raster(run: Run, layer: str | None = None, sample: int = 0, max_neurons
     """Spike raster of one test sample for one spiking layer: time step against neuron index."""
     from spikingjelly.activation_based import monitor, neuron
 
-    from ..data import build_dataset, make_loader
+    from ..data import make_loader
+    from ..train.builders import make_dataset
 
     model, config = load_model(run)
     if not getattr(model, "spiking", False):
         raise ValueError(f"{run.name} is an ANN run; spike rasters need a spiking model")
-    d = config.data
-    frames = d.frames or model.time_steps
-    options = dict(time_steps=frames, time_window=d.time_window, event_count=d.event_count,
-                   denoise_us=d.denoise_us, downsample=d.downsample)
-    from ..data import DATASETS
-    dataset = build_dataset(d.name, "test", d.root, augment=False, cache=d.cache,
-                            **(options if DATASETS[d.name].kind == "events" else {}))
-    x, label = make_loader(dataset, d.name, 1, True, sampler=[sample]).__iter__().__next__()
+    dataset = make_dataset(config, "test", model)
+    x, label = next(iter(make_loader(dataset, config.data.name, 1, True, sampler=[sample])))
     recorder = monitor.OutputMonitor(model, neuron.BaseNode, function_on_output=lambda s: s.detach().clone())
     try:
         with torch.no_grad():

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .. import pruning
+from ..data import DATASETS, build_dataset
 from ..models import build_model
 from ..pruning.parametrizations import SoftThreshold
 from .config import Config, ConfigError
@@ -120,3 +121,17 @@ def make_loss(config: Config) -> nn.Module:
     if t.loss == "mse":
         return OneHotMSE()
     return nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+
+
+def make_dataset(config: Config, split: str, model: nn.Module) -> torch.utils.data.Dataset:
+    """The ``split`` of ``config.data`` for ``model``: event data sets get frame options, with as many
+    frames as the spiking model's time steps unless ``data.frames`` says otherwise (16 for ANNs,
+    which sum them)."""
+    d = config.data
+    options = {}
+    if DATASETS[d.name].kind == "events":
+        frames = d.frames or (model.time_steps if getattr(model, "spiking", False) else 16)
+        options = dict(time_steps=frames, time_window=d.time_window, event_count=d.event_count,
+                       denoise_us=d.denoise_us, downsample=d.downsample)
+    return build_dataset(d.name, split, d.root, cache=d.cache, download=d.download,
+                         augment=d.augment and split == "train", **options)

@@ -24,10 +24,11 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import pruning
-from ..data import DATASETS, build_dataset, make_loader
+from ..data import DATASETS, make_loader
 from . import checkpoint as ckpt
 from . import distributed
-from .builders import make_loss, make_lr_scheduler, make_model, make_optimizer, make_threshold_scheduler
+from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, make_optimizer,
+                       make_threshold_scheduler)
 from .config import Config, save_config
 
 METRIC_KEYS = ("epoch", "step", "lr", "threshold", "l1_coefficient", "train_loss", "train_acc", "test_loss",
@@ -73,20 +74,14 @@ class Trainer:
         self.device = self.ctx.device
         self.amp = bool(t.amp and self.device.type == "cuda")
         spec = DATASETS[d.name]
-        self.events = spec.kind == "events"
         self.model = make_model(config, spec.num_classes, self.device)
         self.spiking = bool(getattr(self.model, "spiking", False))
-        frames = d.frames or (self.model.time_steps if self.spiking else 16)
-        frame_options = dict(time_steps=frames, time_window=d.time_window, event_count=d.event_count,
-                             denoise_us=d.denoise_us, downsample=d.downsample) if self.events else {}
         if dry_run:
             train_size = spec.train_size
             self.train_set = self.test_set = None
         else:
-            self.train_set = build_dataset(d.name, "train", d.root, cache=d.cache, download=d.download,
-                                           augment=d.augment, **frame_options)
-            self.test_set = build_dataset(d.name, "test", d.root, cache=d.cache, download=d.download,
-                                          augment=False, **frame_options)
+            self.train_set = make_dataset(config, "train", self.model)
+            self.test_set = make_dataset(config, "test", self.model)
             train_size = len(self.train_set)
         shard = math.ceil(train_size / self.ctx.world_size)
         self.steps_per_epoch = math.ceil(shard / d.batch_size)
