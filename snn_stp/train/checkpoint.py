@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -14,12 +15,22 @@ import torch
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, flush to disk, then rename over ``path``."""
+    _write_atomic(path, lambda f: torch.save(state, f))
+
+
+def copy_atomic(source: str | Path, path: str | Path) -> None:
+    """Copy the file ``source`` to ``path`` with the same atomic replacement."""
+    with open(source, "rb") as original:
+        _write_atomic(path, lambda f: shutil.copyfileobj(original, f))
+
+
+def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)

@@ -157,8 +157,8 @@ class Trainer:
             if c.schedule.interval == "step":
                 self.lr_scheduler.step()
             self.thresholds.step()
-            n = len(labels)
-            p["loss_sum"] += float(loss.detach()) * n
+            n, loss_value = len(labels), float(loss.detach())
+            p["loss_sum"] += loss_value * n
             p["correct"] += int((output.argmax(1) == labels).sum())
             p["seen"] += n
             self.global_step += 1
@@ -167,7 +167,7 @@ class Trainer:
             p["seconds"] += now - tick
             tick = now
             if hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{float(loss):.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
+                progress.set_postfix(loss=f"{loss_value:.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
                                      d=f"{self.thresholds.threshold:.4g}")
             every = c.train.checkpoint_every_steps
             if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
@@ -281,8 +281,8 @@ class Trainer:
             return
         folder = self.run_dir / "checkpoints"
         ckpt.save_atomic(self.state_dict(), folder / "last.pt")
-        if best:
-            ckpt.save_atomic(self.state_dict(), folder / "best.pt")
+        if best:  # the same state: copy the file rather than serialize it again
+            ckpt.copy_atomic(folder / "last.pt", folder / "best.pt")
 
     def _truncate_metrics(self) -> None:
         """On resume, drop records of epochs the checkpoint had not finished (they will be redone)."""
