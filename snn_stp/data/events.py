@@ -157,8 +157,8 @@ class EventFrames(torch.utils.data.Dataset):
         targets = list(dataset.targets)
         order = sorted(range(len(self.files)), key=lambda i: self.files[i])
         if isinstance(targets[0] if targets else 0, str):  # N-Caltech101 labels are folder names
-            classes = sorted(set(targets))
-            targets = [classes.index(t) for t in targets]
+            index = {name: i for i, name in enumerate(sorted(set(targets)))}
+            targets = [index[t] for t in targets]
         if self.source.has_split:
             return order, [int(targets[i]) for i in order]
         by_class: dict[int, list[int]] = {}
