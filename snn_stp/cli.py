@@ -1,41 +1,70 @@
-"""``snn-stp`` command line (also ``python -m snn_stp``): parse, call the library, print."""
+"""``snn-stp`` command line (also ``python -m snn_stp``): parse, call the library, print.
+
+Every expected failure (:class:`snn_stp.errors.SnnStpError`, a failed write, Ctrl-C) ends in one
+line on stderr, ``snn-stp COMMAND: what is wrong and the fix``, and a non-zero exit status (1, or
+130 for an interruption). Anything else is a bug and keeps its traceback; ``--debug`` shows the
+traceback of expected failures too.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import warnings
+
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
+#: OSErrors that come from the machine, not from a bug: reported in one line.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
+                      errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EMFILE, errno.ENAMETOOLONG}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of any failure")
     parser = argparse.ArgumentParser(
-        prog="snn-stp", description="Sparse spiking neural networks by soft threshold pruning: train, resume, "
-                                    "evaluate, plot and compare runs.")
+        prog="snn-stp", parents=[common],
+        description="Sparse spiking neural networks by soft threshold pruning: train, resume, evaluate, plot and "
+                    "compare runs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train (and prune) a model from a config; with none, the embedded default",
-                           description="Train a model from a YAML config (default: a spiking MLP on the bundled "
-                                       "digits pruned with LATS, seconds on 2 CPU cores).")
+    def add(name, **kwargs):
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    train = add("train", help="train (and prune) a model from a config; with none, the embedded default",
+                description="Train a model from a YAML config (default: a spiking MLP on the bundled digits pruned "
+                            "with LATS, seconds on 2 CPU cores).")
     train.add_argument("--config", help="YAML recipe (see experiments/recipes and snn-stp list)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
-    train.add_argument("--out", help="run directory (default: runs/<time>-<model>-<scheduler>)")
+    train.add_argument("--out", help="run directory (default: runs/<time>-<model>-<scheduler>); one that holds a "
+                                     "run is refused unless --overwrite")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its config, metrics, checkpoints, summary)")
+    train.add_argument("--init-from", metavar="CHECKPOINT",
+                       help="start from these weights: an snn-stp checkpoint (e.g. the last good one of a diverged "
+                            "run) or a dense state_dict such as torchvision's (prune a pretrained model)")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    train.add_argument("--dry-run", action="store_true", help="build model, optimizer and schedulers, then stop")
-    evaluate = sub.add_parser("eval", help="evaluate a run directory or checkpoint with its saved threshold")
+    train.add_argument("--dry-run", action="store_true",
+                       help="build model, optimizer and schedulers and check the data files, then stop")
+    evaluate = add("eval", help="evaluate a run directory or checkpoint with its saved threshold")
     evaluate.add_argument("path", help="RUN_DIR (uses checkpoints/last.pt) or a checkpoint file")
-    resume = sub.add_parser("resume", help="continue a run from its last checkpoint, exactly")
+    resume = add("resume", help="continue a run from its last checkpoint, exactly",
+                 description="Continue a run from RUN_DIR/checkpoints/last.pt with the config stored in the "
+                             "checkpoint; config.yaml may only change the keys listed in docs/reliability.md.")
     resume.add_argument("run_dir")
     resume.add_argument("--quiet", action="store_true")
-    plot = sub.add_parser("plot", help="figures (PNG and PDF) of one or more run directories")
+    plot = add("plot", help="figures (PNG and PDF) of one or more run directories")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="folder for the figures (default: RUN_DIR/plots)")
     plot.add_argument("--layers", nargs="*", help="pruned weights for the theta/w histograms (default: first three)")
     plot.add_argument("--raster-layer", help="spiking layer for the spike raster (default: the first)")
     plot.add_argument("--sample", type=int, default=0, help="test sample of the spike raster")
-    compare = sub.add_parser("compare", help="Markdown report comparing runs (ANN vs SNN ratios)")
+    compare = add("compare", help="Markdown report comparing runs (ANN vs SNN ratios)")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--out", required=True, help="folder for report.md and its figures")
-    sub.add_parser("list", help="list the registered models, data sets, threshold schedulers and recipes",
+    add("list", help="list the registered models, data sets, threshold schedulers and recipes",
                    description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
                                "schedulers and the recipes in experiments/recipes.")
     return parser
@@ -77,42 +106,55 @@ def run_training(args) -> int:
     import time
     from pathlib import Path
 
-    from .train import ConfigError, Trainer, TrainingDiverged, load_config
+    from .train import Trainer, load_config
+    from .train.resume import load_resume_state
 
-    try:
-        if args.command == "resume":
-            run_dir = Path(args.run_dir)
-            config = load_config(run_dir / "config.yaml")
-        else:
-            config = load_config(args.config, args.set)
-            run_dir = Path(args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
-                                                      f"{config.pruning.scheduler}")
-        if config.train.steady_allocator:
-            from .train.allocator import use_steady_allocator
-            use_steady_allocator()
-        trainer = Trainer(config, run_dir, resume=args.command == "resume", quiet=args.quiet,
-                          dry_run=getattr(args, "dry_run", False))
-    except (ConfigError, ValueError, TypeError, FileNotFoundError, ImportError) as error:
-        # Bad settings or missing data: the message says what is wrong, a traceback would not help.
-        raise SystemExit(f"snn-stp {args.command}: {error}")
+    state = None
+    if args.command == "resume":
+        run_dir = Path(args.run_dir)
+        config, state = load_resume_state(run_dir)
+    else:
+        config = load_config(args.config, args.set)
+        if args.init_from:
+            config.model.init_from = args.init_from
+        run_dir = Path(args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
+                                                  f"{config.pruning.scheduler}")
+    if args.command == "train" and args.dry_run:
+        from .train.builders import check_data_present
+        check_data_present(config)
+    if config.train.steady_allocator:
+        from .train.allocator import use_steady_allocator
+        use_steady_allocator()
+    trainer = Trainer(config, run_dir, state=state, quiet=args.quiet, dry_run=getattr(args, "dry_run", False),
+                      overwrite=getattr(args, "overwrite", False))
     if getattr(args, "dry_run", False):
         parameters = sum(p.numel() for p in trainer.model.parameters())
         print(f"dry run: {config.model.name} ({'spiking' if trainer.spiking else 'ANN'}, {parameters:,} parameters), "
               f"{len(pruning_names(trainer.model))} pruned weights, {config.pruning.scheduler} threshold scheduler, "
-              f"{trainer.steps_per_epoch} steps per epoch x {config.train.epochs} epochs on {config.data.name}")
+              f"{trainer.steps_per_epoch} steps per epoch x {config.train.epochs} epochs on {config.data.name} "
+              f"(data files present)")
         return 0
     from .train import distributed
     try:
         summary = trainer.fit()
-    except TrainingDiverged as error:
-        raise SystemExit(f"snn-stp {args.command}: {error}")
     finally:
         distributed.teardown(trainer.ctx)
     if trainer.ctx.is_main:
-        print(f"final test accuracy {summary['final_test_acc']:.2%}, weight sparsity {summary['weight_sparsity']:.2%}, "
-              f"threshold d = {summary['threshold']:.4g}, implied L1 lambda = {summary['l1_coefficient']:.4g}; "
-              f"run directory {run_dir}")
+        print(final_line(summary, config, run_dir))
     return 0
+
+
+def final_line(summary: dict, config, run_dir) -> str:
+    """The run's outcome in one line; a run stopped by ``train.max_steps`` before an epoch ended
+    has no test accuracy yet and says so."""
+    state = (f"weight sparsity {summary['weight_sparsity']:.2%}, threshold d = {summary['threshold']:.4g}, implied L1 "
+             f"lambda = {summary['l1_coefficient']:.4g}; run directory {run_dir}")
+    if summary["final_test_acc"] is None:
+        return (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) before the "
+                f"first epoch ended, so no test accuracy yet; {state}")
+    stopped = (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) after "
+               f"{summary['epochs_done']} epoch(s); last " if summary["stopped_early"] else "")
+    return f"{stopped}final test accuracy {summary['final_test_acc']:.2%}, {state}"
 
 
 def pruning_names(model) -> list[str]:
@@ -137,8 +179,7 @@ def print_analysis(result: dict) -> None:
             print(f"  {name}: firing rate {rate:.4f}, silent neurons {result['silent_fraction'][name]:.2%}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def dispatch(args) -> int:
     if args.command == "list":
         print_registries()
     elif args.command in ("train", "resume"):
@@ -160,6 +201,58 @@ def main(argv: list[str] | None = None) -> int:
               f"sparsity {result['weight_sparsity']:.2%}, threshold d = {result['threshold']:.4g}")
         print_analysis(result)
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of run files (a torn metrics line, ...) as one ``snn-stp: warning:`` line."""
+    from .rundir import RunFileWarning
+    if issubclass(category, RunFileWarning):
+        print(f"snn-stp: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _fail(command: str, message: str, status: int = 1) -> int:
+    print(f"snn-stp {command}: {' '.join(str(message).split())}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import SnnStpError, TrainingInterrupted
+
+    warnings.showwarning = _show_warning
+    try:
+        return dispatch(args)
+    except TrainingInterrupted as error:
+        if args.debug:
+            raise
+        return _fail(args.command, error, INTERRUPTED)
+    except SnnStpError as error:
+        if args.debug:
+            raise
+        return _fail(args.command, error)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        return _fail(args.command, _interrupted_hint(args), INTERRUPTED)
+    except OSError as error:
+        if args.debug or error.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(args.command, f"{error.strerror or error}{where}")
+
+
+def _interrupted_hint(args) -> str:
+    """What a Ctrl-C outside the training loop (or a second one inside it) left behind."""
+    from pathlib import Path
+
+    from . import rundir
+    run_dir = getattr(args, "run_dir", None) or (getattr(args, "out", None) if args.command == "train" else None)
+    if run_dir and (Path(run_dir) / rundir.CHECKPOINTS / rundir.LAST).exists():
+        return (f"interrupted; the last checkpoint {Path(run_dir) / rundir.CHECKPOINTS / rundir.LAST} is kept: "
+                f"snn-stp resume {run_dir}")
+    return "interrupted before any checkpoint was written; nothing to resume"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from snn_stp import cli
-from snn_stp.data import digits_split, load_digits_arrays
+from snn_stp.data import DataError, digits_split, load_digits_arrays
 
 
 def test_digits_contents_and_split():
@@ -33,7 +33,7 @@ def test_missing_or_corrupt_digits_file_is_a_clear_error(tmp_path):
         load_digits_arrays(tmp_path / "digits.csv.gz")
     bad = tmp_path / "digits.csv.gz"
     bad.write_bytes(b"not the data")
-    with pytest.raises(ValueError, match="corrupt or modified"):
+    with pytest.raises(DataError, match="corrupt or modified"):
         load_digits_arrays(bad)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from snn_stp.data import DATASETS, DatasetNotFoundError, build_dataset, make_loader
+from snn_stp.data import DATASETS, DataError, DatasetNotFoundError, build_dataset, make_loader
 from snn_stp.data import digits_dvs
 from snn_stp.data.digits import load_digits_arrays
 from snn_stp.data.frames import FrameSpec
@@ -333,7 +333,7 @@ def test_cifar_missing_and_corrupt_files(tmp_path):
         build_dataset("cifar10", "train", root=tmp_path)
     base = write_cifar(tmp_path)
     (base / "data_batch_3").write_bytes((base / "data_batch_3").read_bytes()[:100])
-    with pytest.raises(RuntimeError, match="could not read the CIFAR10 batches.*truncated"):
+    with pytest.raises(DataError, match=r"could not read .*/data_batch_3 \(CIFAR10\).*truncated"):
         build_dataset("cifar10", "train", root=tmp_path)
 
 

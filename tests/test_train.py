@@ -174,7 +174,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
     ckpt.save_atomic({"step": 1}, path)
     with pytest.raises(RuntimeError, match="disk full"):
         ckpt.save_atomic({"step": 2, "bad": _Explodes()}, path)
-    assert ckpt.load(path) == {"step": 1}
+    assert ckpt.load_file(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 

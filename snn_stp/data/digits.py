@@ -16,26 +16,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError, DatasetNotFoundError
+
 DIGITS_FILE = Path(__file__).resolve().parents[2] / "datasets" / "digits" / "digits.csv.gz"
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
 NUM_SAMPLES = 1797
 MAX_PIXEL = 16.0
 
 
-def load_digits_arrays(path: str | Path = DIGITS_FILE) -> tuple[np.ndarray, np.ndarray]:
-    """``(images float32 [1797, 8, 8] in 0..16, labels int64 [1797])`` from the bundled file."""
+def check_digits_file(path: str | Path = DIGITS_FILE) -> None:
+    """The bundled digits file exists (:class:`DatasetNotFoundError` naming it otherwise)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"the bundled digits file is missing: expected {path} (datasets/digits/digits.csv.gz in a "
             "checkout of snn_stp; it is the copy of the UCI optical-recognition digits that scikit-learn "
             "ships as sklearn/datasets/data/digits.csv.gz)")
+
+
+def load_digits_arrays(path: str | Path = DIGITS_FILE) -> tuple[np.ndarray, np.ndarray]:
+    """``(images float32 [1797, 8, 8] in 0..16, labels int64 [1797])`` from the bundled file."""
+    path = Path(path)
+    check_digits_file(path)
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != DIGITS_SHA256:
-        raise ValueError(f"{path} is corrupt or modified (sha256 mismatch); restore it from the repository")
+        raise DataError(f"{path} is corrupt or modified (sha256 mismatch); restore it from the repository")
     table = np.loadtxt(gzip.decompress(raw).decode().splitlines(), delimiter=",", dtype=np.float32)
     if table.shape != (NUM_SAMPLES, 65):
-        raise ValueError(f"{path} has shape {table.shape}, expected ({NUM_SAMPLES}, 65)")
+        raise DataError(f"{path} has shape {table.shape}, expected ({NUM_SAMPLES}, 65)")
     return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
 
 

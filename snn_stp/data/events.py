@@ -13,12 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError, DatasetNotFoundError
 from .digits_dvs import CONVERTER_VERSION, DigitsDVS
 from .frames import FrameSpec, cache_directory, frames_to_tensor
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set is not where it was looked for; the message lists the files and their source."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torchvision import transforms as T
 
-from .events import DatasetNotFoundError
+from ..errors import DataError, DatasetNotFoundError
 
 #: Per-channel mean and std of the CIFAR training images (the normalization of the STDS recipe).
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -47,19 +47,34 @@ class _PresenceCheckedCIFAR:
         try:
             super().__init__(root, train=train, transform=transform, download=download)
         except (EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as error:
-            raise RuntimeError(f"could not read the {type(self).__name__} batches under {Path(root) / self.base_folder}: "
-                               f"{type(error).__name__}: {error} (a file is truncated or not a CIFAR python "
-                               "pickle)") from error
+            damaged = self._first_unreadable(Path(root)) or Path(root) / self.base_folder
+            raise DataError(f"could not read {damaged} ({type(self).__name__}): {type(error).__name__}: {error} (the "
+                            "file is truncated or not a CIFAR python pickle; download it again)") from None
 
-    def _raise_if_missing(self, root: Path) -> None:
-        base = root / self.base_folder
-        names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+    def _first_unreadable(self, root: Path) -> Path | None:
+        """The batch file torchvision failed on (it does not say which)."""
+        files = self.train_list if self.train else self.test_list
+        for name, _ in files:
+            path = root / self.base_folder / name
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                if "data" not in entry or not ("labels" in entry or "fine_labels" in entry):
+                    return path
+            except Exception:
+                return path
+        return None
+
+    @classmethod
+    def _raise_if_missing(cls, root: Path) -> None:
+        base = root / cls.base_folder
+        names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
         missing = [str(base / name) for name in names if not (base / name).is_file()]
         if missing:
             raise DatasetNotFoundError(
-                f"{type(self).__name__} not found under {root}: missing {', '.join(missing)}. Download the python "
-                f"version ({self.filename}) from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there "
-                f"(it creates {self.base_folder}/), or pass download=True")
+                f"{cls.__name__} not found under {root}: missing {', '.join(missing)}. Download the python "
+                f"version ({cls.filename}) from https://www.cs.toronto.edu/~kriz/cifar.html and extract it there "
+                f"(it creates {cls.base_folder}/), or pass download=True")
 
     def _check_integrity(self) -> bool:
         if self.verify_md5:
@@ -93,12 +108,22 @@ def cifar(name: str, root: str | Path, split: str, augment: bool = True, downloa
                verify_md5=verify_md5)
 
 
-def imagenet(root: str | Path, split: str, augment: bool = True) -> torch.utils.data.Dataset:
-    """ImageNet as ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (torchvision ImageFolder)."""
+def check_cifar_present(name: str, root: str | Path) -> None:
+    (CIFAR10 if name == "cifar10" else CIFAR100)._raise_if_missing(Path(root))
+
+
+def check_imagenet_present(root: str | Path, split: str) -> Path:
+    """The ImageFolder of ``split``, or :class:`DatasetNotFoundError` saying what is expected."""
     folder = Path(root) / ("train" if split == "train" else "val")
     if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
         raise DatasetNotFoundError(
             f"imagenet ({split}) not found: expected {folder}/<class>/<image>.JPEG (one folder per class; the "
             "validation images sorted into class folders too). ImageNet is obtained from https://image-net.org "
             "(ILSVRC 2012) after registration; it is never downloaded")
+    return folder
+
+
+def imagenet(root: str | Path, split: str, augment: bool = True) -> torch.utils.data.Dataset:
+    """ImageNet as ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (torchvision ImageFolder)."""
+    folder = check_imagenet_present(root, split)
     return torchvision.datasets.ImageFolder(str(folder), transform=imagenet_transform(split == "train", augment))

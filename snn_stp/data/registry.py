@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from .digits import DIGITS_FILE, Digits
+from . import events, images
+from .digits import DIGITS_FILE, Digits, check_digits_file
 from .events import EVENT_SOURCES, EventFrames
 from .frames import FrameSpec
 from .images import cifar, imagenet
@@ -96,6 +97,22 @@ def build_dataset(name: str, split: str = "train", root: str | Path | None = Non
                        download=download)
 
 
+def check_present(name: str, split: str, root: str | Path | None = None) -> None:
+    """Raise :class:`DatasetNotFoundError` naming what is missing if ``split`` of ``name`` is not under
+    ``root``; only looks for the files (a dry run's check), reads nothing."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    if name in ("digits", "digits_dvs"):
+        check_digits_file()  # digits_dvs is generated from it
+    elif name in ("cifar10", "cifar100"):
+        images.check_cifar_present(name, root)
+    elif name == "imagenet":
+        images.check_imagenet_present(root, split)
+    else:
+        events.check_present(EVENT_SOURCES[name], root, split)
+
+
 def batch_collate(kind: str, spiking: bool) -> Callable:
     """Collate ``(input, label)`` samples into the layout above."""
     def collate(samples):
@@ -123,4 +140,4 @@ def make_loader(dataset: torch.utils.data.Dataset, name: str, batch_size: int, s
         collate_fn=batch_collate(DATASETS[name].kind, spiking))
 
 
-__all__ = ["DATASETS", "DEFAULT_ROOT", "DatasetSpec", "build_dataset", "make_loader", "batch_collate", "EVENT_SOURCES"]
+__all__ = ["DATASETS", "DEFAULT_ROOT", "DatasetSpec", "build_dataset", "check_present", "make_loader", "batch_collate", "EVENT_SOURCES"]

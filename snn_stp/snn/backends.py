@@ -24,6 +24,8 @@ from importlib import metadata
 
 import torch
 
+from ..errors import DeviceError
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cupy", "triton", "torch")
@@ -31,7 +33,7 @@ BACKENDS = ("auto", "cupy", "triton", "torch")
 SJ2_NEURON_TYPES = {"lif": "lif", "if": "if", "plif": "plif"}
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(DeviceError, RuntimeError):
     """An explicitly requested neuron backend cannot run here; the message says why."""
 
 

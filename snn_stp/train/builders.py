@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from .. import pruning
-from ..data import DATASETS, build_dataset
+from ..data import DATASETS, build_dataset, check_present
+from ..errors import CheckpointError, ConfigError, SnnStpError
 from ..models import build_model
 from ..pruning.parametrizations import SoftThreshold
-from .config import Config, ConfigError
+from . import checkpoint as ckpt
+from .config import Config
 
 #: Parametrization rule each scheduler needs (the rest use the soft threshold "ste").
 SCHEDULER_RULES = {"dense": "identity", "str": "exact", "gradr": "gradr", "gmp": "magnitude"}
 
 
-def make_model(config: Config, num_classes: int, device: torch.device) -> nn.Module:
-    """The model of ``config.model``, sparsified as ``config.pruning`` says, on ``device``."""
+@contextmanager
+def settings(keys: str):
+    """Turn the built-in ValueError/TypeError of a library call made with the values of ``keys``
+    (a value the user chose) into a :class:`ConfigError` naming them."""
+    try:
+        yield
+    except SnnStpError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{keys}: {error}") from None
+
+
+def make_model(config: Config, num_classes: int, device: torch.device, load_initial_weights: bool = True) -> nn.Module:
+    """The model of ``config.model``, sparsified as ``config.pruning`` says, on ``device``; with
+    ``model.init_from`` (and ``load_initial_weights``), starting from those weights."""
+    with settings("model"):
+        model = _build_sparsified(config, num_classes, device)
+    if config.model.init_from and load_initial_weights:
+        load_weights(model, config.model.init_from)
+    return model
+
+
+def _build_sparsified(config: Config, num_classes: int, device: torch.device) -> nn.Module:
     m, p = config.model, config.pruning
     options = dict(m.options)
     if m.spiking:
@@ -31,11 +57,49 @@ def make_model(config: Config, num_classes: int, device: torch.device) -> nn.Mod
     if expected and rule != expected:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.rule {expected}, got {rule}")
     threshold = p.final_threshold if (p.init == "inverse" or p.scheduler == "fixed") else None
-    pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
-                     final_threshold=threshold if rule in ("ste", "exact") else None,
-                     threshold_multipliers=p.threshold_multipliers or None,
-                     trainable_threshold_init=p.trainable_threshold_init)
+    with settings("pruning"):
+        pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
+                         final_threshold=threshold if rule in ("ste", "exact") else None,
+                         threshold_multipliers=p.threshold_multipliers or None,
+                         trainable_threshold_init=p.trainable_threshold_init)
     return model.to(device)
+
+
+#: State-dict keys of a pruning parametrization's own state (threshold, multiplier, STR logit,
+#: Grad R signs, GMP mask): a new run's threshold scheduler sets them, they are never loaded.
+_PRUNING_STATE = re.compile(r"(^|\.)parametrizations\.weight\.\d+\.")
+
+
+def _plain_key(key: str) -> str:
+    """``conv.parametrizations.weight.original`` -> ``conv.weight`` (the name in a dense state_dict)."""
+    return key.replace("parametrizations.weight.original", "weight")
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Start ``model`` from the weights in ``path``: an snn-stp checkpoint (the latent weights theta,
+    BatchNorm statistics, learned neuron parameters; not the pruning state) or a dense state_dict
+    such as torchvision's (each ``weight`` goes into theta). Every model tensor must be found with
+    the same shape; extra or missing names are an error that lists them."""
+    source = {_plain_key(k): v for k, v in ckpt.model_weights(path).items() if not _PRUNING_STATE.search(k)}
+    target = {_plain_key(k): k for k in model.state_dict() if not _PRUNING_STATE.search(k)}
+    missing = sorted(set(target) - set(source) - {k for k in target if k.endswith("num_batches_tracked")})
+    unexpected = sorted(set(source) - set(target))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"model.init_from {path}: the weights do not fit model {type(model).__name__}"
+            + (f"; missing {_listing(missing)}" if missing else "") + (f"; unexpected {_listing(unexpected)}" if unexpected
+                                                                       else "")
+            + "; check model.name, model.spiking and model.options against the run that saved them")
+    current = model.state_dict()
+    for plain, key in target.items():
+        if plain in source and source[plain].shape != current[key].shape:
+            raise CheckpointError(f"model.init_from {path}: {plain} has shape {tuple(source[plain].shape)}, the model "
+                                  f"needs {tuple(current[key].shape)}; check model.num_classes and model.options")
+    model.load_state_dict({key: source[plain] for plain, key in target.items() if plain in source}, strict=False)
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -106,7 +170,8 @@ def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_sch
         kwargs = dict(common, alpha=p.alpha, target_sparsity=p.target_sparsity)
     else:  # gmp
         kwargs = dict(common, final_sparsity=p.final_sparsity, steps_per_epoch=steps_per_epoch, total_steps=total)
-    return pruning.build_threshold_scheduler(name, model, optimizer, **kwargs)
+    with settings("pruning"):
+        return pruning.build_threshold_scheduler(name, model, optimizer, **kwargs)
 
 
 class OneHotMSE(nn.Module):
@@ -133,5 +198,12 @@ def make_dataset(config: Config, split: str, model: nn.Module) -> torch.utils.da
         frames = d.frames or (model.time_steps if getattr(model, "spiking", False) else 16)
         options = dict(time_steps=frames, time_window=d.time_window, event_count=d.event_count,
                        denoise_us=d.denoise_us, downsample=d.downsample)
-    return build_dataset(d.name, split, d.root, cache=d.cache, download=d.download,
-                         augment=d.augment and split == "train", **options)
+    with settings("data"):
+        return build_dataset(d.name, split, d.root, cache=d.cache, download=d.download,
+                             augment=d.augment and split == "train", **options)
+
+
+def check_data_present(config: Config) -> None:
+    """Both splits of ``config.data`` are where the config says (files only; nothing is read)."""
+    for split in ("train", "test"):
+        check_present(config.data.name, split, config.data.root)

@@ -1,53 +1,79 @@
-"""Atomic checkpoint files: a kill during a write never corrupts the previous checkpoint."""
+"""Checkpoint files: atomic writes (a kill never corrupts the previous checkpoint), clear errors on
+reading anything that is not one, and the RNG states that make a resumed run exact."""
 
 from __future__ import annotations
 
-import os
+import pickle
 import random
-import shutil
-import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
+from ..files import link_atomic, write_atomic
+
+#: Keys every training checkpoint holds (see ``Trainer.state_dict``).
+STATE_KEYS = ("model", "optimizer", "lr_scheduler", "threshold_scheduler", "epoch", "global_step", "config")
+
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, flush to disk, then rename over ``path``."""
-    _write_atomic(path, lambda f: torch.save(state, f))
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
-def copy_atomic(source: str | Path, path: str | Path) -> None:
-    """Copy the file ``source`` to ``path`` with the same atomic replacement."""
-    with open(source, "rb") as original:
-        _write_atomic(path, lambda f: shutil.copyfileobj(original, f))
+def link(source: str | Path, path: str | Path) -> None:
+    """``path`` becomes the same checkpoint as ``source`` (a hard link, replaced atomically)."""
+    link_atomic(source, path)
 
 
-def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def load_file(path: str | Path, map_location="cpu") -> Any:
+    """Whatever ``torch.save`` wrote to ``path``; a missing, truncated or foreign file is a
+    :class:`CheckpointError` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give RUN_DIR/checkpoints/last.pt or the "
+                              "run directory where a command takes one")
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the write that made it did not finish; use another "
+                              "checkpoint (snn-stp resume repairs a run directory's own)")
     try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, ModuleNotFoundError, UnicodeDecodeError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or another kind of file: "
+                              f"{problem})") from None
 
 
 def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise RuntimeError(f"could not read checkpoint {path}: {type(error).__name__}: {error}") from error
+    """A training checkpoint written by snn-stp (model, optimizer, schedulers, RNG, config)."""
+    state = load_file(path, map_location)
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        kind = f"a {type(state).__name__}" if not isinstance(state, dict) else "a mapping without " + ", ".join(missing)
+        raise CheckpointError(f"{path} is not an snn-stp training checkpoint ({kind}); snn-stp eval and resume need "
+                              "RUN_DIR/checkpoints/*.pt; to start from other weights use snn-stp train --init-from")
+    return state
+
+
+def model_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights in ``path``: an snn-stp checkpoint (its ``model``), a plain state_dict (e.g.
+    torchvision's), or a dict holding one under ``state_dict``/``model``."""
+    state = load_file(path)
+    if isinstance(state, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no model weights (expected a state_dict of tensors, or a checkpoint with "
+                              "one under 'model' or 'state_dict')")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

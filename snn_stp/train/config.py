@@ -7,6 +7,7 @@ resolved configuration is saved in the run directory as ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,9 +16,8 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says what is wrong and what is valid."""
+from ..errors import ConfigError
+from ..files import read_yaml, write_text_atomic
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ModelConfig:
     neuron: dict = field(default_factory=dict)  # NeuronConfig fields; spiking only
     backend: str = "auto"
     options: dict = field(default_factory=dict)  # the model's own keyword arguments
+    init_from: str | None = None  # start from these weights (a checkpoint or a state_dict file)
 
 
 @dataclass
@@ -105,6 +106,9 @@ class TrainConfig:
     analysis_samples: int = 256  # test samples for per-epoch spike statistics and operation counts (0: off)
     energy_table: str = "45nm_fp32"  # per-operation energies for the estimate (see snn_stp.analysis)
     steady_allocator: bool = True  # snn-stp keeps freed memory in the process (glibc; see train/allocator.py)
+    # A checkpoint counts as good (checkpoints/last_good.pt) when the loss measured on its weights is
+    # finite and at most this many times the run's first loss; null: finite is enough.
+    divergence_factor: float | None = 10.0
 
 
 @dataclass
@@ -179,7 +183,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)})")
     for item in overrides or []:
@@ -192,14 +196,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {item!r}: '{part}' is not a section")
-        target[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            target[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(error, 'problem', error)})") \
+                from None
     config = from_dict(data)
     validate(config)
     return config
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML, atomically."""
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+#: Keys that ``snn-stp resume`` takes from an edited config.yaml: they change where data is read
+#: from, how fast it is loaded, how often checkpoints are written and what is measured beside
+#: training, never the numbers the run computes. Any other difference from the checkpoint's
+#: config is refused.
+RESUME_MUTABLE_KEYS = ("description", "data.root", "data.workers", "data.cache", "train.checkpoint_every_steps",
+                       "train.analysis_samples", "train.steady_allocator", "train.divergence_factor")
+
+
+def flatten(config: Config | dict) -> dict[str, Any]:
+    """``{"section.key": value}`` of a config (a section's dict-valued keys stay whole)."""
+    data = config.to_dict() if isinstance(config, Config) else config
+    flat = {}
+    for section, values in data.items():
+        if isinstance(values, dict) and section in SECTIONS and section != "description":
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+def differences(saved: Config, edited: Config) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, edited value)}`` for every key where the two configs differ."""
+    a, b = flatten(saved), flatten(edited)
+    return {key: (a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)}
 
 
 def validate(config: Config) -> None:
@@ -255,7 +290,73 @@ def validate(config: Config) -> None:
         raise ConfigError(f"schedule.warmup_epochs ({s.warmup_epochs}) must be below train.epochs ({t.epochs})")
     if p.start_epoch >= t.epochs:
         raise ConfigError(f"pruning.start_epoch ({p.start_epoch}) must be below train.epochs ({t.epochs})")
+    _check_ranges(config)
     if DATASETS[d.name].kind == "static" and any(v is not None for v in (d.frames, d.time_window, d.event_count,
                                                                           d.denoise_us, d.downsample)):
         raise ConfigError(f"data.frames/time_window/event_count/denoise_us/downsample apply to event data; "
                           f"{d.name} is static")
+
+
+def _check_ranges(config: Config) -> None:
+    """Numbers that would fail (or silently do nothing) only once training runs."""
+    m, d, o, s, t = config.model, config.data, config.optim, config.schedule, config.train
+
+    def require(key: str, value, ok: bool, valid: str) -> None:
+        if value is not None and not ok:
+            raise ConfigError(f"{key} must be {valid}, got {value!r}")
+
+    def finite(value) -> bool:
+        return value is not None and math.isfinite(value)
+
+    require("optim.lr", o.lr, finite(o.lr) and o.lr > 0, "a finite number > 0")
+    require("optim.momentum", o.momentum, finite(o.momentum) and 0 <= o.momentum < 1, "in [0, 1)")
+    require("optim.weight_decay", o.weight_decay, finite(o.weight_decay) and o.weight_decay >= 0, "a finite number >= 0")
+    require("optim.grad_clip", o.grad_clip, finite(o.grad_clip) and o.grad_clip > 0, "a finite number > 0 (or null: off)")
+    require("optim.betas", o.betas, len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas),
+            "two numbers in [0, 1)")
+    require("schedule.min_lr", s.min_lr, finite(s.min_lr) and 0 <= s.min_lr <= o.lr,
+            f"in [0, optim.lr = {o.lr}] (the LR the schedule anneals to)")
+    require("schedule.gamma", s.gamma, finite(s.gamma) and s.gamma > 0, "a finite number > 0")
+    require("model.time_steps", m.time_steps, m.time_steps is not None and m.time_steps >= 1, "an integer >= 1")
+    require("data.workers", d.workers, d.workers >= 0, "an integer >= 0 (0: load in the main process)")
+    require("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size is not None and d.eval_batch_size >= 1,
+            "an integer >= 1 (or null: data.batch_size)")
+    require("train.analysis_samples", t.analysis_samples, t.analysis_samples >= 0, "an integer >= 0 (0: no analysis)")
+    require("train.label_smoothing", t.label_smoothing, finite(t.label_smoothing) and 0 <= t.label_smoothing < 1,
+            "in [0, 1)")
+    require("train.checkpoint_every_steps", t.checkpoint_every_steps,
+            t.checkpoint_every_steps is not None and t.checkpoint_every_steps >= 0,
+            "an integer >= 0 (0 or null: at the end of each epoch only)")
+    require("train.max_steps", t.max_steps, t.max_steps is not None and t.max_steps >= 1,
+            "an integer >= 1 (or null: train every epoch)")
+    require("train.divergence_factor", t.divergence_factor, finite(t.divergence_factor) and t.divergence_factor > 1,
+            "a number > 1 (or null: any finite loss is normal)")
+    device = _check_device(t.device)
+    if m.spiking and m.backend != "auto":
+        from ..snn.backends import BackendUnavailableError, resolve_backend
+        try:
+            resolve_backend(m.backend, device)
+        except (ValueError, BackendUnavailableError) as error:
+            raise ConfigError(f"model.backend: {error}") from None
+
+
+def _check_device(request: str):
+    """The device ``train.device`` names, if this machine has it."""
+    import torch
+
+    valid = "auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device("cuda" if request == "auto" and torch.cuda.is_available() else
+                              "cpu" if request == "auto" else request)
+    except RuntimeError:
+        raise ConfigError(f"train.device {request!r} is not a device; valid: {valid}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device {request!r} is not supported; valid: {valid}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device {request!r} asks for CUDA, but torch sees no CUDA device here "
+                              f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use train.device=cpu "
+                              "or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device {request!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -1,20 +1,21 @@
 """The training loop: one run from a :class:`Config` into a run directory.
 
-Run directory contract (plots and reports read it, never live objects):
-
-``config.yaml``            the resolved configuration
-``metrics.jsonl``          one JSON object per epoch (see :data:`METRIC_KEYS`)
-``tensorboard/``           the same scalars as TensorBoard events
-``checkpoints/last.pt``    full state, written atomically every epoch (and every N steps)
-``checkpoints/best.pt``    the checkpoint of the best test accuracy so far
-``summary.json``           final numbers, written at the end
+The files it writes, and what each guarantees, are listed in :mod:`snn_stp.rundir` (plots and
+reports read them, never live objects); docs/reliability.md says how each guarantee is tested.
+Write order at the end of an epoch: the metrics record, then ``best.pt`` (if the epoch is the
+best so far), then ``last.pt``. A kill between any two leaves files that a resume reconciles:
+records after ``last.pt``'s step are dropped, and ``best.pt`` is never older than the best
+accuracy that ``last.pt`` or ``metrics.jsonl`` claim.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,8 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .. import pruning
+from .. import pruning, rundir
 from ..data import DATASETS, make_loader
+from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed
 from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, make_optimizer,
@@ -33,10 +35,6 @@ from .config import Config, save_config
 
 METRIC_KEYS = ("epoch", "step", "lr", "threshold", "l1_coefficient", "train_loss", "train_acc", "test_loss",
                "test_acc", "test_top5", "weight_sparsity", "layer_sparsity", "pruned", "regrown", "epoch_seconds")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 class _IndexSampler(torch.utils.data.Sampler):
@@ -58,15 +56,21 @@ class Trainer:
     Args:
         config: the run's configuration.
         run_dir: where files go (only rank 0 writes).
-        resume: continue from ``run_dir/checkpoints/last.pt`` exactly where it stopped.
+        state: a checkpoint (``checkpoint.load``) to continue from exactly where it stopped;
+            see :func:`snn_stp.train.resume.load_resume_state`, which checks it against config.yaml.
         quiet: no progress bars, one line per epoch.
         dry_run: build model, optimizer and schedulers (data sizes from the registry) and stop.
+        overwrite: a new run may replace the run already in ``run_dir`` (otherwise that is an error,
+            raised before anything is built and without touching the old run).
     """
 
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, quiet: bool = False,
-                 dry_run: bool = False, log=print):
+    def __init__(self, config: Config, run_dir: str | Path, state: dict | None = None, quiet: bool = False,
+                 dry_run: bool = False, log=print, overwrite: bool = False):
         self.config, self.run_dir, self.quiet, self.log = config, Path(run_dir), quiet, log
+        self.resuming, self.overwrite = state is not None, overwrite
         self.ctx = distributed.setup(config.train.device)
+        if self.ctx.is_main and not dry_run and state is None:
+            rundir.prepare_new(self.run_dir, overwrite)  # before the (slow) model and data
         t, d = config.train, config.data
         _seed_everything(t.seed)
         if t.deterministic:
@@ -74,7 +78,7 @@ class Trainer:
         self.device = self.ctx.device
         self.amp = bool(t.amp and self.device.type == "cuda")
         spec = DATASETS[d.name]
-        self.model = make_model(config, spec.num_classes, self.device)
+        self.model = make_model(config, spec.num_classes, self.device, load_initial_weights=state is None)
         self.spiking = bool(getattr(self.model, "spiking", False))
         if dry_run:
             train_size = spec.train_size
@@ -95,25 +99,36 @@ class Trainer:
         if self.ctx.enabled:
             self.network = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.epoch, self.step_in_epoch, self.global_step, self.best_acc = 0, 0, 0, -1.0
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best_acc, self.best_epoch = -1.0, None
+        self.initial_loss = None  # the loss of the run's first step: the scale of "normal"
         self.partial = self._fresh_partial()
-        if resume:
-            self._restore(ckpt.load(self.run_dir / "checkpoints" / "last.pt", map_location=self.device))
+        if state is not None:
+            self._restore(state)
         self.writer = None
+        self._stop_requested = self._stop_agreed = False
+        self._unverified = False  # last.pt awaits the loss of the next step on its weights
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / rundir.CHECKPOINTS
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train to the end (or ``train.max_steps``); returns the summary."""
+        """Train to the end (or ``train.max_steps``); returns the summary.
+
+        Ctrl-C (SIGINT) or SIGTERM stop training at the next step boundary with a checkpoint
+        (:class:`TrainingInterrupted`); a second Ctrl-C stops at once, keeping the last checkpoint.
+        """
         c = self.config
         if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.run_dir / "config.yaml")
-            self._truncate_metrics()
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.epoch + 1)
+            self._open_run_directory()
         started = time.time()
         stopped_early = False
+        handlers = self._catch_stop_signals()
         try:
+            if self.ctx.is_main and not self.resuming:
+                self._save_checkpoint(best=False)  # step 0: a way back even if the first steps diverge
             while self.epoch < c.train.epochs:
                 if c.train.max_steps and self.global_step >= c.train.max_steps or not self._train_epoch():
                     stopped_early = True
@@ -121,13 +136,32 @@ class Trainer:
                 record = self._end_epoch()
                 if self.ctx.is_main and not self.quiet:
                     self.log(_epoch_line(record))
+                if self._stop_agreed and self.epoch < c.train.epochs:
+                    self._interrupted()
         finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
             if self.writer is not None:
                 self.writer.close()
         summary = self._summary(time.time() - started, stopped_early)
         if self.ctx.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            rundir.write_summary(self.run_dir, summary)
         return summary
+
+    def _open_run_directory(self) -> None:
+        """Rank 0, before the first step: a new run starts from a clean folder (the old run removed
+        only with ``overwrite``); a resumed one drops what the checkpoint had not reached."""
+        if self.overwrite and not self.resuming:
+            rundir.clear(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.remove_litter(self.run_dir)
+        save_config(self.config, self.run_dir / rundir.CONFIG)
+        if self.resuming:
+            rundir.truncate_metrics(self.run_dir, self.global_step)
+            last, good = self.checkpoints / rundir.LAST, self.checkpoints / rundir.LAST_GOOD
+            self._unverified = not (good.exists() and os.path.samefile(last, good))
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD), purge_step=self.epoch + 1)
 
     def _train_epoch(self) -> bool:
         """Train the rest of the current epoch; False if ``max_steps`` stopped it."""
@@ -146,7 +180,8 @@ class Trainer:
             with torch.autocast(self.device.type, enabled=self.amp):
                 output = self.network(inputs)
                 loss = self.loss_fn(output.float(), labels)
-            self._check_finite(loss)
+            loss_value = float(loss.detach())
+            stop = self._stop_agreed = self._check_loss(loss_value)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if c.optim.grad_clip:
@@ -157,7 +192,7 @@ class Trainer:
             if c.schedule.interval == "step":
                 self.lr_scheduler.step()
             self.thresholds.step()
-            n, loss_value = len(labels), float(loss.detach())
+            n = len(labels)
             p["loss_sum"] += loss_value * n
             p["correct"] += int((output.argmax(1) == labels).sum())
             p["seen"] += n
@@ -169,8 +204,12 @@ class Trainer:
             if hasattr(progress, "set_postfix"):
                 progress.set_postfix(loss=f"{loss_value:.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
                                      d=f"{self.thresholds.threshold:.4g}")
+            mid_epoch = self.step_in_epoch < self.steps_per_epoch
+            if stop and mid_epoch:
+                self._save_checkpoint(best=False)
+                self._interrupted()
             every = c.train.checkpoint_every_steps
-            if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
+            if every and self.global_step % every == 0 and mid_epoch:
                 self._save_checkpoint(best=False)
             if c.train.max_steps and self.global_step >= c.train.max_steps:
                 break
@@ -198,10 +237,10 @@ class Trainer:
         self.step_in_epoch = 0
         self.partial = self._fresh_partial()
         improved = record["test_acc"] > self.best_acc
-        self.best_acc = max(self.best_acc, record["test_acc"])
+        if improved:
+            self.best_acc, self.best_epoch = record["test_acc"], record["epoch"]
         if self.ctx.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            rundir.append_metrics(self.run_dir, record)
             for key in METRIC_KEYS[2:]:
                 if key != "layer_sparsity":
                     self.writer.add_scalar(key, record[key], record["epoch"])
@@ -264,7 +303,8 @@ class Trainer:
                 "lr_scheduler": self.lr_scheduler.state_dict(), "threshold_scheduler": self.thresholds.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "best_acc": self.best_acc,
-                "partial": self.partial, "config": self.config.to_dict()}
+                "best_epoch": self.best_epoch, "initial_loss": self.initial_loss, "partial": self.partial,
+                "config": self.config.to_dict()}
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -274,35 +314,89 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best_acc, self.partial = state["global_step"], state["best_acc"], state["partial"]
+        self.best_epoch, self.initial_loss = state.get("best_epoch"), state.get("initial_loss")
         ckpt.set_rng_state(state["rng"])
 
     def _save_checkpoint(self, best: bool) -> None:
+        """Write the state as ``last.pt`` (and first as ``best.pt`` when ``best``: a kill between
+        the two leaves ``best.pt`` newer than ``last.pt``, never older than what anything claims)."""
         if not self.ctx.is_main:
             return
-        folder = self.run_dir / "checkpoints"
-        ckpt.save_atomic(self.state_dict(), folder / "last.pt")
-        if best:  # the same state: copy the file rather than serialize it again
-            ckpt.copy_atomic(folder / "last.pt", folder / "best.pt")
+        last = self.checkpoints / rundir.LAST
+        if best:
+            ckpt.save_atomic(self.state_dict(), self.checkpoints / rundir.BEST)
+            ckpt.link(self.checkpoints / rundir.BEST, last)
+        else:
+            ckpt.save_atomic(self.state_dict(), last)
+        self._unverified = True
 
-    def _truncate_metrics(self) -> None:
-        """On resume, drop records of epochs the checkpoint had not finished (they will be redone)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= self.epoch]
-        path.write_text("".join(line + "\n" for line in kept))
+    # -- divergence and interruption -------------------------------------------------------------
+    def _normal_loss(self, value: float) -> bool:
+        factor = self.config.train.divergence_factor
+        if not math.isfinite(value):
+            return False
+        return factor is None or self.initial_loss is None or value <= factor * max(self.initial_loss, 1e-12)
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        bad = float(not torch.isfinite(loss.detach()).all())
+    def _check_loss(self, value: float) -> bool:
+        """Before the backward pass of a step: stop on a NaN/inf loss on any rank, vouch for the
+        newest checkpoint if this loss (measured on its weights) is normal; returns whether a
+        stop signal arrived on any rank."""
+        bad, stop = float(not math.isfinite(value)), float(self._stop_requested)
         if self.ctx.enabled:
-            bad = distributed.all_sum([bad], self.ctx)[0]
+            bad, stop = distributed.all_sum([bad, stop], self.ctx)
+        if self.initial_loss is None and not bad:
+            self.initial_loss = value
+        if self.ctx.is_main and self._unverified:
+            if self._normal_loss(value):
+                ckpt.link(self.checkpoints / rundir.LAST, self.checkpoints / rundir.LAST_GOOD)
+                self._unverified = False
         if bad:
-            last = self.run_dir / "checkpoints" / "last.pt"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"loss is {float(loss.detach())} at epoch {self.epoch + 1}, step {self.global_step + 1} (lr "
-                f"{self.optimizer.param_groups[0]['lr']:.4g}, threshold {self.thresholds.threshold:.4g}); stopped, "
-                f"{kept}. Lower optim.lr, set optim.grad_clip, or check the data")
+            self._diverged(value)
+        return bool(stop)
+
+    def _diverged(self, value: float) -> None:
+        """Keep a checkpoint whose weights gave a normal loss as ``last.pt`` and say so."""
+        where = (f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} (lr "
+                 f"{self.optimizer.param_groups[0]['lr']:.4g}, threshold {self.thresholds.threshold:.4g}); stopped")
+        if not self.ctx.is_main:
+            raise TrainingDiverged(f"{where} (rank {self.ctx.rank}; rank 0 reports the checkpoints)")
+        last, good = self.checkpoints / rundir.LAST, self.checkpoints / rundir.LAST_GOOD
+        if self._unverified and last.exists():
+            os.replace(last, self.checkpoints / rundir.DIVERGED)
+            if good.exists():
+                ckpt.link(good, last)
+        if not good.exists():
+            raise TrainingDiverged(f"{where}; no checkpoint had a normal loss (the newest is kept as "
+                                   f"{self.checkpoints / rundir.DIVERGED}). Lower optim.lr or set optim.grad_clip and "
+                                   "train again")
+        kept = ckpt.load(good)
+        raise TrainingDiverged(
+            f"{where}. The last good checkpoint is {last} (step {kept['global_step']}, whose weights gave a normal "
+            f"loss; any newer one is kept as {rundir.DIVERGED}). Lower optim.lr or set optim.grad_clip and start from "
+            f"it: snn-stp train --init-from {last} --set optim.lr=... --out NEW_RUN_DIR")
+
+    def _catch_stop_signals(self) -> dict:
+        """SIGINT/SIGTERM set a flag (the loop saves and stops at the next step); a second one
+        raises KeyboardInterrupt at once. Only in the main thread (signal's rule)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            if self.ctx.is_main:
+                print(f"\nsnn-stp: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                      "(again to stop at once)", file=sys.stderr, flush=True)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, request_stop)
+        return previous
+
+    def _interrupted(self) -> None:
+        raise TrainingInterrupted(
+            f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; checkpoint saved as "
+            f"{self.checkpoints / rundir.LAST}. Continue exactly with: snn-stp resume {self.run_dir}")
 
     def _progress(self, iterable, description: str):
         if self.quiet or not self.ctx.is_main:
@@ -316,15 +410,14 @@ class Trainer:
         mine = {"rank": self.ctx.rank, "global_step": self.global_step, "threshold": self.thresholds.threshold,
                 "weight_sparsity": report.global_sparsity}
         ranks = distributed.all_gather(mine, self.ctx)
-        last = None
-        path = self.run_dir / "metrics.jsonl"
-        if self.ctx.is_main and path.exists():
-            lines = path.read_text().splitlines()
-            last = json.loads(lines[-1]) if lines else None
+        records = rundir.read_metrics(self.run_dir) if self.ctx.is_main and (self.run_dir / rundir.METRICS).exists() \
+            else []
+        last = records[-1] if records else None
         return {"run_dir": str(self.run_dir), "model": self.config.model.name, "spiking": self.spiking,
                 "data": self.config.data.name, "scheduler": self.config.pruning.scheduler,
                 "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
-                "final_test_acc": last["test_acc"] if last else None, "best_test_acc": self.best_acc,
+                "final_test_acc": last["test_acc"] if last else None,
+                "best_test_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
                 "weight_sparsity": report.global_sparsity, "threshold": self.thresholds.threshold,
                 "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "world_size": self.ctx.world_size,
                 "ranks": ranks}
@@ -347,17 +440,21 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
     """Accuracy and sparsity of a checkpoint (or a run directory's ``checkpoints/last.pt``).
 
     The model is rebuilt from the checkpoint's own configuration and evaluated with the
-    threshold saved in it (a buffer of the model), without any training step.
+    threshold saved in it (a buffer of the model), without any training step; nothing is written.
     """
     from .config import from_dict
 
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        if not (path / rundir.CHECKPOINTS / rundir.LAST).exists():
+            from ..errors import RunDirectoryError
+            raise RunDirectoryError(f"{path} holds no checkpoints/{rundir.LAST} (is it a run directory? "
+                                    f"{'it holds: ' + rundir.describe(path) if rundir.holds_run(path) else 'it holds no run'}"
+                                    "); give a run directory or a checkpoint file")
+        path = path / rundir.CHECKPOINTS / rundir.LAST
     state = ckpt.load(path)
     config = from_dict(state["config"])
-    trainer = Trainer(config, path.parent.parent, quiet=quiet)
-    trainer.model.load_state_dict(state["model"])
+    trainer = Trainer(config, path.parent.parent, state=state, quiet=quiet)
     test = trainer.evaluate()
     analysis = trainer.analyze()
     report = pruning.weight_sparsity(trainer.model)

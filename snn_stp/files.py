@@ -1,0 +1,225 @@
+"""Files that a kill cannot corrupt: atomic replacement, hard-linked copies, torn-line-tolerant appends.
+
+Every file of a run directory is written through this module. A replacement goes to a temporary
+file ``.<name>.<random>.tmp`` in the same folder, is flushed to disk and renamed over the target,
+so a reader sees the old file or the new one, never a mixture. Temporaries are created with mode
+``0o666`` minus the umask, like any other file the user's process creates.
+
+Fault injection (for the crash tests, see docs/reliability.md): with the environment variable
+``SNN_STP_FAULT=<file name>:<phase>[:<n>]`` the process kills itself with SIGKILL at the ``n``-th
+write (default 1) of that file, at ``phase`` ``during`` (the temporary, or half a line, is on
+disk, the target not yet replaced) or ``after`` (the target was replaced). This kills the real
+process at an exact point instead of after a guessed delay.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .errors import RunDirectoryError
+
+
+class WriteError(RunDirectoryError):
+    """A file could not be written (full disk, size limit, permissions); the old version is intact."""
+
+#: Suffix of the temporaries; :func:`remove_temporaries` deletes leftovers of a killed write.
+TEMPORARY_SUFFIX = ".tmp"
+
+_fault_counts: dict[tuple[str, str], int] = {}
+
+
+def fault_point(name: str, phase: str) -> None:
+    """Die here (SIGKILL) if ``SNN_STP_FAULT`` names this write of ``name`` at ``phase``."""
+    spec = os.environ.get("SNN_STP_FAULT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] != name or parts[1] != phase:
+        return
+    key = (name, phase)
+    _fault_counts[key] = _fault_counts.get(key, 0) + 1
+    if _fault_counts[key] == (int(parts[2]) if len(parts) > 2 else 1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
+    """An new empty file next to the target, opened for writing; the umask applies to its mode."""
+    while True:
+        path = folder / f".{name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+
+
+class _WriteRecorder:
+    """A binary file that remembers the OSError of a failed write: torch.save turns it into an
+    uninformative RuntimeError ("unexpected pos ..."), and the real cause (a full disk) is what
+    the user needs to see."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def write_failure(path: Path, error: OSError) -> WriteError:
+    """A one-line error for a failed write of ``path``, with the free space where it was written."""
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 1e6:,.0f} MB free there"
+    except OSError:
+        free = ""
+    return WriteError(f"could not write {path}: {error.strerror or error}{free}. The previous version of the file "
+                      "is intact; free space (or fix the permissions) and run the command again")
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(binary file)`` to a temporary, fsync it, then rename it over ``path``.
+
+    A failed write (full disk, file size limit, permissions) is a :class:`WriteError` naming
+    ``path``; the old ``path`` is untouched and the temporary removed.
+    """
+    path = Path(path)
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = _create_temporary(path.parent, path.name)
+        with os.fdopen(handle, "wb") as f:
+            recorder = _WriteRecorder(f)
+            try:
+                write(recorder)
+                f.flush()
+            except Exception as error:
+                if isinstance(error, OSError) or recorder.error is not None:
+                    raise write_failure(path, recorder.error or error) from None
+                raise
+            fault_point(path.name, "during")
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise write_failure(path, error) from None
+    finally:
+        if temporary is not None and temporary.exists():
+            temporary.unlink(missing_ok=True)
+    fault_point(path.name, "after")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def link_atomic(source: str | Path, path: str | Path) -> None:
+    """Make ``path`` the same file as ``source`` (a hard link; a copy where links are not supported),
+    replacing ``path`` atomically. Later replacements of either name leave the other intact."""
+    source, path = Path(source), Path(path)
+    handle, temporary = _create_temporary(path.parent, path.name)
+    os.close(handle)
+    temporary.unlink()
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            with open(source, "rb") as original:
+                write_atomic(path, lambda f: shutil.copyfileobj(original, f))
+            return
+        fault_point(path.name, "during")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise write_failure(path, error) from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    fault_point(path.name, "after")
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line and fsync it. A kill mid-write can leave a torn last line, which readers skip."""
+    data = (line.rstrip("\n") + "\n").encode()
+    try:
+        _append(Path(path), data)
+    except OSError as error:
+        raise write_failure(Path(path), error) from None
+    fault_point(Path(path).name, "after")
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        if os.environ.get("SNN_STP_FAULT", "").startswith(f"{Path(path).name}:during"):
+            f.write(data[:len(data) // 2])
+            f.flush()
+            fault_point(Path(path).name, "during")
+            f.seek(0, os.SEEK_END)
+            f.write(data[len(data) // 2:])
+        else:
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporaries a killed write of any of ``names`` left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        if path.name.endswith(TEMPORARY_SUFFIX) and any(path.name.startswith(f".{n}.") for n in names):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def read_yaml(path: str | Path):
+    """Parse a YAML file; a syntax error or a key given twice in one mapping is a :class:`ConfigError`
+    naming the file and line (PyYAML alone keeps the last duplicate silently)."""
+    import yaml
+
+    from .errors import ConfigError
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{path}: key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a YAML text file ({error.reason}); give a YAML config") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: YAML syntax error ({problem}); fix the file") from None

@@ -1,0 +1,172 @@
+"""The run directory contract: which files a run holds, and reading them back robustly.
+
+``config.yaml``              the resolved configuration (written atomically)
+``metrics.jsonl``            one JSON record per finished epoch, appended and fsynced
+``tensorboard/``             the same scalars as TensorBoard events
+``checkpoints/last.pt``      the newest full state; ``snn-stp resume`` continues from it
+``checkpoints/best.pt``      the state at the end of the epoch with the best test accuracy
+``checkpoints/last_good.pt`` the newest checkpoint whose weights gave a loss in the normal range
+``checkpoints/diverged.pt``  after a NaN/inf stop: the newest checkpoint, when it was not good
+``summary.json``             final numbers, written atomically at the end
+
+Readers here never fail on what a kill can leave behind: a torn last line of metrics.jsonl is
+skipped with a warning naming the file, and a truncated summary.json is ignored with a warning
+(it is rewritten when the run ends). Anything else unreadable is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+from .errors import RunDirectoryError
+from .files import append_line, remove_temporaries, write_text_atomic
+
+CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD = (
+    "config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard")
+LAST, BEST, LAST_GOOD, DIVERGED = "last.pt", "best.pt", "last_good.pt", "diverged.pt"
+#: What makes a folder a run directory (``--overwrite`` removes exactly these).
+RUN_ENTRIES = (CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD)
+#: Files written through a temporary (their leftovers are removed on the next start or resume).
+ATOMIC_FILES = (CONFIG, SUMMARY, METRICS, LAST, BEST, LAST_GOOD, DIVERGED)
+
+
+class RunFileWarning(UserWarning):
+    """A run file was partly unreadable (a torn line, a truncated summary) and was read around."""
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds (part of) a run: its config, metrics, summary or a checkpoint."""
+    run_dir = Path(run_dir)
+    return run_dir.is_dir() and (any((run_dir / name).exists() for name in (CONFIG, METRICS, SUMMARY))
+                                 or any((run_dir / CHECKPOINTS).glob("*.pt")))
+
+
+def describe(run_dir: str | Path) -> str:
+    """What a run directory holds, in a few words: its epochs and newest checkpoint."""
+    run_dir = Path(run_dir)
+    parts = []
+    metrics = run_dir / METRICS
+    if metrics.is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunFileWarning)
+            try:
+                epochs = len(read_metrics(metrics))
+            except RunDirectoryError:
+                epochs = None
+        parts.append(f"{epochs} finished epoch(s) in {METRICS}" if epochs is not None else f"an unreadable {METRICS}")
+    checkpoints = sorted(p.name for p in (run_dir / CHECKPOINTS).glob("*.pt")) if (run_dir / CHECKPOINTS).is_dir() else []
+    if checkpoints:
+        parts.append("checkpoints " + ", ".join(checkpoints))
+    if (run_dir / SUMMARY).is_file():
+        parts.append(f"a {SUMMARY} (finished)")
+    return "; ".join(parts) or ", ".join(e for e in RUN_ENTRIES if (run_dir / e).exists())
+
+
+def prepare_new(run_dir: str | Path, overwrite: bool) -> Path:
+    """Check that a new run may be written to ``run_dir`` (nothing is changed yet).
+
+    A folder that already holds a run is refused unless ``overwrite``; the folder must be
+    creatable and writable. Called before the model and data are built.
+    """
+    run_dir = Path(run_dir)
+    if holds_run(run_dir) and not overwrite:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({describe(run_dir)}); continue it with `snn-stp resume {run_dir}`, "
+            "choose another --out, or pass --overwrite to replace it")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / ".write-test", "")
+        (run_dir / ".write-test").unlink()
+    except OSError as error:
+        raise RunDirectoryError(f"cannot write the run directory {run_dir}: {error.strerror or error} "
+                                f"({error.filename or run_dir}); choose a writable --out") from None
+    return run_dir
+
+
+def clear(run_dir: str | Path) -> None:
+    """Remove a previous run's files (``--overwrite``); other files in the folder are left alone."""
+    run_dir = Path(run_dir)
+    for entry in RUN_ENTRIES:
+        path = run_dir / entry
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def remove_litter(run_dir: str | Path) -> list[Path]:
+    """Delete temporaries left by killed writes in the run directory and its checkpoints folder."""
+    run_dir = Path(run_dir)
+    return remove_temporaries(run_dir, ATOMIC_FILES) + remove_temporaries(run_dir / CHECKPOINTS, ATOMIC_FILES)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (a file or its run directory).
+
+    A torn last line (a kill mid-append) is skipped with a :class:`RunFileWarning`; an unreadable
+    line anywhere else is a :class:`RunDirectoryError` naming the file and line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as error:
+        raise RunDirectoryError(f"cannot read {path}: {error.strerror or error}") from None
+    records = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            if number >= len(lines) - 1 and not any(line.strip() for line in lines[number:]):
+                warnings.warn(f"{path}: skipped a torn last line (line {number}, from an interrupted write)",
+                              RunFileWarning, stacklevel=2)
+                continue
+            raise RunDirectoryError(f"{path} line {number} is not a metrics record ({error}); the file is damaged: "
+                                    f"remove that line") from None
+        records.append(record)
+    return records
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> int:
+    """Keep only the records up to optimizer step ``step`` (and no torn line); returns how many went."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RunFileWarning)
+        records = read_metrics(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    dropped = len(records) - len(kept) + len(caught)
+    if dropped:
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return dropped
+
+
+def append_metrics(run_dir: str | Path, record: dict) -> None:
+    append_line(Path(run_dir) / METRICS, json.dumps(record))
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    """``summary.json``, or ``{}`` if it is absent or was cut short (with a :class:`RunFileWarning`)."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_bytes())
+    except ValueError as error:
+        warnings.warn(f"{path} is truncated or damaged ({error}); ignored (it is rewritten when the run ends)",
+                      RunFileWarning, stacklevel=2)
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def write_summary(run_dir: str | Path, summary: dict) -> None:
+    write_text_atomic(Path(run_dir) / SUMMARY, json.dumps(summary, indent=1))
