@@ -204,9 +204,9 @@ def dispatch(args) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings of run files (a torn metrics line, ...) as one ``snn-stp: warning:`` line."""
-    from .rundir import RunFileWarning
-    if issubclass(category, RunFileWarning):
+    """The project's warnings (a torn metrics line, a regenerated file) as one ``snn-stp: warning:`` line."""
+    from .errors import SnnStpWarning
+    if issubclass(category, SnnStpWarning):
         print(f"snn-stp: warning: {message}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

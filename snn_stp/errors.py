@@ -17,6 +17,10 @@ class ConfigError(SnnStpError, ValueError):
     """A configuration that cannot run; the message says what is wrong and what is valid."""
 
 
+class UsageError(SnnStpError, ValueError):
+    """A command or function argument that names something that does not exist (a layer, a sample)."""
+
+
 class RunDirectoryError(SnnStpError):
     """A run directory that cannot be used as asked (holds another run, unwritable, incomplete)."""
 
@@ -43,3 +47,8 @@ class TrainingDiverged(SnnStpError, RuntimeError):
 
 class TrainingInterrupted(SnnStpError):
     """Ctrl-C (SIGINT) or SIGTERM stopped training at a step boundary; a checkpoint was saved."""
+
+
+class SnnStpWarning(UserWarning):
+    """Something was read around or repaired (a torn line, a regenerated file); ``snn-stp`` prints it
+    as one ``snn-stp: warning:`` line."""

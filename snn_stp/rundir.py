@@ -21,7 +21,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from .errors import RunDirectoryError
+from .errors import RunDirectoryError, SnnStpWarning
 from .files import append_line, remove_temporaries, write_text_atomic
 
 CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD = (
@@ -33,7 +33,7 @@ RUN_ENTRIES = (CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD)
 ATOMIC_FILES = (CONFIG, SUMMARY, METRICS, LAST, BEST, LAST_GOOD, DIVERGED)
 
 
-class RunFileWarning(UserWarning):
+class RunFileWarning(SnnStpWarning):
     """A run file was partly unreadable (a torn line, a truncated summary) and was read around."""
 
 

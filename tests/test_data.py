@@ -370,7 +370,7 @@ def test_truncated_event_file_names_the_file(tmp_path):
     victim = ds.files[ds.indices[7]]
     with open(victim, "r+b") as f:
         f.truncate(100)
-    with pytest.raises(RuntimeError, match=f"could not read {victim}"):
+    with pytest.raises(DataError, match=f"could not read {victim}"):
         ds[7]
 
 

@@ -7,7 +7,6 @@ them as PNG and PDF.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from ..errors import RunDirectoryError, UsageError  # noqa: E402
 
 
 @dataclass
@@ -47,18 +48,25 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """Load a run directory; an incomplete one is an error naming the missing file."""
-    import yaml
+    """Load a run directory (see :mod:`snn_stp.rundir` for what survives a kill); an incomplete or
+    unreadable one is a :class:`RunDirectoryError` naming the file."""
+    from .. import rundir
+    from ..files import read_yaml
 
     path = Path(path)
-    for required in ("config.yaml", "metrics.jsonl"):
+    if not path.is_dir():
+        raise RunDirectoryError(f"{path} is not a run directory (it does not exist or is a file); give the --out "
+                                "folder of snn-stp train")
+    for required in (rundir.CONFIG, rundir.METRICS):
         if not (path / required).is_file():
-            raise FileNotFoundError(f"{path} is not a run directory: {required} is missing")
-    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
+            raise RunDirectoryError(f"{path} is not a run directory: {required} is missing")
+    metrics = rundir.read_metrics(path)
     if not metrics:
-        raise ValueError(f"{path}/metrics.jsonl has no epoch yet")
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-    return Run(path, yaml.safe_load((path / "config.yaml").read_text()), metrics, summary)
+        raise RunDirectoryError(f"{path / rundir.METRICS} has no finished epoch yet; nothing to plot or compare")
+    config = read_yaml(path / rundir.CONFIG)
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise RunDirectoryError(f"{path / rundir.CONFIG} is not a run's config (no model section)")
+    return Run(path, config, metrics, rundir.read_summary(path))
 
 
 def _series(run: Run, key: str) -> list:
@@ -175,9 +183,10 @@ def load_model(run: Run, checkpoint: str = "last.pt"):
     from ..train.checkpoint import load
     from ..train.config import from_dict
 
-    config = from_dict(run.config)
-    model = make_model(config, DATASETS[config.data.name].num_classes, torch.device("cpu"))
-    model.load_state_dict(load(run.path / "checkpoints" / checkpoint)["model"])
+    state = load(run.path / "checkpoints" / checkpoint)
+    config = from_dict(state["config"])  # the checkpoint's own config, not a possibly edited config.yaml
+    model = make_model(config, DATASETS[config.data.name].num_classes, torch.device("cpu"), load_initial_weights=False)
+    model.load_state_dict(state["model"])
     return model.eval(), config
 
 
@@ -190,7 +199,7 @@ def plot_histograms(run: Run, layers: list[str] | None = None, max_layers: int =
     chosen = layers or list(available)[:max_layers]
     unknown = [name for name in chosen if name not in available]
     if unknown:
-        raise ValueError(f"no pruned layer {unknown}; pruned layers: {', '.join(available)}")
+        raise UsageError(f"--layers: no pruned layer {unknown}; pruned layers: {', '.join(available)}")
     fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), squeeze=False)
     for ax, name in zip(axes[0], chosen):
         theta = available[name].theta.detach().flatten().numpy()
@@ -217,8 +226,10 @@ def plot_raster(run: Run, layer: str | None = None, sample: int = 0, max_neurons
 
     model, config = load_model(run)
     if not getattr(model, "spiking", False):
-        raise ValueError(f"{run.name} is an ANN run; spike rasters need a spiking model")
+        raise UsageError(f"{run.name} is an ANN run; spike rasters need a spiking model")
     dataset = make_dataset(config, "test", model)
+    if not 0 <= sample < len(dataset):
+        raise UsageError(f"--sample {sample}: the test set has samples 0 to {len(dataset) - 1}")
     x, label = next(iter(make_loader(dataset, config.data.name, 1, True, sampler=[sample])))
     recorder = monitor.OutputMonitor(model, neuron.BaseNode, function_on_output=lambda s: s.detach().clone())
     try:
@@ -227,7 +238,7 @@ def plot_raster(run: Run, layer: str | None = None, sample: int = 0, max_neurons
         names = list(recorder.monitored_layers)
         chosen = layer or names[0]
         if chosen not in names:
-            raise ValueError(f"no spiking layer {chosen!r}; spiking layers: {', '.join(names)}")
+            raise UsageError(f"--raster-layer: no spiking layer {chosen!r}; spiking layers: {', '.join(names)}")
         spikes = recorder[chosen][0][:, 0].reshape(recorder[chosen][0].shape[0], -1)[:, :max_neurons]
     finally:
         recorder.remove_hooks()

@@ -25,11 +25,13 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import SnnStpWarning
 from .digits import NUM_SAMPLES, load_digits_arrays
 
 CONVERTER_VERSION = 1
@@ -118,30 +120,55 @@ def digits_dvs_folder(root: str | Path) -> Path:
 
 
 def ensure_digits_dvs(root: str | Path) -> Path:
-    """Generate ``root/DigitsDVS`` once (atomically); return it. A complete folder is reused."""
+    """Generate ``root/DigitsDVS`` once (atomically); return it.
+
+    The manifest lists every file with its size and sha256. A folder whose files no longer match
+    it (a file deleted, truncated or edited) is generated again, with a warning naming the files;
+    the generation is deterministic, so the data are the same bytes as before.
+    """
     folder = digits_dvs_folder(root)
     manifest = folder / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("version") == CONVERTER_VERSION:
-        return folder
+    if manifest.is_file():
+        try:
+            recorded = json.loads(manifest.read_text())
+        except ValueError:
+            recorded = {}
+        if recorded.get("version") == CONVERTER_VERSION and "files" in recorded:
+            damaged = [name for name, (size, digest) in recorded["files"].items()
+                       if not _file_matches(folder / name, size, digest)]
+            if not damaged:
+                return folder
+            warnings.warn(f"{folder}: {len(damaged)} generated file(s) missing or damaged ({', '.join(damaged[:3])}"
+                          f"{', ...' if len(damaged) > 3 else ''}); generating the data set again", SnnStpWarning, stacklevel=2)
     images, labels = load_digits_arrays()
     streams = convert(images)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".DigitsDVS-", dir=folder.parent))
     digest = hashlib.sha256()
+    files = {}
     for index, (events, label) in enumerate(zip(streams, labels)):
         split = "test" if index % 5 == 4 else "train"
-        path = staging / split / str(int(label)) / f"{index:04d}.bin"
+        name = f"{split}/{int(label)}/{index:04d}.bin"
+        path = staging / name
         path.parent.mkdir(parents=True, exist_ok=True)
         data = encode_nmnist(events)
         path.write_bytes(data)
         digest.update(data)
+        files[name] = [len(data), hashlib.sha256(data).hexdigest()]
     (staging / "manifest.json").write_text(json.dumps(
         {"version": CONVERTER_VERSION, "samples": NUM_SAMPLES, "events": int(sum(len(e) for e in streams)),
-         "sha256": digest.hexdigest()}, indent=1))
+         "sha256": digest.hexdigest(), "files": files}, indent=1))
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(staging, folder)
     return folder
+
+
+def _file_matches(path: Path, size: int, digest: str) -> bool:
+    try:
+        return path.stat().st_size == size and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    except OSError:
+        return False
 
 
 class DigitsDVS:

@@ -130,14 +130,18 @@ class EventFrames(torch.utils.data.Dataset):
             _require_aedat()
         self.source, self.split, self.spec = source, split, spec
         self.sensor_size = spec.sensor_after(source.sensor_size)
+        if source.name == "nmnist" and not download:
+            check_digit_folders(root / source.tonic_class / ("Train" if split == "train" else "Test"))
         transform = spec.transform(source.sensor_size)
         if source.name == "ncaltech101":
             transform = tonic.transforms.Compose([ClipToSensor(source.sensor_size), transform])
+        transform = RequireEvents(transform)
         cls = DigitsDVS if source.name == "digits_dvs" else getattr(tonic.datasets, source.tonic_class)
         kwargs = {"train": split == "train"} if source.has_split else {}
         self.dataset = cls(str(root), transform=transform, **kwargs)
         self.files = list(getattr(self.dataset, "data", []))
         self.indices, self.labels = self._order_and_split()
+        self._check_labels()
         self.cache = None
         if cache_root is not None:
             extra = {"converter": CONVERTER_VERSION} if name == "digits_dvs" else {}
@@ -168,21 +172,60 @@ class EventFrames(torch.utils.data.Dataset):
             chosen += members[:cut] if self.split == "train" else members[cut:]
         return chosen, [int(targets[i]) for i in chosen]
 
+    def _check_labels(self) -> None:
+        """Labels come from folder and file names: a stray file or folder gives one out of range."""
+        bad = [(i, label) for i, label in zip(self.indices, self.labels) if not 0 <= label < self.source.num_classes]
+        if bad:
+            index, label = bad[0]
+            where = self.files[index] if self.files else f"sample {index}"
+            raise DataError(f"{where} has label {label}, outside 0..{self.source.num_classes - 1} of "
+                            f"{self.source.name} ({len(bad)} such sample(s)); remove the stray files or folders")
+
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         source_index = self.indices[index]
+        where = self.files[source_index] if self.files else f"sample {source_index}"
         try:
             frames, _ = (self.cache or self.dataset)[source_index]
+        except EmptyRecording:
+            raise DataError(f"{where} holds no events ({self.source.name}, {self.split}): the recording is empty or "
+                            "was cut off; restore the file or remove it") from None
         except Exception as error:
-            where = self.files[source_index] if self.files else f"sample {source_index}"
-            raise RuntimeError(f"could not read {where} ({self.source.name}, {self.split}): "
-                               f"{type(error).__name__}: {error}") from error
+            raise DataError(f"could not read {where} ({self.source.name}, {self.split}): "
+                            f"{type(error).__name__}: {error}; the file is damaged, restore it") from error
         frames = frames_to_tensor(frames)
         if self.source.name == "shd":
             frames = frames.reshape(frames.shape[0], -1)  # [T, 1, 700] -> [T, 700]
         return frames, self.labels[index]
+
+
+class EmptyRecording(ValueError):
+    """An event file that holds no events (raised inside the transform, named by the reader)."""
+
+
+class RequireEvents:
+    """Runs ``transform`` on a non-empty event array; an empty one is an error (Tonic's Compose
+    would pass it through untransformed, and it would fail later as a structured array)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        if len(events) == 0:
+            raise EmptyRecording("no events")
+        return self.transform(events)
+
+
+def check_digit_folders(split_folder: Path) -> None:
+    """Tonic's N-MNIST reads the label from the last character of each folder holding .bin files;
+    a stray folder would crash it or, worse, be read as a digit. Only ``0``..``9`` may hold them."""
+    digit_folders = {split_folder / str(d) for d in range(10)}
+    for folder in [split_folder, *sorted(p for p in split_folder.rglob("*") if p.is_dir())]:
+        if folder not in digit_folders and any(f.name.endswith("bin") for f in folder.iterdir() if f.is_file()):
+            raise DataError(f"{folder} holds .bin files but is not a digit folder: an N-MNIST split folder holds the "
+                            "folders 0 to 9 with the .bin files and nothing else; move the stray folder out")
 
 
 class ClipToSensor:

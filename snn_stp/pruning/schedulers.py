@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import schedules
 from .learning_rates import learning_rate_sum, param_group_of
@@ -113,6 +114,7 @@ class ThresholdScheduler:
     # -- stepping --------------------------------------------------------------------------
     def step(self) -> None:
         """Advance one optimizer step: update d, ``l1_coefficient`` and the model's thresholds."""
+        self._check_not_baked()
         lr = self._pending_lr
         old = self.threshold
         self.threshold, delta = self._advance(lr)
@@ -132,6 +134,16 @@ class ThresholdScheduler:
             ratio = delta / lr if lr > 0 else math.copysign(math.inf, delta)
         return ratio + self.weight_decay * old
 
+    def _check_not_baked(self) -> None:
+        """After :func:`snn_stp.bake` the layers hold plain weights: stepping would change nothing."""
+        layer = self.layers[0]
+        if not parametrize.is_parametrized(layer.module, "weight") or \
+                all(p is not layer.parametrization for p in layer.module.parametrizations.weight):
+            raise RuntimeError(
+                f"the model was baked (snn_stp.bake): {layer.name} is a plain weight now, and a threshold scheduler "
+                "has nothing left to move. Step the scheduler before baking, or sparsify a model again and build a "
+                "new scheduler for it")
+
     def _apply(self) -> None:
         """Write the current threshold into every pruned layer's buffer."""
         for layer in self.layers:
@@ -148,8 +160,17 @@ class ThresholdScheduler:
                 "start_step": self.start_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name", self.name) != self.name:
-            raise ValueError(f"state of a {state['name']!r} scheduler cannot be loaded into {self.name!r}")
+        """Restore :meth:`state_dict`; the state of another kind of scheduler is a ValueError."""
+        kind = state.get("name") if isinstance(state, dict) else None
+        if kind != self.name:
+            what = f"a {kind!r} scheduler" if kind else f"something that is not a threshold scheduler's state_dict " \
+                                                          f"({type(state).__name__})"
+            raise ValueError(f"the state of {what} cannot be loaded into a {self.name!r} scheduler; build the "
+                             f"scheduler that saved it (snn_stp.build_threshold_scheduler({kind or '...'!r}, ...))")
+        self._load_state(state)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Subclasses extend this with their own entries (the kind is already checked)."""
         self.last_step = int(state["last_step"])
         self.threshold = float(state["threshold"])
         self.l1_coefficient = float(state["l1_coefficient"])
@@ -334,10 +355,10 @@ class LATS(ThresholdScheduler):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "l1": self.l1, "lr_sum": self.lr_sum}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.l1 = float(state["l1"])
         self.lr_sum = state["lr_sum"]
-        super().load_state_dict(state)
+        super()._load_state(state)
 
 
 @register_threshold_scheduler("str")
@@ -371,6 +392,7 @@ class STR(ThresholdScheduler):
         return list(self.layer_thresholds().values())
 
     def step(self) -> None:
+        self._check_not_baked()
         lr = self._pending_lr
         new = self._current()
         l1 = [self._implied_l1(n - o, lr, o) for n, o in zip(new, self._layer_d)]
@@ -386,8 +408,8 @@ class STR(ThresholdScheduler):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "layer_thresholds": list(self._layer_d)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
         self._layer_d = [float(v) for v in state["layer_thresholds"]]
 
 
@@ -415,6 +437,7 @@ class GradR(ThresholdScheduler):
 
     @torch.no_grad()
     def step(self) -> None:
+        self._check_not_baked()
         lr = self._pending_lr
         t = self.last_step + 1
         active = self.last_step >= self.start_step
@@ -467,6 +490,7 @@ class GMP(ThresholdScheduler):
         return schedules.gmp_sparsity(epoch, self.start_epoch, self.end_epoch - 1, self.final_sparsity)
 
     def step(self) -> None:
+        self._check_not_baked()
         self.last_step += 1
         if self.last_step % self.steps_per_epoch == 0:
             self._update_masks()
@@ -497,8 +521,8 @@ class GMP(ThresholdScheduler):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "sparsity_target": self.sparsity_target}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
         self.sparsity_target = float(state["sparsity_target"])
 
 
