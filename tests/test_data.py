@@ -307,7 +307,7 @@ def test_cifar10_dvs_from_aedat4_files(tmp_path):
     broken = train.files[train.indices[1]]
     with open(broken, "r+b") as f:
         f.truncate(40)
-    with pytest.raises(RuntimeError, match=f"could not read {broken}"):
+    with pytest.raises(DataError, match=f"could not read {broken}"):
         train[1]
 
 
