@@ -6,10 +6,11 @@ so a reader sees the old file or the new one, never a mixture. Temporaries are c
 ``0o666`` minus the umask, like any other file the user's process creates.
 
 Fault injection (for the crash tests, see docs/reliability.md): with the environment variable
-``SNN_STP_FAULT=<file name>:<phase>[:<n>]`` the process kills itself with SIGKILL at the ``n``-th
-write (default 1) of that file, at ``phase`` ``during`` (the temporary, or half a line, is on
-disk, the target not yet replaced) or ``after`` (the target was replaced). This kills the real
-process at an exact point instead of after a guessed delay.
+``SNN_STP_FAULT=<file name>:<phase>[:<n>[:<signal>]]`` the process sends itself ``signal``
+(default KILL; INT is a Ctrl-C) at the ``n``-th write (default 1) of that file, at ``phase``
+``during`` (the temporary, or half a line, is on disk, the target not yet replaced) or ``after``
+(the target was replaced). This stops the real process at an exact point instead of after a
+guessed delay.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ _fault_counts: dict[tuple[str, str], int] = {}
 
 
 def fault_point(name: str, phase: str) -> None:
-    """Die here (SIGKILL) if ``SNN_STP_FAULT`` names this write of ``name`` at ``phase``."""
+    """Signal this process (SIGKILL unless told otherwise) if ``SNN_STP_FAULT`` names this write of
+    ``name`` at ``phase``."""
     spec = os.environ.get("SNN_STP_FAULT")
     if not spec:
         return
@@ -45,10 +47,10 @@ def fault_point(name: str, phase: str) -> None:
         return
     key = (name, phase)
     _fault_counts[key] = _fault_counts.get(key, 0) + 1
-    if _fault_counts[key] == (int(parts[2]) if len(parts) > 2 else 1):
+    if _fault_counts[key] == (int(parts[2]) if len(parts) > 2 and parts[2] else 1):
         sys.stdout.flush()
         sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{parts[3]}") if len(parts) > 3 else signal.SIGKILL)
 
 
 def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:

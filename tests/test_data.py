@@ -175,6 +175,7 @@ def digits_dvs_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # generates the whole digits_dvs set (about 15 s)
 def test_digits_dvs_generation_frames_and_regeneration(digits_dvs_root, tmp_path):
     manifest = (digits_dvs_root / "DigitsDVS" / "manifest.json").read_text()
     ds = build_dataset("digits_dvs", "test", root=digits_dvs_root, time_steps=6, cache=False)
@@ -192,6 +193,7 @@ def test_digits_dvs_generation_frames_and_regeneration(digits_dvs_root, tmp_path
     assert '"samples": 1797' in manifest
 
 
+@pytest.mark.slow  # generates the whole digits_dvs set (about 15 s)
 def test_digits_dvs_denoise_and_downsample(digits_dvs_root):
     plain = build_dataset("digits_dvs", "test", root=digits_dvs_root, time_steps=4, cache=False)[1][0]
     denoised = build_dataset("digits_dvs", "test", root=digits_dvs_root, time_steps=4, denoise_us=500,
@@ -201,6 +203,7 @@ def test_digits_dvs_denoise_and_downsample(digits_dvs_root):
     assert small.shape == (4, 2, 17, 17) and small.sum() == plain.sum()
 
 
+@pytest.mark.slow  # generates the whole digits_dvs set (about 15 s)
 def test_event_batches_are_time_major_for_snns_and_summed_for_anns(digits_dvs_root):
     ds = build_dataset("digits_dvs", "train", root=digits_dvs_root, time_steps=5, cache=False)
     snn_x, snn_y = next(iter(make_loader(ds, "digits_dvs", 8, spiking=True)))
@@ -210,6 +213,7 @@ def test_event_batches_are_time_major_for_snns_and_summed_for_anns(digits_dvs_ro
     assert torch.equal(snn_x[:, 3], ds[3][0])
 
 
+@pytest.mark.slow  # generates the whole digits_dvs set (about 15 s)
 def test_frame_cache_repeats_and_is_keyed_by_every_parameter(digits_dvs_root, tmp_path):
     first = build_dataset("digits_dvs", "test", root=digits_dvs_root, time_steps=4)
     a = [first[i][0] for i in range(3)]
@@ -389,6 +393,7 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         build_dataset("digits", "val")
 
 
+@pytest.mark.slow  # generates the whole digits_dvs set (about 15 s)
 def test_time_window_frames_are_cropped_or_padded_to_T(digits_dvs_root):
     ds = build_dataset("digits_dvs", "test", root=digits_dvs_root, time_steps=4, time_window=50_000, cache=False)
     frames, _ = ds[0]
@@ -397,3 +402,47 @@ def test_time_window_frames_are_cropped_or_padded_to_T(digits_dvs_root):
     padded, _ = long[0]
     assert padded.shape[0] == 10 and padded[7:].sum() == 0
     assert torch.equal(padded[:4], frames)
+
+
+def test_empty_recordings_name_the_file(tmp_path):
+    write_dvs_gesture(tmp_path)
+    ds = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4, cache=False)
+    victim = ds.files[ds.indices[7]]
+    np.save(victim, np.zeros((0, 4), dtype=np.int64))
+    with pytest.raises(DataError, match=f"{victim} holds no events \\(dvs_gesture, train\\)"):
+        ds[7]
+    base = tmp_path / "NMNIST"
+    write_bin_tree(base / "Train", [str(d) for d in range(10)], 10000)
+    (base / "train.zip").write_bytes(b"")
+    ds = build_dataset("nmnist", "train", root=tmp_path, time_steps=3, cache=False)
+    victim = ds.files[ds.indices[3]]
+    open(victim, "wb").close()
+    with pytest.raises(DataError, match=f"{victim} holds no events \\(nmnist, train\\)"):
+        ds[3]
+    # A stray folder would crash Tonic's reader (label = last character of the folder name) or be
+    # read as a digit: refused, named.
+    (base / "Train" / "extra").mkdir()
+    (base / "Train" / "extra" / "copy.bin").write_bytes(b"")
+    with pytest.raises(DataError, match=f"{base}/Train/extra holds .bin files but is not a digit folder"):
+        build_dataset("nmnist", "train", root=tmp_path, time_steps=3, cache=False)
+
+
+def test_labels_out_of_range_name_the_file(tmp_path):
+    write_dvs_gesture(tmp_path)
+    stray = tmp_path / "DVSGesture" / "ibmGestureTrain" / "user01_fluorescent" / "11.npy"
+    np.save(stray, np.ones((5, 4), dtype=np.int64))
+    with pytest.raises(DataError, match=f"{stray} has label 11, outside 0..10 of dvs_gesture \\(1 such sample"):
+        build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4, cache=False)
+
+
+@pytest.mark.slow  # generates the whole digits_dvs set (about 15 s)
+def test_digits_dvs_regenerates_missing_or_damaged_files(digits_dvs_root):
+    folder = digits_dvs_root / "DigitsDVS"
+    deleted = sorted(folder.glob("train/*/*.bin"))[5]
+    damaged = sorted(folder.glob("test/*/*.bin"))[3]
+    original = damaged.read_bytes()
+    deleted.unlink()
+    damaged.write_bytes(original[:-5])
+    with pytest.warns(UserWarning, match="2 generated file\\(s\\) missing or damaged .*generating the data set again"):
+        train = build_dataset("digits_dvs", "train", root=digits_dvs_root, time_steps=4, cache=False)
+    assert len(train) == 1438 and deleted.exists() and damaged.read_bytes() == original

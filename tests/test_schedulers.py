@@ -417,3 +417,24 @@ def test_a_discarded_scheduler_stops_tracking_the_optimizer():
     second = snn_stp.build_threshold_scheduler("lats", model, opt, l1=0.1)
     train(model, opt, second, 3)
     assert second.threshold == pytest.approx(0.03)
+
+
+# -- API misuse -----------------------------------------------------------------------------
+
+def test_state_of_another_scheduler_kind_and_stepping_after_bake_are_clear_errors():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    snn_stp.sparsify(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    lats = snn_stp.build_threshold_scheduler("lats", model, optimizer, l1=0.1)
+    slats = snn_stp.build_threshold_scheduler("slats", model, optimizer, final_threshold=0.1, total_steps=10)
+    with pytest.raises(ValueError, match="the state of a 'slats' scheduler cannot be loaded into a 'lats' scheduler"):
+        lats.load_state_dict(slats.state_dict())
+    with pytest.raises(ValueError, match="the state of a 'lats' scheduler cannot be loaded into a 'slats' scheduler"):
+        slats.load_state_dict(lats.state_dict())
+    with pytest.raises(ValueError, match="not a threshold scheduler's state_dict \\(dict\\)"):
+        lats.load_state_dict({"threshold": 0.1})
+    optimizer.step()
+    lats.step()
+    snn_stp.bake(model)
+    with pytest.raises(RuntimeError, match=r"the model was baked \(snn_stp.bake\): 0.weight is a plain weight now"):
+        lats.step()

@@ -386,7 +386,7 @@ class Trainer:
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            if self.ctx.is_main:
+            if self.ctx.is_main and sys.stderr.isatty():  # a person at a terminal: say it was heard
                 print(f"\nsnn-stp: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
                       "(again to stop at once)", file=sys.stderr, flush=True)
         for signum in (signal.SIGINT, signal.SIGTERM):

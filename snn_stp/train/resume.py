@@ -8,7 +8,8 @@ from pathlib import Path
 from .. import rundir
 from ..errors import ConfigError, RunDirectoryError
 from . import checkpoint as ckpt
-from .config import RESUME_MUTABLE_KEYS, Config, differences, from_dict, load_config
+from ..files import read_yaml
+from .config import RESUME_MUTABLE_KEYS, Config, differences, from_dict, validate
 
 
 def load_resume_state(run_dir: str | Path) -> tuple[Config, dict]:
@@ -34,7 +35,11 @@ def load_resume_state(run_dir: str | Path) -> tuple[Config, dict]:
         warnings.warn(f"{edited_path} is missing; continuing with the config stored in {last} (config.yaml is "
                       "written again)", rundir.RunFileWarning, stacklevel=2)
         return saved, state
-    edited = load_config(edited_path)
+    try:
+        edited = from_dict(read_yaml(edited_path) or {})
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith(str(edited_path)) else f"{edited_path}: {message}") from None
     changed = differences(saved, edited)
     refused = {key: values for key, values in changed.items() if key not in RESUME_MUTABLE_KEYS}
     if refused:
@@ -43,4 +48,8 @@ def load_resume_state(run_dir: str | Path) -> tuple[Config, dict]:
             f"{edited_path} differs from the config the run was started with: {listing}. A resumed run keeps its "
             f"config; undo the edit (resume accepts changes to {', '.join(RESUME_MUTABLE_KEYS)} only), or start a "
             f"new run from these weights: snn-stp train --config {edited_path} --init-from {last} --out NEW_RUN_DIR")
+    try:
+        validate(edited)
+    except ConfigError as error:
+        raise ConfigError(f"{edited_path}: {error}") from None
     return edited, state

@@ -24,6 +24,8 @@ class SpikingMLP(TwinNetwork):
         super().__init__(spiking, time_steps)
         if depth < 1:
             raise ValueError(f"depth must be >= 1 hidden layer, got {depth}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1 neuron per hidden layer, got {hidden}")
         b = TwinBuilder(spiking, NeuronConfig.coerce(neuron))
 
         def hidden_layer(inputs: int):
