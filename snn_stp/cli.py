@@ -88,10 +88,11 @@ def print_registries() -> None:
         print(f"  {name:<16} {summary}")
     recipes = recipe_files()
     if recipes:
-        import yaml
+        from .files import read_yaml
         print(f"recipes ({recipes[0].parent}; run with snn-stp train --config FILE):")
         for path in recipes:
-            description = " ".join(str(yaml.safe_load(path.read_text()).get("description", "")).split())
+            recipe = read_yaml(path)
+            description = " ".join(str(recipe.get("description", "") if isinstance(recipe, dict) else "").split())
             print(f"  {path.name:<36} {description[:100]}{'...' if len(description) > 100 else ''}")
 
 

@@ -127,8 +127,6 @@ class Trainer:
         stopped_early = False
         handlers = self._catch_stop_signals()
         try:
-            if self.ctx.is_main and not self.resuming:
-                self._save_checkpoint(best=False)  # step 0: a way back even if the first steps diverge
             while self.epoch < c.train.epochs:
                 if c.train.max_steps and self.global_step >= c.train.max_steps or not self._train_epoch():
                     stopped_early = True
@@ -155,11 +153,15 @@ class Trainer:
             rundir.clear(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rundir.remove_litter(self.run_dir)
-        save_config(self.config, self.run_dir / rundir.CONFIG)
         if self.resuming:
             rundir.truncate_metrics(self.run_dir, self.global_step)
             last, good = self.checkpoints / rundir.LAST, self.checkpoints / rundir.LAST_GOOD
             self._unverified = not (good.exists() and os.path.samefile(last, good))
+        else:
+            # The state at step 0 comes first: a way back even if the first steps diverge, and a
+            # kill from here on leaves a run that `snn-stp resume` continues.
+            self._save_checkpoint(best=False)
+        save_config(self.config, self.run_dir / rundir.CONFIG)
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD), purge_step=self.epoch + 1)
 
