@@ -242,5 +242,5 @@ def _require_aedat() -> None:
     try:
         import aedat  # noqa: F401
     except ImportError as error:
-        raise ImportError(f"CIFAR10-DVS files are AEDAT4 and Tonic reads them with the 'aedat' package, which failed "
+        raise DataError(f"CIFAR10-DVS files are AEDAT4 and Tonic reads them with the 'aedat' package, which failed "
                           f"to import ({error}); pip install aedat (a declared dependency of snn-stp)") from error
