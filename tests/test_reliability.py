@@ -392,6 +392,7 @@ def test_a_corrupt_data_file_is_one_line(tmp_path):
     assert message.startswith(f"could not read {base / 'data_batch_2'} (CIFAR10): UnpicklingError")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(config_file, reference, tmp_path):
     run = tmp_path / "run"
     # The signal arrives at a known point: right after the 4th checkpoint (mid-epoch 2).
