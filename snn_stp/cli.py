@@ -225,14 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         return dispatch(args)
-    except TrainingInterrupted as error:
-        if args.debug:
-            raise
-        return _fail(args.command, error, INTERRUPTED)
     except SnnStpError as error:
         if args.debug:
             raise
-        return _fail(args.command, error)
+        return _fail(args.command, error, INTERRUPTED if isinstance(error, TrainingInterrupted) else 1)
     except KeyboardInterrupt:
         if args.debug:
             raise

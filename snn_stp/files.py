@@ -30,6 +30,7 @@ from .errors import RunDirectoryError
 class WriteError(RunDirectoryError):
     """A file could not be written (full disk, size limit, permissions); the old version is intact."""
 
+
 #: Suffix of the temporaries; :func:`remove_temporaries` deletes leftovers of a killed write.
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -53,10 +54,15 @@ def fault_point(name: str, phase: str) -> None:
         os.kill(os.getpid(), getattr(signal, f"SIG{parts[3]}") if len(parts) > 3 else signal.SIGKILL)
 
 
+def _temporary_path(folder: Path, name: str) -> Path:
+    """A fresh name ``.<name>.<random>.tmp`` next to the target (what :func:`remove_temporaries` matches)."""
+    return folder / f".{name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+
+
 def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
-    """An new empty file next to the target, opened for writing; the umask applies to its mode."""
+    """A new empty file next to the target, opened for writing; the umask applies to its mode."""
     while True:
-        path = folder / f".{name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        path = _temporary_path(folder, name)
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
         except FileExistsError:
@@ -77,9 +83,6 @@ class _WriteRecorder:
         except OSError as error:
             self.error = self.error or error
             raise
-
-    def flush(self) -> None:
-        self.file.flush()
 
     def __getattr__(self, name):
         return getattr(self.file, name)
@@ -111,9 +114,9 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             try:
                 write(recorder)
                 f.flush()
-            except Exception as error:
-                if isinstance(error, OSError) or recorder.error is not None:
-                    raise write_failure(path, recorder.error or error) from None
+            except Exception:
+                if recorder.error is not None:  # torch.save hid it; an OSError itself is caught below
+                    raise write_failure(path, recorder.error) from None
                 raise
             fault_point(path.name, "during")
             os.fsync(f.fileno())
@@ -134,9 +137,7 @@ def link_atomic(source: str | Path, path: str | Path) -> None:
     """Make ``path`` the same file as ``source`` (a hard link; a copy where links are not supported),
     replacing ``path`` atomically. Later replacements of either name leave the other intact."""
     source, path = Path(source), Path(path)
-    handle, temporary = _create_temporary(path.parent, path.name)
-    os.close(handle)
-    temporary.unlink()
+    temporary = _temporary_path(path.parent, path.name)
     try:
         try:
             os.link(source, temporary)
@@ -166,15 +167,12 @@ def append_line(path: str | Path, line: str) -> None:
 
 
 def _append(path: Path, data: bytes) -> None:
+    half = len(data) // 2
     with open(path, "ab") as f:
-        if os.environ.get("SNN_STP_FAULT", "").startswith(f"{Path(path).name}:during"):
-            f.write(data[:len(data) // 2])
-            f.flush()
-            fault_point(Path(path).name, "during")
-            f.seek(0, os.SEEK_END)
-            f.write(data[len(data) // 2:])
-        else:
-            f.write(data)
+        f.write(data[:half])
+        f.flush()
+        fault_point(path.name, "during")  # a kill here leaves a torn line
+        f.write(data[half:])
         f.flush()
         os.fsync(f.fileno())
 

@@ -81,7 +81,8 @@ def load_weights(model: nn.Module, path: str) -> None:
     such as torchvision's (each ``weight`` goes into theta). Every model tensor must be found with
     the same shape; extra or missing names are an error that lists them."""
     source = {_plain_key(k): v for k, v in ckpt.model_weights(path).items() if not _PRUNING_STATE.search(k)}
-    target = {_plain_key(k): k for k in model.state_dict() if not _PRUNING_STATE.search(k)}
+    current = model.state_dict()
+    target = {_plain_key(k): k for k in current if not _PRUNING_STATE.search(k)}
     missing = sorted(set(target) - set(source) - {k for k in target if k.endswith("num_batches_tracked")})
     unexpected = sorted(set(source) - set(target))
     if missing or unexpected:
@@ -90,7 +91,6 @@ def load_weights(model: nn.Module, path: str) -> None:
             + (f"; missing {_listing(missing)}" if missing else "") + (f"; unexpected {_listing(unexpected)}" if unexpected
                                                                        else "")
             + "; check model.name, model.spiking and model.options against the run that saved them")
-    current = model.state_dict()
     for plain, key in target.items():
         if plain in source and source[plain].shape != current[key].shape:
             raise CheckpointError(f"model.init_from {path}: {plain} has shape {tuple(source[plain].shape)}, the model "
