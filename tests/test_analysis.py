@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 import snn_stp
-from snn_stp.analysis import ENERGY_TABLES, count_operations
+from snn_stp.measure import ENERGY_TABLES, count_operations
 from snn_stp.analysis import plots
 from snn_stp.analysis.report import compare_runs
 from snn_stp.models import build_model
 from snn_stp.snn import Stateless, make_neuron
-from snn_stp.snn.monitoring import spike_statistics
+from snn_stp.measure import spike_statistics
 from snn_stp.train import Trainer, load_config
 
 

@@ -13,7 +13,7 @@ from torch import nn
 import snn_stp
 from snn_stp.data import digits_split
 from snn_stp.models import MODELS, build_model, list_models
-from snn_stp.snn.monitoring import firing_rates
+from snn_stp.measure import firing_rates
 
 SPIKING = sorted(name for name, spec in MODELS.items() if spec.has_spiking)
 ANN_ONLY = sorted(name for name, spec in MODELS.items() if not spec.has_spiking)

@@ -1,5 +1,11 @@
-"""Analysis: operation counts and energy estimates, plots of run directories, ANN-vs-SNN reports."""
+"""Analysis: figures and ANN-vs-SNN reports read from run directories.
 
-from .compute import DEFAULT_ENERGY_TABLE, ENERGY_TABLES, LayerOps, OperationReport, count_operations
+The measurements themselves (operation counts, energy tables, spike statistics) live in
+:mod:`snn_stp.measure`, below training, and are re-exported here.
+"""
 
-__all__ = ["DEFAULT_ENERGY_TABLE", "ENERGY_TABLES", "LayerOps", "OperationReport", "count_operations"]
+from ..measure import DEFAULT_ENERGY_TABLE, ENERGY_TABLES, LayerOps, OperationReport, count_operations
+from .runs import Run, read_run
+
+__all__ = ["DEFAULT_ENERGY_TABLE", "ENERGY_TABLES", "LayerOps", "OperationReport", "count_operations", "Run",
+           "read_run"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .compute import ENERGY_TABLES
-from .plots import Run, plot_accuracy_vs_energy, plot_accuracy_vs_sparsity, read_run, save
+from ..measure import ENERGY_TABLES
+from .runs import Run, read_run
 
 #: (column title, function of a run's last metrics record); None where a value does not apply.
 COLUMNS = [
@@ -56,6 +56,8 @@ def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
 
 def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
     """Write ``out/report.md`` (and its figures) comparing the runs; returns the report's path."""
+    from .plots import plot_accuracy_vs_energy, plot_accuracy_vs_sparsity, save  # figures only; rows need no plotting
+
     runs = [read_run(p) for p in paths]
     out = Path(out)
     save(plot_accuracy_vs_sparsity(runs), out, "accuracy_vs_sparsity")

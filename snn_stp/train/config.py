@@ -277,7 +277,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"schedule.interval must be step or epoch, got {s.interval!r}")
     if t.loss not in ("cross_entropy", "mse"):
         raise ConfigError(f"train.loss {t.loss!r} is unknown; valid: cross_entropy, mse")
-    from ..analysis import ENERGY_TABLES
+    from ..measure import ENERGY_TABLES
     if t.energy_table not in ENERGY_TABLES:
         raise ConfigError(f"train.energy_table {t.energy_table!r} is unknown; valid: {', '.join(ENERGY_TABLES)}")
     if t.loss == "mse" and t.label_smoothing:

@@ -282,8 +282,7 @@ class Trainer:
         n = min(c.train.analysis_samples, len(self.test_set))
         if not n or not self.ctx.is_main:
             return {}
-        from ..analysis import count_operations
-        from ..snn.monitoring import spike_statistics
+        from ..measure import count_operations, spike_statistics
 
         loader = make_loader(self.test_set, c.data.name, n, self.spiking, sampler=_IndexSampler(list(range(n))))
         inputs, _ = next(iter(loader))

@@ -1,0 +1,76 @@
+"""Reading a run directory back: its config, per-epoch metrics, summary and model.
+
+Plots, reports and the CLI read runs through this module only (see :mod:`snn_stp.rundir` for the
+files and what survives a kill); none of them touches live training objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import rundir
+from ..errors import RunDirectoryError
+from ..files import read_yaml
+
+
+@dataclass
+class Run:
+    """What a run directory holds: ``config`` (dict), ``metrics`` (one dict per epoch), ``summary``."""
+
+    path: Path
+    config: dict
+    metrics: list[dict]
+    summary: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def label(self) -> str:
+        model = self.config["model"]
+        return f"{self.name} ({model['name']} {'SNN' if self.spiking else 'ANN'}, {self.config['pruning']['scheduler']})"
+
+    @property
+    def spiking(self) -> bool:
+        return bool(self.config["model"]["spiking"])
+
+    @property
+    def last(self) -> dict:
+        return self.metrics[-1]
+
+
+def read_run(path: str | Path) -> Run:
+    """Load a run directory (see :mod:`snn_stp.rundir` for what survives a kill); an incomplete or
+    unreadable one is a :class:`RunDirectoryError` naming the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirectoryError(f"{path} is not a run directory (it does not exist or is a file); give the --out "
+                                "folder of snn-stp train")
+    for required in (rundir.CONFIG, rundir.METRICS):
+        if not (path / required).is_file():
+            raise RunDirectoryError(f"{path} is not a run directory: {required} is missing")
+    metrics = rundir.read_metrics(path)
+    if not metrics:
+        raise RunDirectoryError(f"{path / rundir.METRICS} has no finished epoch yet; nothing to plot or compare")
+    config = read_yaml(path / rundir.CONFIG)
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise RunDirectoryError(f"{path / rundir.CONFIG} is not a run's config (no model section)")
+    return Run(path, config, metrics, rundir.read_summary(path))
+
+
+def load_model(run: Run, checkpoint: str = "last.pt"):
+    """The run's model rebuilt from its config with the checkpoint's weights (CPU, eval mode)."""
+    import torch
+
+    from ..data import DATASETS
+    from ..train.builders import make_model
+    from ..train.checkpoint import load
+    from ..train.config import from_dict
+
+    state = load(run.path / rundir.CHECKPOINTS / checkpoint)
+    config = from_dict(state["config"])  # the checkpoint's own config, not a possibly edited config.yaml
+    model = make_model(config, DATASETS[config.data.name].num_classes, torch.device("cpu"), load_initial_weights=False)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
