@@ -82,10 +82,12 @@ def print_registries() -> None:
     print("data sets:")
     for spec in DATASETS.values():
         print(f"  {spec.name:<16} {spec.kind:<7} {spec.sample:<18} {spec.description}")
-    print("threshold schedulers:")
+    print("threshold schedulers (rule: sparsify's rule, the first is the default; keys: its settings in the pruning "
+          "section, * required):")
     for name, cls in sorted(THRESHOLD_SCHEDULERS.items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<16} {summary}")
+        keys = [f"{key}{'*' if required else ''}" for key, (_, required) in cls.user_arguments().items()]
+        print(f"  {name:<16} rule {'|'.join(cls.rules):<10} keys: {', '.join(keys) or '-':<38} {summary}")
     recipes = recipe_files()
     if recipes:
         from .files import read_yaml

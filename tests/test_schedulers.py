@@ -10,6 +10,7 @@ from torch import nn
 
 import snn_stp
 from snn_stp.pruning import schedules
+from snn_stp.pruning.schedulers import CONTEXT_ARGUMENTS
 
 
 def mlp(seed=0):
@@ -59,8 +60,34 @@ def sparsified(rule="ste", **kw):
 # -- registry and errors ---------------------------------------------------------------------
 
 def test_registry_lists_every_scheduler():
-    assert sorted(snn_stp.THRESHOLD_SCHEDULERS) == sorted(
-        ["lats", "lats_epoch", "slats", "pgh", "fixed", "sine", "linear", "str", "gradr", "gmp"])
+    assert {"lats", "lats_epoch", "slats", "pgh", "fixed", "sine", "linear", "str", "gradr", "gmp"} <= \
+        set(snn_stp.THRESHOLD_SCHEDULERS)
+
+
+@pytest.mark.parametrize("name", sorted(snn_stp.THRESHOLD_SCHEDULERS))
+def test_every_scheduler_declares_its_rule_parametrization_and_arguments(name):
+    cls = snn_stp.THRESHOLD_SCHEDULERS[name]
+    assert cls.name == name and cls.rules and set(cls.rules) <= set(snn_stp.RULES)
+    assert issubclass(cls.parametrization_type, snn_stp.PruningParametrization)
+    arguments = cls.user_arguments()
+    assert set(cls.parametrization_arguments) <= set(arguments)
+    assert not set(arguments) & set(CONTEXT_ARGUMENTS)
+    assert set(cls.replaces_final_threshold) <= set(arguments)
+    # The rule it declares gives the parametrization it looks for.
+    model = mlp()
+    snn_stp.sparsify(model, rule=cls.rules[0], **{k: -4.0 for k in cls.parametrization_arguments})
+    assert snn_stp.pruned_layers(model, cls.parametrization_type)
+
+
+@pytest.mark.parametrize("name", sorted(snn_stp.THRESHOLD_SCHEDULERS))
+def test_an_unsparsified_model_gets_the_scheduler_s_own_sparsify_call(name):
+    cls = snn_stp.THRESHOLD_SCHEDULERS[name]
+    opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    with pytest.raises(ValueError) as error:
+        cls(mlp(), opt, **{k: 2 for k, p in cls.arguments().items() if p.default is p.empty})
+    assert f"call snn_stp.sparsify(model, rule={cls.rules[0]!r}" in str(error.value)
+    if name == "str":  # the hint used to say rule='ste', which gives STR nothing to observe
+        assert "call snn_stp.sparsify(model, rule='exact', trainable_threshold_init=...) first" in str(error.value)
 
 
 def test_unknown_name_and_argument_list_the_valid_ones():

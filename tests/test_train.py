@@ -13,6 +13,7 @@ from snn_stp import cli
 from snn_stp.train import METRIC_KEYS, ConfigError, Trainer, TrainingDiverged, evaluate_checkpoint, load_config
 from snn_stp.train import checkpoint as ckpt
 from snn_stp.train.builders import make_lr_scheduler, make_optimizer
+from snn_stp.train.config import from_dict
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("experiments", "recipes").glob("*.yaml"))
 # 2 epochs of 90 steps: enough steps for BatchNorm's running statistics (momentum 0.1) to forget
@@ -44,6 +45,25 @@ def test_settings_that_would_fail_during_training_are_config_errors(setting, mes
     with pytest.raises(ConfigError) as error:
         load_config(overrides=[setting])
     assert str(error.value).startswith(message)
+
+
+def test_the_pruning_section_takes_the_scheduler_s_own_arguments_from_its_class():
+    config = load_config(overrides=["pruning.scheduler=pgh", "pruning.beta=1e-1"])
+    assert config.pruning.scheduler_arguments == {"beta": 0.1}
+    saved = config.to_dict()["pruning"]
+    assert saved["beta"] == 0.1 and "scheduler_arguments" not in saved  # written inline, as given
+    assert from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['pruning.beta'\] in section 'pruning' for scheduler "
+                                          r"slats; valid: scheduler, rule, final_threshold, start_epoch"):
+        load_config(overrides=["pruning.scheduler=slats", "pruning.beta=0.1"])
+    with pytest.raises(ConfigError, match="'pruning.beta' must be float, got 'high'"):
+        load_config(overrides=["pruning.scheduler=pgh", "pruning.beta=high"])
+    with pytest.raises(ConfigError, match="pruning.scheduler gradr needs pruning.alpha and pruning.target_sparsity"):
+        load_config(overrides=["pruning.scheduler=gradr"])
+    with pytest.raises(ConfigError, match="pruning.scheduler lats needs pruning.final_threshold or pruning.l1"):
+        load_config(overrides=["pruning.final_threshold=null"])
+    assert load_config(overrides=["pruning.final_threshold=null", "pruning.l1=0.01"]).pruning.scheduler_arguments == \
+        {"l1": 0.01}
 
 
 def test_config_errors_list_what_is_valid(tmp_path):

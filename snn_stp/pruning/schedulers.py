@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 import warnings
 import weakref
 from typing import Any, Callable
@@ -33,6 +34,10 @@ from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrizati
 from .sparsify import PrunedLayer, pruned_layers
 
 THRESHOLD_SCHEDULERS: dict[str, type[ThresholdScheduler]] = {}
+
+#: Arguments a training loop supplies from its own clock and LR schedule; a user gives the rest
+#: (see :meth:`ThresholdScheduler.user_arguments`).
+CONTEXT_ARGUMENTS = ("start_step", "total_steps", "steps_per_epoch", "lr_scheduler", "lr_step_interval")
 
 
 def register_threshold_scheduler(name: str) -> Callable[[type], type]:
@@ -52,7 +57,7 @@ def build_threshold_scheduler(name: str, model: nn.Module, optimizer: torch.opti
     if name not in THRESHOLD_SCHEDULERS:
         raise ValueError(f"unknown threshold scheduler {name!r}; valid names: {', '.join(sorted(THRESHOLD_SCHEDULERS))}")
     cls = THRESHOLD_SCHEDULERS[name]
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "optimizer")]
+    valid = list(cls.arguments())
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise TypeError(f"threshold scheduler {name!r} got unknown argument(s) {unknown}; valid: {', '.join(valid)}")
@@ -70,7 +75,40 @@ class ThresholdScheduler:
     """
 
     name = "base"
+    #: The :func:`~snn_stp.sparsify` rules this scheduler works with; the first is its default.
+    rules: tuple[str, ...] = ("ste", "exact")
+    #: The parametrization it moves (found with :func:`pruned_layers`).
     parametrization_type: type[PruningParametrization] = SoftThreshold
+    #: Arguments of :func:`~snn_stp.sparsify` the method needs, with their types (STR: the initial
+    #: logit of its trainable threshold). A config gives them beside the scheduler's own.
+    parametrization_arguments: dict[str, type] = {}
+    #: Arguments that, when given, set the end of the schedule instead of ``final_threshold``.
+    replaces_final_threshold: tuple[str, ...] = ()
+    #: True when d starts at ``final_threshold`` (pruning at initialization), the one case where
+    #: ``sparsify(init="inverse")`` keeps the dense model's function.
+    starts_at_final_threshold = False
+
+    @classmethod
+    def arguments(cls) -> dict[str, inspect.Parameter]:
+        """The keyword arguments of the constructor beyond ``model`` and ``optimizer``."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return {name: p for name, p in parameters.items() if name not in ("self", "model", "optimizer")}
+
+    @classmethod
+    def user_arguments(cls) -> dict[str, tuple[Any, bool]]:
+        """``{name: (type, required)}`` of what a user sets: the constructor's arguments that are not
+        :data:`CONTEXT_ARGUMENTS`, then :attr:`parametrization_arguments` (all required)."""
+        hints = typing.get_type_hints(cls.__init__)
+        found = {name: (hints.get(name, Any), p.default is inspect.Parameter.empty)
+                 for name, p in cls.arguments().items() if name not in CONTEXT_ARGUMENTS}
+        found.update({name: (kind, True) for name, kind in cls.parametrization_arguments.items()})
+        return found
+
+    @classmethod
+    def sparsify_call(cls) -> str:
+        """How to sparsify a model for this scheduler, as code (for error messages and docs)."""
+        extra = "".join(f", {name}=..." for name in cls.parametrization_arguments)
+        return f"snn_stp.sparsify(model, rule={cls.rules[0]!r}{extra})"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, start_step: int = 0):
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -79,7 +117,7 @@ class ThresholdScheduler:
         if not self.layers:
             raise ValueError(
                 f"the {self.name!r} scheduler needs weights with a {self.parametrization_type.__name__} "
-                f"parametrization; call snn_stp.sparsify(model, rule={self._expected_rule()!r}) first")
+                f"parametrization; call {self.sparsify_call()} first")
         self.optimizer = optimizer
         self.group_index = param_group_of(optimizer, [(layer.name, layer.theta) for layer in self.layers])
         self.start_step = _non_negative_int(start_step, "start_step")
@@ -181,9 +219,6 @@ class ThresholdScheduler:
     def close(self) -> None:
         """Remove the optimizer hook (the scheduler stops tracking learning rates)."""
         self._hook.remove()
-
-    def _expected_rule(self) -> str:
-        return {SoftThreshold: "ste", FixedSignReLU: "gradr", MagnitudeMask: "magnitude"}[self.parametrization_type]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(step={self.last_step}, threshold={self.threshold:.6g}, "
@@ -292,6 +327,8 @@ class Fixed(ThresholdScheduler):
     (the fixed points are the elastic-net solution).
     """
 
+    starts_at_final_threshold = True
+
     def __init__(self, model, optimizer, *, final_threshold: float):
         super().__init__(model, optimizer, start_step=0)
         check_threshold(final_threshold, "final_threshold")
@@ -318,6 +355,8 @@ class LATS(ThresholdScheduler):
         lr_step_interval: ``"step"`` or ``"epoch"``: how often the loop steps ``lr_scheduler``
             (``"epoch"`` needs ``steps_per_epoch``). Only used for the simulation.
     """
+
+    replaces_final_threshold = ("l1",)
 
     def __init__(self, model, optimizer, *, l1: float | None = None, final_threshold: float | None = None,
                  total_steps: int | None = None, lr_scheduler=None, lr_sum: float | None = None,
@@ -371,6 +410,9 @@ class STR(ThresholdScheduler):
     ``sparsify(model, rule="exact", trainable_threshold_init=s0)`` and ``s`` in the optimizer.
     """
 
+    rules = ("exact",)
+    parametrization_arguments = {"trainable_threshold_init": float}
+
     def __init__(self, model, optimizer, *, start_step: int = 0):
         super().__init__(model, optimizer, start_step=start_step)
         fixed = [layer.name for layer in self.layers if not layer.parametrization.trainable]
@@ -423,6 +465,7 @@ class GradR(ThresholdScheduler):
     ``l1_coefficient`` is ``alpha`` while active; ``threshold`` is 0 (Grad R prunes at theta < 0).
     """
 
+    rules = ("gradr",)
     parametrization_type = FixedSignReLU
 
     def __init__(self, model, optimizer, *, alpha: float, target_sparsity: float, start_step: int = 0):
@@ -467,6 +510,7 @@ class GMP(ThresholdScheduler):
     ``s_f``). ``threshold`` reports the mean per-layer magnitude cut; ``l1_coefficient`` is 0.
     """
 
+    rules = ("magnitude",)
     parametrization_type = MagnitudeMask
 
     def __init__(self, model, optimizer, *, final_sparsity: float, steps_per_epoch: int, total_steps: int,

@@ -14,10 +14,8 @@ from ..errors import CheckpointError, ConfigError, SnnStpError
 from ..models import build_model
 from ..pruning.parametrizations import SoftThreshold
 from . import checkpoint as ckpt
-from .config import Config
+from .config import DENSE, Config
 
-#: Parametrization rule each scheduler needs (the rest use the soft threshold "ste").
-SCHEDULER_RULES = {"dense": "identity", "str": "exact", "gradr": "gradr", "gmp": "magnitude"}
 
 
 @contextmanager
@@ -52,16 +50,17 @@ def _build_sparsified(config: Config, num_classes: int, device: torch.device) ->
             options["neuron"] = dict(m.neuron)
     model = build_model(m.name, num_classes=m.num_classes or num_classes, in_channels=m.in_channels,
                         spiking=m.spiking, backend=m.backend, device=device, **options)
-    rule = p.rule or SCHEDULER_RULES.get(p.scheduler, "ste")
-    expected = SCHEDULER_RULES.get(p.scheduler)
-    if expected and rule != expected:
-        raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.rule {expected}, got {rule}")
-    threshold = p.final_threshold if (p.init == "inverse" or p.scheduler == "fixed") else None
+    cls = threshold_scheduler_class(config)
+    rules = ("identity",) if p.scheduler == DENSE else cls.rules
+    rule = p.rule or rules[0]
+    if rule not in rules:
+        raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.rule {' or '.join(rules)}, got {rule}")
+    threshold = p.final_threshold if (p.init == "inverse" or cls.starts_at_final_threshold) else None
+    method = {name: p.scheduler_arguments[name] for name in cls.parametrization_arguments}
     with settings("pruning"):
         pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
                          final_threshold=threshold if rule in ("ste", "exact") else None,
-                         threshold_multipliers=p.threshold_multipliers or None,
-                         trainable_threshold_init=p.trainable_threshold_init)
+                         threshold_multipliers=p.threshold_multipliers or None, **method)
     return model.to(device)
 
 
@@ -145,33 +144,30 @@ def make_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_pe
     return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
+def threshold_scheduler_class(config: Config) -> type[pruning.ThresholdScheduler]:
+    """The registered class of ``pruning.scheduler`` (the dense baseline is a fixed threshold of 0)."""
+    name = config.pruning.scheduler
+    return pruning.Fixed if name == DENSE else pruning.THRESHOLD_SCHEDULERS[name]
+
+
 def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_scheduler, steps_per_epoch: int):
+    """The threshold scheduler of ``config.pruning``: the arguments the loop knows (its clock and LR
+    schedule) where the class takes them, and the user's arguments from the pruning section."""
     p, epochs = config.pruning, config.train.epochs
-    name = "fixed" if p.scheduler == "dense" else p.scheduler
-    total, start = epochs * steps_per_epoch, p.start_epoch * steps_per_epoch
-    common = {"start_step": start}
-    if name == "lats":
-        # A constant LR needs no simulation (millions of steps in the long recipes).
-        simulated = None if config.schedule.name == "constant" and not config.schedule.warmup_epochs else lr_scheduler
-        kwargs = dict(common, lr_scheduler=simulated, total_steps=total, steps_per_epoch=steps_per_epoch,
-                      lr_step_interval=config.schedule.interval)
-        kwargs.update({"l1": p.l1} if p.l1 is not None else {"final_threshold": p.final_threshold})
-    elif name == "fixed":
-        kwargs = {"final_threshold": 0.0 if p.scheduler == "dense" else p.final_threshold}
-    elif name == "lats_epoch":
-        kwargs = dict(common, final_threshold=p.final_threshold, total_steps=total, steps_per_epoch=steps_per_epoch)
-    elif name in ("slats", "sine", "linear"):
-        kwargs = dict(common, final_threshold=p.final_threshold, total_steps=total)
-    elif name == "pgh":
-        kwargs = dict(common, final_threshold=p.final_threshold, total_steps=total, beta=p.beta)
-    elif name == "str":
-        kwargs = common
-    elif name == "gradr":
-        kwargs = dict(common, alpha=p.alpha, target_sparsity=p.target_sparsity)
-    else:  # gmp
-        kwargs = dict(common, final_sparsity=p.final_sparsity, steps_per_epoch=steps_per_epoch, total_steps=total)
+    cls = threshold_scheduler_class(config)
+    constant_lr = config.schedule.name == "constant" and not config.schedule.warmup_epochs
+    context = {"start_step": p.start_epoch * steps_per_epoch, "total_steps": epochs * steps_per_epoch,
+               "steps_per_epoch": steps_per_epoch, "lr_step_interval": config.schedule.interval,
+               # A constant LR needs no simulation (millions of steps in the long recipes).
+               "lr_scheduler": None if constant_lr else lr_scheduler}
+    accepted = cls.arguments()
+    kwargs = {name: value for name, value in context.items() if name in accepted}
+    kwargs.update({name: value for name, value in p.scheduler_arguments.items()
+                   if name not in cls.parametrization_arguments and value is not None})
+    if "final_threshold" in accepted and not any(name in kwargs for name in cls.replaces_final_threshold):
+        kwargs["final_threshold"] = 0.0 if p.scheduler == DENSE else p.final_threshold
     with settings("pruning"):
-        return pruning.build_threshold_scheduler(name, model, optimizer, **kwargs)
+        return cls(model, optimizer, **kwargs)
 
 
 class OneHotMSE(nn.Module):

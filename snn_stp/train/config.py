@@ -52,20 +52,22 @@ class DataConfig:
 
 @dataclass
 class PruningConfig:
+    """How the model is pruned. Besides these keys, the section takes the chosen scheduler's own
+    arguments (``beta`` for pgh, ``l1`` for lats, ...): each scheduler class declares them (see
+    ``ThresholdScheduler.user_arguments``), and they are checked against it."""
+
     scheduler: str = "lats"  # a threshold scheduler name, or "dense" (identity rule, no pruning)
-    rule: str | None = None  # default: the scheduler's (ste; exact for str; gradr; magnitude for gmp)
+    rule: str | None = None  # default: the scheduler's first rule (ste; exact for str; gradr; magnitude for gmp)
     final_threshold: float | None = 0.2
-    l1: float | None = None
-    beta: float | None = None  # pgh
     start_epoch: int = 0
-    init: str = "keep"  # "inverse" for fixed
+    init: str = "keep"  # "inverse" for a scheduler whose threshold starts at D (fixed)
     include: list | None = None
     exclude: list | None = None
     threshold_multipliers: dict = field(default_factory=dict)
-    trainable_threshold_init: float | None = None  # str
-    alpha: float | None = None  # gradr
-    target_sparsity: float | None = None  # gradr
-    final_sparsity: float | None = None  # gmp
+    scheduler_arguments: dict = field(default_factory=dict)  # written inline in the section, not as a key
+
+    #: The field that collects the keys a section does not declare (checked in :func:`validate`).
+    EXTRA_KEYS = "scheduler_arguments"
 
 
 @dataclass
@@ -122,7 +124,26 @@ class Config:
     description: str = ""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        pruning = data["pruning"]
+        data["pruning"] = _inline(pruning, PruningConfig.EXTRA_KEYS, after="final_threshold")
+        return data
+
+
+def _inline(section: dict, extra: str, after: str) -> dict:
+    """``section`` with the mapping under ``extra`` written as its own keys, placed after ``after``."""
+    inlined = {}
+    for key, value in section.items():
+        if key != extra:
+            inlined[key] = value
+        if key == after:
+            inlined.update(section[extra])
+    return inlined
+
+
+#: ``pruning.scheduler`` value of the unpruned baseline: the same code path (rule identity, a fixed
+#: threshold of 0) with nothing pruned.
+DENSE = "dense"
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -136,14 +157,23 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def _build(cls, data: dict, prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    extra = getattr(cls, "EXTRA_KEYS", None)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != extra}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
+    if extra:  # kept as given; validate() checks them against what they belong to
+        return cls(**{extra: {k: data[k] for k in unknown}}, **_build_values(hints, data, set(unknown), prefix))
     if unknown:
         where = f"section '{prefix[:-1]}'" if prefix else "the top level"
         raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; valid: {', '.join(fields)}")
+    return cls(**_build_values(hints, data, set(), prefix))
+
+
+def _build_values(hints, data: dict, skip: set, prefix: str) -> dict:
     values = {}
     for name, value in data.items():
+        if name in skip:
+            continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
@@ -151,7 +181,7 @@ def _build(cls, data: dict, prefix: str):
             values[name] = _build(hint, value, f"{prefix}{name}.")
         else:
             values[name] = _check_type(value, hint, prefix + name)
-    return cls(**values)
+    return values
 
 
 def _check_type(value, hint, key: str):
@@ -241,34 +271,19 @@ def validate(config: Config) -> None:
     """Cross-field checks that the types alone cannot express."""
     from ..data import DATASETS
     from ..models import MODELS
-    from ..pruning import THRESHOLD_SCHEDULERS
 
     m, d, p, o, s, t = config.model, config.data, config.pruning, config.optim, config.schedule, config.train
     if m.name not in MODELS:
         raise ConfigError(f"model.name {m.name!r} is not a model; valid: {', '.join(sorted(MODELS))}")
     if d.name not in DATASETS:
         raise ConfigError(f"data.name {d.name!r} is not a data set; valid: {', '.join(DATASETS)}")
-    schedulers = sorted(THRESHOLD_SCHEDULERS) + ["dense"]
-    if p.scheduler not in schedulers:
-        raise ConfigError(f"pruning.scheduler {p.scheduler!r} is unknown; valid: {', '.join(schedulers)}")
+    _check_pruning(p)
     if not m.spiking:
         set_spiking = [k for k, v in (("model.time_steps", m.time_steps), ("model.neuron", m.neuron)) if v]
         if set_spiking:
             raise ConfigError(f"{set_spiking} only apply to spiking models; model.spiking is false")
     if MODELS[m.name].has_spiking is False and m.spiking:
         raise ConfigError(f"model {m.name} is an ANN baseline: set model.spiking: false")
-    if p.scheduler == "pgh" and p.beta is None:
-        raise ConfigError("pruning.scheduler pgh needs pruning.beta (> 0, != 1)")
-    if p.scheduler == "gradr" and (p.alpha is None or p.target_sparsity is None):
-        raise ConfigError("pruning.scheduler gradr needs pruning.alpha and pruning.target_sparsity")
-    if p.scheduler == "gmp" and p.final_sparsity is None:
-        raise ConfigError("pruning.scheduler gmp needs pruning.final_sparsity")
-    if p.scheduler == "str" and p.trainable_threshold_init is None:
-        raise ConfigError("pruning.scheduler str needs pruning.trainable_threshold_init (the initial logit s)")
-    if p.scheduler == "lats" and p.l1 is None and p.final_threshold is None:
-        raise ConfigError("pruning.scheduler lats needs pruning.final_threshold or pruning.l1")
-    if p.init == "inverse" and p.scheduler != "fixed":
-        raise ConfigError("pruning.init inverse is for the fixed scheduler (pruning at initialization)")
     if o.name not in ("sgd", "adam"):
         raise ConfigError(f"optim.name {o.name!r} is unknown; valid: sgd, adam")
     if s.name not in ("cosine", "step", "multistep", "constant"):
@@ -295,6 +310,37 @@ def validate(config: Config) -> None:
                                                                           d.denoise_us, d.downsample)):
         raise ConfigError(f"data.frames/time_window/event_count/denoise_us/downsample apply to event data; "
                           f"{d.name} is static")
+
+
+def _check_pruning(p: PruningConfig) -> None:
+    """The scheduler exists, and the section's extra keys are its arguments, of their types."""
+    from ..pruning import THRESHOLD_SCHEDULERS
+
+    schedulers = sorted(THRESHOLD_SCHEDULERS) + [DENSE]
+    if p.scheduler not in schedulers:
+        raise ConfigError(f"pruning.scheduler {p.scheduler!r} is unknown; valid: {', '.join(schedulers)}")
+    cls = THRESHOLD_SCHEDULERS.get(p.scheduler)
+    own = cls.user_arguments() if cls else {}
+    own.pop("final_threshold", None)  # a key of the section itself
+    given = p.scheduler_arguments
+    unknown = sorted(set(given) - set(own))
+    if unknown:
+        keys = [f.name for f in dataclasses.fields(PruningConfig) if f.name != PruningConfig.EXTRA_KEYS]
+        raise ConfigError(f"unknown key(s) {['pruning.' + k for k in unknown]} in section 'pruning' for scheduler "
+                          f"{p.scheduler}; valid: {', '.join(keys + list(own))}")
+    for name, value in given.items():
+        given[name] = _check_type(value, own[name][0], f"pruning.{name}")
+    missing = [name for name, (_, required) in own.items() if required and given.get(name) is None]
+    if missing:
+        raise ConfigError(f"pruning.scheduler {p.scheduler} needs {' and '.join('pruning.' + n for n in missing)}")
+    takes_threshold = cls is not None and "final_threshold" in cls.arguments()
+    if takes_threshold and p.final_threshold is None and \
+            not any(given.get(n) is not None for n in cls.replaces_final_threshold):
+        raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.final_threshold"
+                          + "".join(f" or pruning.{n}" for n in cls.replaces_final_threshold))
+    if p.init == "inverse" and not (cls and cls.starts_at_final_threshold):
+        starting = [n for n, c in sorted(THRESHOLD_SCHEDULERS.items()) if c.starts_at_final_threshold]
+        raise ConfigError(f"pruning.init inverse is for the {', '.join(starting)} scheduler (pruning at initialization)")
 
 
 def _check_ranges(config: Config) -> None:
