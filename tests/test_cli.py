@@ -55,3 +55,23 @@ def test_cli_list_shows_models_and_schedulers(capsys):
     for name in ("lats", "slats", "pgh", "gmp", "str", "gradr"):
         assert f"\n  {name:<16} " in out
     assert "imagenet_resnet50_slats.yaml" in out and "ANN ResNet-50 on ImageNet pruned with S-LATS" in out
+
+
+HEAVY = ("torch", "tonic", "matplotlib", "spikingjelly", "torchvision")
+
+
+def _modules_loaded_by(*argv: str) -> set[str]:
+    """The heavy top-level packages a fresh interpreter has imported after ``snn-stp ARGV``."""
+    code = ("import sys, contextlib, io\nfrom snn_stp import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    try:\n        cli.main({list(argv)!r})\n    except SystemExit:\n        pass\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(eval(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_help_imports_no_heavy_package_and_list_no_plotting_or_event_reader():
+    assert _modules_loaded_by("--help") == set()
+    assert _modules_loaded_by("train", "--help") == set()
+    loaded = _modules_loaded_by("list")
+    assert "torch" in loaded and not loaded & {"tonic", "matplotlib"}
