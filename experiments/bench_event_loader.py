@@ -44,7 +44,7 @@ def epoch(loader) -> tuple[float, int]:
 
 def measure(name: str, root: Path, split: str, args) -> None:
     dataset = build_dataset(name, split, root=root, time_steps=args.time_steps, cache=True)
-    loader = make_loader(dataset, name, batch_size=16, spiking=True, num_workers=args.workers)
+    loader = make_loader(dataset, name, batch_size=16, over_time=True, num_workers=args.workers)
     first, n = epoch(loader)
     cached, _ = epoch(loader)
     print(f"{name:<12} {n:5d} samples   first epoch {n / first:8.1f} samples/s   cached epoch {n / cached:8.1f} "

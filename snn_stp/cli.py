@@ -35,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = add("train", help="train (and prune) a model from a config; with none, the embedded default",
                 description="Train a model from a YAML config (default: a spiking MLP on the bundled digits pruned "
                             "with LATS, seconds on 2 CPU cores).")
-    train.add_argument("--config", help="YAML recipe (see experiments/recipes and snn-stp list)")
+    train.add_argument("--config", help="a YAML config file, or the name of a shipped recipe (see snn-stp list)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
-    train.add_argument("--out", help="run directory (default: runs/<time>-<model>-<scheduler>); one that holds a "
-                                     "run is refused unless --overwrite")
+    train.add_argument("--out", help="run directory (default: $SNN_STP_RUNS or ./runs, then "
+                                     "<time>-<model>-<scheduler>); one that holds a run is refused unless --overwrite")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out (its config, metrics, checkpoints, summary)")
     train.add_argument("--init-from", metavar="CHECKPOINT",
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, help="folder for report.md and its figures")
     add("list", help="list the registered models, data sets, threshold schedulers and recipes",
                    description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
-                               "schedulers and the recipes in experiments/recipes.")
+                               "schedulers and the shipped recipes.")
     return parser
 
 
@@ -81,34 +81,30 @@ def print_registries() -> None:
     from .data import DATASETS
     print("data sets:")
     for spec in DATASETS.values():
-        print(f"  {spec.name:<16} {spec.kind:<7} {spec.sample:<18} {spec.description}")
+        print(f"  {spec.name:<16} {spec.input_kind:<7} {spec.sample:<18} {spec.description}"
+              + (" (bundled)" if spec.bundled else ""))
     print("threshold schedulers (rule: sparsify's rule, the first is the default; keys: its settings in the pruning "
           "section, * required):")
     for name, cls in sorted(THRESHOLD_SCHEDULERS.items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         keys = [f"{key}{'*' if required else ''}" for key, (_, required) in cls.user_arguments().items()]
         print(f"  {name:<16} rule {'|'.join(cls.rules):<10} keys: {', '.join(keys) or '-':<38} {summary}")
+    from .train.config import recipe_files
     recipes = recipe_files()
     if recipes:
         from .files import read_yaml
-        print(f"recipes ({recipes[0].parent}; run with snn-stp train --config FILE):")
+        print(f"recipes (run with snn-stp train --config NAME; the files are in {recipes[0].parent}):")
         for path in recipes:
             recipe = read_yaml(path)
             description = " ".join(str(recipe.get("description", "") if isinstance(recipe, dict) else "").split())
             print(f"  {path.name:<36} {description[:100]}{'...' if len(description) > 100 else ''}")
 
 
-def recipe_files():
-    """The YAML recipes of a checkout (``experiments/recipes``), if this is one."""
-    from pathlib import Path
-    folder = Path(__file__).resolve().parents[1] / "experiments" / "recipes"
-    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
-
-
 def run_training(args) -> int:
     import time
     from pathlib import Path
 
+    from . import rundir
     from .train import Trainer, load_config
     from .train.resume import load_resume_state
 
@@ -120,8 +116,8 @@ def run_training(args) -> int:
         config = load_config(args.config, args.set)
         if args.init_from:
             config.model.init_from = args.init_from
-        run_dir = Path(args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
-                                                  f"{config.pruning.scheduler}")
+        run_dir = Path(args.out or rundir.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
+                                                        f"{config.pruning.scheduler}")
     if args.command == "train" and args.dry_run:
         from .train.builders import check_data_present
         check_data_present(config)

@@ -17,12 +17,22 @@ skipped with a warning naming the file, and a truncated summary.json is ignored 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
 
 from .errors import RunDirectoryError, SnnStpWarning
 from .files import append_line, remove_temporaries, write_text_atomic
+
+#: The environment variable naming the folder new runs go to when ``--out`` is not given.
+RUNS_VARIABLE = "SNN_STP_RUNS"
+
+
+def runs_root() -> Path:
+    """Where ``snn-stp train`` puts a run without ``--out``: ``$SNN_STP_RUNS``, else ``./runs``."""
+    return Path(os.environ.get(RUNS_VARIABLE) or "runs").expanduser()
+
 
 CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD = (
     "config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard")

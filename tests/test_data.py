@@ -151,7 +151,7 @@ def test_digits_through_the_registry():
     assert (len(train), len(test)) == (1438, 359)
     x, y = train[0]
     assert x.shape == (64,) and x.dtype == torch.float32 and isinstance(y, int)
-    inputs, labels = next(iter(make_loader(test, "digits", 32, spiking=True)))
+    inputs, labels = next(iter(make_loader(test, "digits", 32, over_time=True)))
     assert inputs.shape == (32, 64) and labels.dtype == torch.int64  # static: [B, ...] for SNN and ANN
 
 
@@ -206,8 +206,8 @@ def test_digits_dvs_denoise_and_downsample(digits_dvs_root):
 @pytest.mark.slow  # generates the whole digits_dvs set (about 15 s)
 def test_event_batches_are_time_major_for_snns_and_summed_for_anns(digits_dvs_root):
     ds = build_dataset("digits_dvs", "train", root=digits_dvs_root, time_steps=5, cache=False)
-    snn_x, snn_y = next(iter(make_loader(ds, "digits_dvs", 8, spiking=True)))
-    ann_x, ann_y = next(iter(make_loader(ds, "digits_dvs", 8, spiking=False)))
+    snn_x, snn_y = next(iter(make_loader(ds, "digits_dvs", 8, over_time=True)))
+    ann_x, ann_y = next(iter(make_loader(ds, "digits_dvs", 8, over_time=False)))
     assert snn_x.shape == (5, 8, 2, 34, 34) and ann_x.shape == (8, 2, 34, 34)
     assert torch.equal(snn_x.sum(0), ann_x) and torch.equal(snn_y, ann_y)
     assert torch.equal(snn_x[:, 3], ds[3][0])
@@ -277,7 +277,7 @@ def test_shd(tmp_path):
     assert len(ds) == 6
     frames, label = ds[2]
     assert frames.shape == (5, 700) and float(frames.sum()) == counts[2] and label == 2
-    x, _ = next(iter(make_loader(ds, "shd", 3, spiking=True)))
+    x, _ = next(iter(make_loader(ds, "shd", 3, over_time=True)))
     assert x.shape == (5, 3, 700)
 
 

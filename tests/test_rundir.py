@@ -3,6 +3,7 @@ truncation on resume, YAML that rejects duplicate keys, the resume config compar
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,14 @@ def test_config_differences_and_the_keys_resume_accepts():
     assert differences(saved, edited) == {"data.workers": (0, 2), "model.options": ({}, {"hidden": 8}),
                                           "train.epochs": (3, 30)}
     assert "data.workers" in RESUME_MUTABLE_KEYS and "train.epochs" not in RESUME_MUTABLE_KEYS
+
+
+def test_runs_and_data_roots_follow_their_environment_variables(monkeypatch, tmp_path):
+    from snn_stp.data import DATA_ROOT_VARIABLE, default_root
+
+    monkeypatch.delenv(rundir.RUNS_VARIABLE, raising=False)
+    monkeypatch.delenv(DATA_ROOT_VARIABLE, raising=False)
+    assert rundir.runs_root() == Path("runs") and default_root() == Path("datasets")
+    monkeypatch.setenv(rundir.RUNS_VARIABLE, str(tmp_path / "r"))
+    monkeypatch.setenv(DATA_ROOT_VARIABLE, str(tmp_path / "d"))
+    assert rundir.runs_root() == tmp_path / "r" and default_root() == tmp_path / "d"

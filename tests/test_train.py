@@ -13,9 +13,9 @@ from snn_stp import cli
 from snn_stp.train import METRIC_KEYS, ConfigError, Trainer, TrainingDiverged, evaluate_checkpoint, load_config
 from snn_stp.train import checkpoint as ckpt
 from snn_stp.train.builders import make_lr_scheduler, make_optimizer
-from snn_stp.train.config import from_dict
+from snn_stp.train.config import from_dict, recipe_files
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("experiments", "recipes").glob("*.yaml"))
+RECIPES = recipe_files()
 # 2 epochs of 90 steps: enough steps for BatchNorm's running statistics (momentum 0.1) to forget
 # their initial values, so that evaluation means something.
 SMALL = ["model.options={hidden: 32}", "train.epochs=2", "data.batch_size=16"]
@@ -266,3 +266,13 @@ def test_the_embedded_default_is_the_digits_recipe():
 def test_steady_allocator_takes_effect_on_glibc():
     from snn_stp.train.allocator import use_steady_allocator
     assert use_steady_allocator() is True
+
+
+def test_a_shipped_recipe_is_found_by_name_and_a_missing_one_lists_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # far from the checkout: the recipes are package data
+    by_name = load_config("digits_ann_lats")
+    assert by_name == load_config("digits_ann_lats.yaml") == load_config(RECIPES[0].parent / "digits_ann_lats.yaml")
+    assert by_name.model.spiking is False
+    with pytest.raises(ConfigError, match="config file digits_snn_latz does not exist; give a YAML file or a shipped "
+                                          "recipe: cifar10_stds_ann_lats, "):
+        load_config("digits_snn_latz")

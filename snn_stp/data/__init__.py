@@ -1,10 +1,18 @@
 """Data sets: bundled digits (static and as events), CIFAR and ImageNet through torchvision,
-event-camera data through Tonic, all in one batch layout (see ``registry``)."""
+event-camera data through Tonic, all in one batch layout.
 
-from .digits import Digits, digits_split, load_digits_arrays
+Each data set is registered next to its reader (``digits.py``, ``images.py``, ``events.py``) with
+:func:`register_dataset`; importing this package registers them all.
+"""
+
 from ..errors import DataError, DatasetNotFoundError
+from . import digits, events, images  # noqa: F401  (registration)
+from .digits import Digits, digits_split, load_digits_arrays
 from .frames import FrameSpec
-from .registry import DATASETS, DEFAULT_ROOT, build_dataset, check_present, make_loader
+from .loaders import batch_collate, make_loader
+from .registry import (DATA_ROOT_VARIABLE, DATASETS, FRAME_OPTIONS, INPUT_KINDS, DataRequest, DatasetSpec,
+                       build_dataset, check_present, dataset_spec, default_root, register_dataset)
 
 __all__ = ["Digits", "digits_split", "load_digits_arrays", "DataError", "DatasetNotFoundError", "FrameSpec", "DATASETS",
-           "DEFAULT_ROOT", "build_dataset", "check_present", "make_loader"]
+           "DATA_ROOT_VARIABLE", "FRAME_OPTIONS", "INPUT_KINDS", "DataRequest", "DatasetSpec", "build_dataset",
+           "check_present", "dataset_spec", "default_root", "register_dataset", "batch_collate", "make_loader"]

@@ -1,7 +1,7 @@
 """The bundled 8x8 handwritten digits (UCI optical recognition, the copy scikit-learn ships).
 
-1,797 images of 8x8 pixels with integer values 0..16 and labels 0..9, stored as
-``datasets/digits/digits.csv.gz`` (one row per image: 64 pixels then the label). Read with the
+1,797 images of 8x8 pixels with integer values 0..16 and labels 0..9, shipped inside the package as
+``snn_stp/data/bundled/digits.csv.gz`` (one row per image: 64 pixels then the label). Read with the
 standard library and numpy only; no scikit-learn at run time.
 
 Split (fixed, documented): sample ``i`` is a test sample iff ``i % 5 == 4``; 1,438 train, 359 test.
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError, DatasetNotFoundError
+from .registry import DataRequest, register_dataset
 
-DIGITS_FILE = Path(__file__).resolve().parents[2] / "datasets" / "digits" / "digits.csv.gz"
+DIGITS_FILE = Path(__file__).resolve().parent / "bundled" / "digits.csv.gz"
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
 NUM_SAMPLES = 1797
 MAX_PIXEL = 16.0
@@ -29,8 +30,8 @@ def check_digits_file(path: str | Path = DIGITS_FILE) -> None:
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(
-            f"the bundled digits file is missing: expected {path} (datasets/digits/digits.csv.gz in a "
-            "checkout of snn_stp; it is the copy of the UCI optical-recognition digits that scikit-learn "
+            f"the bundled digits file is missing: expected {path} (package data of snn_stp: "
+            "reinstall the package; it is the copy of the UCI optical-recognition digits that scikit-learn "
             "ships as sklearn/datasets/data/digits.csv.gz)")
 
 
@@ -69,3 +70,9 @@ class Digits(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.x[index], int(self.y[index])
+
+
+@register_dataset("digits", "static", 10, "[64] pixels in 0..1", "bundled UCI 8x8 handwritten digits (1,438 / 359)",
+                  1438, check_present=lambda root, split: check_digits_file(), bundled=True)
+def build_digits(request: DataRequest) -> Digits:
+    return Digits(request.split)

@@ -7,30 +7,41 @@ error and never a download, unless ``download=True`` is passed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..errors import DataError, DatasetNotFoundError
-from .digits_dvs import CONVERTER_VERSION, DigitsDVS
+from .digits import check_digits_file
+from .digits_dvs import CONVERTER_VERSION, SENSOR_SIZE, DigitsDVS
 from .frames import FrameSpec, cache_directory, frames_to_tensor
+from .registry import DataRequest, register_dataset
 
 
 @dataclass(frozen=True)
 class EventSource:
-    """What one Tonic event data set needs.
+    """What one event data set needs, and how it differs from the common path.
 
     Attributes:
         name: registry name.
-        tonic_class: attribute of ``tonic.datasets``.
+        tonic_class: attribute of ``tonic.datasets`` (also the folder under the data root).
         sensor_size: ``(W, H, P)`` frames are made for.
         num_classes: label count.
         layout: ``{split: [(relative path, what it is, minimum number of files or None)]}``
-            under ``root/<ClassName>/``; each entry is checked before construction.
+            under ``root/<tonic_class>/``; each entry is checked before construction.
         source: where the data set is officially obtained.
-        has_split: whether Tonic's class takes ``train=``; otherwise the split is ours.
+        description, train_size: for the registry (``snn-stp list``, dry runs).
+        has_split: whether the reader takes ``train=``; otherwise the split is ours (TRAIN_FRACTION).
+        reader: the dataset class, when it is not ``tonic.datasets.<tonic_class>``.
+        before_read: ``before_read(root, split, download)``, run before the reader is built (a check
+            of what the reader would misread, an optional import).
+        clip_to_sensor: drop events outside ``sensor_size`` (recordings differ in size).
+        read_labels: ``read_labels(reader) -> [label]`` when the reader has no ``targets``.
+        flat_frames: frames ``[T, 1, N]`` become ``[T, N]`` (spike trains of N input channels).
+        cache_key: extra entries of the frame cache's name (a converter version).
     """
 
     name: str
@@ -39,71 +50,118 @@ class EventSource:
     num_classes: int
     layout: dict[str, list[tuple[str, str, int | None]]]
     source: str
+    description: str
+    train_size: int
     has_split: bool = True
+    reader: type | None = None
+    before_read: Callable[[Path, str, bool], None] | None = None
+    clip_to_sensor: bool = False
+    read_labels: Callable[[Any], list[int]] | None = None
+    flat_frames: bool = False
+    cache_key: dict = field(default_factory=dict)
+
+    @property
+    def sample(self) -> str:
+        """One sample's frames, as ``snn-stp list`` shows it."""
+        w, h, p = self.sensor_size
+        return f"[T, {w * h * p}]" if self.flat_frames else f"[T, {p}, {h}, {w}]"
+
+    def check_present(self, root: Path, split: str) -> None:
+        """Raise :class:`DatasetNotFoundError` listing every missing file or folder of ``split``."""
+        base = root / self.tonic_class
+        missing = []
+        for relative, what, minimum in self.layout[split]:
+            path = base / relative
+            if minimum is None:
+                if not path.exists():
+                    missing.append(f"{path} ({what})")
+            else:
+                found = sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+                if found < minimum:
+                    missing.append(f"{path}/ with at least {minimum} files ({what}; found {found})")
+        if missing:
+            raise DatasetNotFoundError(
+                f"{self.name} ({split}) not found under {root}. Expected:\n  " + "\n  ".join(missing)
+                + f"\nObtain it from {self.source} and extract it there, or pass download=True to let Tonic "
+                  "fetch it.")
 
 
-EVENT_SOURCES = {
-    "dvs_gesture": EventSource(
-        "dvs_gesture", "DVSGesture", (128, 128, 2), 11,
-        {"train": [("ibmGestureTrain.tar.gz", "the archive (may be empty once extracted)", None),
-                   ("ibmGestureTrain", "the extracted user*_*/<label>.npy files", 100)],
-         "test": [("ibmGestureTest.tar.gz", "the archive (may be empty once extracted)", None),
-                  ("ibmGestureTest", "the extracted user*_*/<label>.npy files", 100)]},
-        "https://research.ibm.com/interactive/dvsgesture/ (Tonic's preprocessed .npy version: "
-        "tonic.datasets.DVSGesture(..., download) )"),
-    "nmnist": EventSource(
-        "nmnist", "NMNIST", (34, 34, 2), 10,
-        {"train": [("train.zip", "the archive (may be empty once extracted)", None),
-                   ("Train", "the extracted <digit>/<n>.bin files", 10000)],
-         "test": [("test.zip", "the archive (may be empty once extracted)", None),
-                  ("Test", "the extracted <digit>/<n>.bin files", 10000)]},
-        "https://www.garrickorchard.com/datasets/n-mnist"),
-    "ncaltech101": EventSource(
-        "ncaltech101", "NCALTECH101", (240, 180, 2), 101,
-        {split: [("N-Caltech101-archive.zip", "the archive (may be empty once extracted)", None),
-                 ("Caltech101", "the extracted <class>/<image>.bin files", 8709)] for split in ("train", "test")},
-        "https://www.garrickorchard.com/datasets/n-caltech101", has_split=False),
-    "cifar10_dvs": EventSource(
-        "cifar10_dvs", "CIFAR10DVS", (128, 128, 2), 10,
-        {split: [("CIFAR10DVS.zip", "the archive (may be empty once extracted)", None),
-                 (".", "the extracted <class>/<n>.aedat4 files", 1000)] for split in ("train", "test")},
-        "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 (needs the 'aedat' package to read)",
-        has_split=False),
-    "shd": EventSource(
-        "shd", "SHD", (700, 1, 1), 20,
-        {"train": [("shd_train.h5.zip", "the archive (may be empty once extracted)", None),
-                   ("shd_train.h5", "the extracted HDF5 file", None)],
-         "test": [("shd_test.h5.zip", "the archive (may be empty once extracted)", None),
-                  ("shd_test.h5", "the extracted HDF5 file", None)]},
-        "https://zenkelab.org/resources/spiking-heidelberg-datasets-shd/"),
-    # Generated from the bundled digits on first use (see digits_dvs.py); nothing to obtain.
-    "digits_dvs": EventSource("digits_dvs", "DigitsDVS", (34, 34, 2), 10, {"train": [], "test": []},
-                              "generated by snn_stp from datasets/digits"),
-}
+def register_event_source(source: EventSource, check_present: Callable[[Path, str], None] | None = None,
+                          bundled: bool = False) -> EventSource:
+    """Register ``source`` as a data set of input kind ``events`` (read by :class:`EventFrames`)."""
+    def build(request: DataRequest) -> EventFrames:
+        return EventFrames(source, request.root, request.split, request.frames, cache_root=request.cache_root,
+                           download=request.download)
+
+    register_dataset(source.name, "events", source.num_classes, source.sample, source.description, source.train_size,
+                     check_present=check_present or source.check_present, bundled=bundled)(build)
+    return source
+
+
+def _labels_from_hdf5(reader) -> list[int]:
+    import h5py
+
+    with h5py.File(Path(reader.location_on_system) / reader.data_filename, "r") as f:
+        return [int(v) for v in f["labels"][()]]
+
+
+def _check_nmnist(root: Path, split: str, download: bool) -> None:
+    if not download:
+        check_digit_folders(root / "NMNIST" / ("Train" if split == "train" else "Test"))
+
+
+def _require_aedat(root: Path, split: str, download: bool) -> None:
+    try:
+        import aedat  # noqa: F401
+    except ImportError as error:
+        raise DataError(f"CIFAR10-DVS files are AEDAT4 and Tonic reads them with the 'aedat' package, which failed "
+                        f"to import ({error}); pip install aedat (a declared dependency of snn-stp)") from error
+
+
+def _archive(name: str) -> tuple[str, str, None]:
+    return (name, "the archive (may be empty once extracted)", None)
+
+
+DVS_GESTURE = register_event_source(EventSource(
+    "dvs_gesture", "DVSGesture", (128, 128, 2), 11,
+    {"train": [_archive("ibmGestureTrain.tar.gz"), ("ibmGestureTrain", "the extracted user*_*/<label>.npy files", 100)],
+     "test": [_archive("ibmGestureTest.tar.gz"), ("ibmGestureTest", "the extracted user*_*/<label>.npy files", 100)]},
+    "https://research.ibm.com/interactive/dvsgesture/ (Tonic's preprocessed .npy version: "
+    "tonic.datasets.DVSGesture(..., download) )", "DVS128 Gesture (Tonic), 1,077 / 264", 1077))
+CIFAR10_DVS = register_event_source(EventSource(
+    "cifar10_dvs", "CIFAR10DVS", (128, 128, 2), 10,
+    {split: [_archive("CIFAR10DVS.zip"), (".", "the extracted <class>/<n>.aedat4 files", 1000)]
+     for split in ("train", "test")},
+    "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 (needs the 'aedat' package to read)",
+    "CIFAR10-DVS (Tonic), first 900 per class train", 9000, has_split=False, before_read=_require_aedat))
+NMNIST = register_event_source(EventSource(
+    "nmnist", "NMNIST", (34, 34, 2), 10,
+    {"train": [_archive("train.zip"), ("Train", "the extracted <digit>/<n>.bin files", 10000)],
+     "test": [_archive("test.zip"), ("Test", "the extracted <digit>/<n>.bin files", 10000)]},
+    "https://www.garrickorchard.com/datasets/n-mnist", "N-MNIST (Tonic), 60,000 / 10,000", 60000,
+    before_read=_check_nmnist))
+NCALTECH101 = register_event_source(EventSource(
+    "ncaltech101", "NCALTECH101", (240, 180, 2), 101,
+    {split: [_archive("N-Caltech101-archive.zip"), ("Caltech101", "the extracted <class>/<image>.bin files", 8709)]
+     for split in ("train", "test")},
+    "https://www.garrickorchard.com/datasets/n-caltech101", "N-Caltech101 (Tonic), first 90% per class train", 7838,
+    has_split=False, clip_to_sensor=True))
+SHD = register_event_source(EventSource(
+    "shd", "SHD", (700, 1, 1), 20,
+    {"train": [_archive("shd_train.h5.zip"), ("shd_train.h5", "the extracted HDF5 file", None)],
+     "test": [_archive("shd_test.h5.zip"), ("shd_test.h5", "the extracted HDF5 file", None)]},
+    "https://zenkelab.org/resources/spiking-heidelberg-datasets-shd/",
+    "Spiking Heidelberg Digits (Tonic), 8,156 / 2,264", 8156, read_labels=_labels_from_hdf5, flat_frames=True))
+# Generated from the bundled digits on first use (see digits_dvs.py); nothing to obtain but that file.
+DIGITS_DVS = register_event_source(EventSource(
+    "digits_dvs", "DigitsDVS", SENSOR_SIZE, 10, {"train": [], "test": []},
+    "generated by snn_stp from the bundled digits", "bundled digits through a simulated event camera", 1438,
+    reader=DigitsDVS, cache_key={"converter": CONVERTER_VERSION}),
+    check_present=lambda root, split: check_digits_file(), bundled=True)
 
 #: Fraction of each class used for training where the data set has no official split
 #: (CIFAR10-DVS: the common first 900 of 1000 per class; N-Caltech101 likewise).
 TRAIN_FRACTION = 0.9
-
-
-def check_present(source: EventSource, root: Path, split: str) -> None:
-    """Raise :class:`DatasetNotFoundError` listing every missing file or folder of ``split``."""
-    base = root / source.tonic_class
-    missing = []
-    for relative, what, minimum in source.layout[split]:
-        path = base / relative
-        if minimum is None:
-            if not path.exists():
-                missing.append(f"{path} ({what})")
-        else:
-            found = sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
-            if found < minimum:
-                missing.append(f"{path}/ with at least {minimum} files ({what}; found {found})")
-    if missing:
-        raise DatasetNotFoundError(
-            f"{source.name} ({split}) not found under {root}. Expected:\n  " + "\n  ".join(missing)
-            + f"\nObtain it from {source.source} and extract it there, or pass download=True to let Tonic "
-              "fetch it.")
 
 
 class EventFrames(torch.utils.data.Dataset):
@@ -114,29 +172,24 @@ class EventFrames(torch.utils.data.Dataset):
     every frame parameter, unless ``cache_root`` is None.
     """
 
-    def __init__(self, name: str, root: str | Path, split: str, spec: FrameSpec, cache_root: str | Path | None = None,
-                 download: bool = False):
+    def __init__(self, source: EventSource, root: str | Path, split: str, spec: FrameSpec,
+                 cache_root: str | Path | None = None, download: bool = False):
         import tonic
 
-        if name not in EVENT_SOURCES:
-            raise ValueError(f"unknown event data set {name!r}; valid: {', '.join(EVENT_SOURCES)}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        source = EVENT_SOURCES[name]
         root = Path(root).expanduser()
         if not download:
-            check_present(source, root, split)
-        if source.name == "cifar10_dvs":
-            _require_aedat()
+            source.check_present(root, split)
+        if source.before_read is not None:
+            source.before_read(root, split, download)
         self.source, self.split, self.spec = source, split, spec
         self.sensor_size = spec.sensor_after(source.sensor_size)
-        if source.name == "nmnist" and not download:
-            check_digit_folders(root / source.tonic_class / ("Train" if split == "train" else "Test"))
         transform = spec.transform(source.sensor_size)
-        if source.name == "ncaltech101":
+        if source.clip_to_sensor:
             transform = tonic.transforms.Compose([ClipToSensor(source.sensor_size), transform])
         transform = RequireEvents(transform)
-        cls = DigitsDVS if source.name == "digits_dvs" else getattr(tonic.datasets, source.tonic_class)
+        cls = source.reader or getattr(tonic.datasets, source.tonic_class)
         kwargs = {"train": split == "train"} if source.has_split else {}
         self.dataset = cls(str(root), transform=transform, **kwargs)
         self.files = list(getattr(self.dataset, "data", []))
@@ -144,16 +197,13 @@ class EventFrames(torch.utils.data.Dataset):
         self._check_labels()
         self.cache = None
         if cache_root is not None:
-            extra = {"converter": CONVERTER_VERSION} if name == "digits_dvs" else {}
             self.cache = tonic.DiskCachedDataset(self.dataset, cache_path=str(
-                cache_directory(Path(cache_root), name, split, spec, extra)))
+                cache_directory(Path(cache_root), source.name, split, spec, source.cache_key)))
 
     def _order_and_split(self) -> tuple[list[int], list[int]]:
         dataset = self.dataset
-        if self.source.name == "shd":
-            import h5py
-            with h5py.File(Path(dataset.location_on_system) / dataset.data_filename, "r") as f:
-                labels = [int(v) for v in f["labels"][()]]
+        if self.source.read_labels is not None:
+            labels = self.source.read_labels(dataset)
             return list(range(len(labels))), labels
         targets = list(dataset.targets)
         order = sorted(range(len(self.files)), key=lambda i: self.files[i])
@@ -196,8 +246,8 @@ class EventFrames(torch.utils.data.Dataset):
             raise DataError(f"could not read {where} ({self.source.name}, {self.split}): "
                             f"{type(error).__name__}: {error}; the file is damaged, restore it") from error
         frames = frames_to_tensor(frames)
-        if self.source.name == "shd":
-            frames = frames.reshape(frames.shape[0], -1)  # [T, 1, 700] -> [T, 700]
+        if self.source.flat_frames:
+            frames = frames.reshape(frames.shape[0], -1)  # [T, 1, N] -> [T, N]
         return frames, self.labels[index]
 
 
@@ -237,10 +287,3 @@ class ClipToSensor:
     def __call__(self, events: np.ndarray) -> np.ndarray:
         return events[(events["x"] < self.width) & (events["y"] < self.height)]
 
-
-def _require_aedat() -> None:
-    try:
-        import aedat  # noqa: F401
-    except ImportError as error:
-        raise DataError(f"CIFAR10-DVS files are AEDAT4 and Tonic reads them with the 'aedat' package, which failed "
-                          f"to import ({error}); pip install aedat (a declared dependency of snn-stp)") from error

@@ -10,6 +10,7 @@ import torchvision
 from torchvision import transforms as T
 
 from ..errors import DataError, DatasetNotFoundError
+from .registry import DataRequest, register_dataset
 
 #: Per-channel mean and std of the CIFAR training images (the normalization of the STDS recipe).
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -108,10 +109,6 @@ def cifar(name: str, root: str | Path, split: str, augment: bool = True, downloa
                verify_md5=verify_md5)
 
 
-def check_cifar_present(name: str, root: str | Path) -> None:
-    (CIFAR10 if name == "cifar10" else CIFAR100)._raise_if_missing(Path(root))
-
-
 def check_imagenet_present(root: str | Path, split: str) -> Path:
     """The ImageFolder of ``split``, or :class:`DatasetNotFoundError` saying what is expected."""
     folder = Path(root) / ("train" if split == "train" else "val")
@@ -127,3 +124,21 @@ def imagenet(root: str | Path, split: str, augment: bool = True) -> torch.utils.
     """ImageNet as ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (torchvision ImageFolder)."""
     folder = check_imagenet_present(root, split)
     return torchvision.datasets.ImageFolder(str(folder), transform=imagenet_transform(split == "train", augment))
+
+
+@register_dataset("cifar10", "static", 10, "[3, 32, 32]", "CIFAR-10 (torchvision), crop+flip, normalized", 50000,
+                  check_present=lambda root, split: CIFAR10._raise_if_missing(Path(root)))
+def build_cifar10(request: DataRequest) -> torch.utils.data.Dataset:
+    return cifar("cifar10", request.root, request.split, request.augment, request.download)
+
+
+@register_dataset("cifar100", "static", 100, "[3, 32, 32]", "CIFAR-100 (torchvision), crop+flip, normalized", 50000,
+                  check_present=lambda root, split: CIFAR100._raise_if_missing(Path(root)))
+def build_cifar100(request: DataRequest) -> torch.utils.data.Dataset:
+    return cifar("cifar100", request.root, request.split, request.augment, request.download)
+
+
+@register_dataset("imagenet", "static", 1000, "[3, 224, 224]", "ImageNet ILSVRC 2012 as ImageFolder train/ and val/",
+                  1281167, check_present=check_imagenet_present)
+def build_imagenet(request: DataRequest) -> torch.utils.data.Dataset:
+    return imagenet(request.root, request.split, request.augment)

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from .. import pruning
-from ..data import DATASETS, build_dataset, check_present
+from ..data import build_dataset, check_present, dataset_spec
 from ..errors import CheckpointError, ConfigError, SnnStpError
 from ..models import build_model
 from ..pruning.parametrizations import SoftThreshold
 from . import checkpoint as ckpt
-from .config import DENSE, Config
+from .config import DENSE, Config, data_frame_keys
 
 
 
@@ -185,15 +185,14 @@ def make_loss(config: Config) -> nn.Module:
 
 
 def make_dataset(config: Config, split: str, model: nn.Module) -> torch.utils.data.Dataset:
-    """The ``split`` of ``config.data`` for ``model``: event data sets get frame options, with as many
-    frames as the spiking model's time steps unless ``data.frames`` says otherwise (16 for ANNs,
+    """The ``split`` of ``config.data`` for ``model``: event data sets get the frame options, with as
+    many frames as the spiking model's time steps unless ``data.frames`` says otherwise (16 for ANNs,
     which sum them)."""
     d = config.data
     options = {}
-    if DATASETS[d.name].kind == "events":
-        frames = d.frames or (model.time_steps if getattr(model, "spiking", False) else 16)
-        options = dict(time_steps=frames, time_window=d.time_window, event_count=d.event_count,
-                       denoise_us=d.denoise_us, downsample=d.downsample)
+    if dataset_spec(d.name).input_kind == "events":
+        options = {name: getattr(d, name) for name in data_frame_keys() if name != "frames"}
+        options["time_steps"] = d.frames or (model.time_steps if getattr(model, "spiking", False) else 16)
     with settings("data"):
         return build_dataset(d.name, split, d.root, cache=d.cache, download=d.download,
                              augment=d.augment and split == "train", **options)

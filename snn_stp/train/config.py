@@ -206,13 +206,34 @@ def _check_type(value, hint, key: str):
     raise ConfigError(f"'{key}' must be {names}, got {value!r} ({type(value).__name__})")
 
 
+#: The recipes shipped with the package (paper reproductions and CPU demos).
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_files() -> list[Path]:
+    """Every shipped recipe, sorted by name."""
+    return sorted(RECIPES.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` if it is a file, else the shipped recipe of that name (``digits_snn_lats`` or
+    ``digits_snn_lats.yaml``); otherwise a :class:`ConfigError` listing the recipes."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    recipe = RECIPES / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and recipe.is_file():
+        return recipe
+    raise ConfigError(f"config file {path} does not exist; give a YAML file or a shipped recipe: "
+                      f"{', '.join(p.stem for p in recipe_files())}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """The default config, or ``path`` (YAML), with ``key.sub=value`` overrides (values in YAML syntax)."""
+    """The default config, or ``path`` (a YAML file or a shipped recipe's name), with ``key.sub=value``
+    overrides (values in YAML syntax)."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        path = find_config(path)
         data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)})")
@@ -306,10 +327,17 @@ def validate(config: Config) -> None:
     if p.start_epoch >= t.epochs:
         raise ConfigError(f"pruning.start_epoch ({p.start_epoch}) must be below train.epochs ({t.epochs})")
     _check_ranges(config)
-    if DATASETS[d.name].kind == "static" and any(v is not None for v in (d.frames, d.time_window, d.event_count,
-                                                                          d.denoise_us, d.downsample)):
-        raise ConfigError(f"data.frames/time_window/event_count/denoise_us/downsample apply to event data; "
-                          f"{d.name} is static")
+    frame_keys = data_frame_keys()
+    if DATASETS[d.name].input_kind == "static" and any(getattr(d, key) is not None for key in frame_keys):
+        raise ConfigError(f"data.{'/'.join(frame_keys)} apply to event data; {d.name} is static")
+
+
+def data_frame_keys() -> list[str]:
+    """The keys of the data section that are frame options (``data.frames`` is FrameSpec's
+    ``time_steps``; the others keep FrameSpec's names)."""
+    from ..data import FRAME_OPTIONS
+
+    return ["frames"] + [name for name in FRAME_OPTIONS if name != "time_steps"]
 
 
 def _check_pruning(p: PruningConfig) -> None:

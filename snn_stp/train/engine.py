@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import pruning, rundir
-from ..data import DATASETS, make_loader
+from ..data import dataset_spec, make_loader
 from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed
@@ -77,7 +77,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = self.ctx.device
         self.amp = bool(t.amp and self.device.type == "cuda")
-        spec = DATASETS[d.name]
+        spec = dataset_spec(d.name)
         self.model = make_model(config, spec.num_classes, self.device, load_initial_weights=state is None)
         self.spiking = bool(getattr(self.model, "spiking", False))
         if dry_run:
