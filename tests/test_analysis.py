@@ -12,7 +12,7 @@ from snn_stp.measure import ENERGY_TABLES, count_operations
 from snn_stp.analysis import plots
 from snn_stp.analysis.report import compare_runs
 from snn_stp.models import build_model
-from snn_stp.snn import Stateless, make_neuron
+from snn_stp.snn import make_neuron, stateless
 from snn_stp.measure import spike_statistics
 from snn_stp.train import Trainer, load_config
 
@@ -23,7 +23,7 @@ def test_synaptic_operations_of_a_linear_layer_by_hand():
     fc = nn.Linear(3, 2, bias=False)
     with torch.no_grad():
         fc.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))  # non-zero fan-out: 1, 0, 2
-    model = Stateless(fc, multi_step=True)
+    model = stateless(fc, spiking=True)
     spikes = torch.tensor([[[1.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]]])  # [T=2, B=1, 3]
     report = count_operations(model, spikes, spiking=True, batch_size=1)
     (layer,) = report.layers

@@ -35,6 +35,14 @@ SMALL = {
 }
 T = 2
 
+#: Full-width deep models: seconds per test on 2 cores, so they run in CI's slow step.
+HEAVY = {"sew_resnet34", "sew_resnet50", "resnet50"}
+
+
+def light_first(names):
+    """``names`` as pytest parameters, the heavy ones marked ``slow``."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
 
 def realistic_input(name, batch=4, steps=T, spiking=True, seed=0):
     """Inputs with the statistics of the real data: digits, smooth normalized images, Poisson events."""
@@ -85,7 +93,7 @@ def test_registry_errors_list_what_is_valid():
 
 # -- shapes, counts, training step -------------------------------------------------------------
 
-@pytest.mark.parametrize("name", SPIKING)
+@pytest.mark.parametrize("name", light_first(SPIKING))
 @pytest.mark.parametrize("spiking", [True, False], ids=["snn", "ann_twin"])
 def test_spiking_models_and_twins_forward_backward(name, spiking):
     model = small(name, spiking)
@@ -98,7 +106,7 @@ def test_spiking_models_and_twins_forward_backward(name, spiking):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", ANN_ONLY)
+@pytest.mark.parametrize("name", light_first(ANN_ONLY))
 def test_ann_baselines_forward_backward(name):
     model = small(name, spiking=False)
     out = model(realistic_input(name))
@@ -119,6 +127,7 @@ def test_stds_cifarnet_has_the_reference_prunable_weight_count():
     assert fc6.weight.numel() / 36_715_264 > 0.91  # "fc7" of the paper, the 16384 -> 2048 layer
 
 
+@pytest.mark.slow  # builds every full-width ResNet
 def test_parameter_counts_of_known_architectures():
     def count(model):
         return sum(p.numel() for p in model.parameters())
@@ -133,7 +142,7 @@ def test_parameter_counts_of_known_architectures():
         assert count(ours) == count(twin) == count(zoo)
 
 
-@pytest.mark.parametrize("name", SPIKING)
+@pytest.mark.parametrize("name", light_first(SPIKING))
 def test_twins_share_module_names(name):
     snn, ann = small(name), small(name, spiking=False)
     def weight_names(m):
@@ -150,7 +159,7 @@ def test_conv_classifier_option_makes_every_layer_a_conv():
         assert model(x).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", light_first(sorted(MODELS)))
 def test_every_model_prunes_steps_and_bakes(name):
     spiking = MODELS[name].has_spiking
     model = small(name, spiking)
@@ -179,7 +188,8 @@ def test_every_model_prunes_steps_and_bakes(name):
 STEMS = [(name, {}) for name in SPIKING] + [("sew_resnet18", {"stem": "imagenet"}), ("sew_resnet18", {"stem": "dvs"})]
 
 
-@pytest.mark.parametrize("name, extra", STEMS, ids=[f"{n}-{e.get('stem', '')}" for n, e in STEMS])
+@pytest.mark.parametrize("name, extra", [pytest.param(n, e, marks=pytest.mark.slow) if n in HEAVY else (n, e)
+                                         for n, e in STEMS], ids=[f"{n}-{e.get('stem', '')}" for n, e in STEMS])
 def test_every_spiking_layer_fires_at_initialization(name, extra):
     model = small(name, **extra)
     model.train()  # batch statistics: at initialization the BN running estimates are not yet data
@@ -197,7 +207,7 @@ def test_every_spiking_layer_fires_at_initialization(name, extra):
     assert not dead_or_saturated, dead_or_saturated
 
 
-@pytest.mark.parametrize("name", SPIKING)
+@pytest.mark.parametrize("name", light_first(SPIKING))
 def test_state_is_reset_between_forwards(name):
     model = small(name).eval()
     x = realistic_input(name)
@@ -265,3 +275,18 @@ def test_spiking_model_state_dict_round_trip_after_pruning():
     x = realistic_input("stds_cifarnet")
     with torch.no_grad():
         assert torch.equal(model(x), fresh(x))
+
+
+@pytest.mark.parametrize("name", light_first(SPIKING))
+def test_set_step_mode_switches_the_whole_model_to_single_steps_with_the_same_output(name):
+    from spikingjelly.activation_based import functional
+
+    model = small(name).eval()
+    x = realistic_input(name)
+    with torch.no_grad():
+        multi = model(x)
+        functional.set_step_mode(model, "s")
+        assert {m.step_mode for m in model.modules() if hasattr(m, "step_mode")} == {"s"}
+        single = model(x)
+    assert single.shape == multi.shape
+    assert torch.allclose(single, multi, atol=1e-5)

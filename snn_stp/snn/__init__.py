@@ -3,8 +3,8 @@
 
 from .backends import BACKENDS, BackendChoice, BackendUnavailableError, probe_cupy, resolve_backend, spikingjelly_version
 from .neurons import NEURON_KINDS, NeuronConfig, make_neuron, set_backend, spiking_neurons
-from .twin import Stateless, TwinNetwork, Voting
+from .twin import TwinNetwork, Voting, stateless
 
 __all__ = ["BACKENDS", "BackendChoice", "BackendUnavailableError", "probe_cupy", "resolve_backend",
            "spikingjelly_version", "NEURON_KINDS", "NeuronConfig", "make_neuron", "set_backend", "spiking_neurons",
-           "Stateless", "TwinNetwork", "Voting"]
+           "stateless", "TwinNetwork", "Voting"]

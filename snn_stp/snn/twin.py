@@ -1,8 +1,9 @@
 """Building blocks for networks that exist as an SNN and as its ANN twin.
 
-One topology definition serves both: stateless layers sit in :class:`Stateless` containers,
-which apply them to all time steps at once in a spiking network and plainly in the twin, and the
-activation is a SpikingJelly neuron or a ReLU. Both twins therefore have the same modules and the
+One topology definition serves both: stateless layers sit in SpikingJelly's
+``layer.StepModeContainer`` in a spiking network (all time steps at once in multi-step mode, one
+step in single-step mode, so ``functional.set_step_mode`` works on the whole model) and in a plain
+``nn.Sequential`` in the twin, and the activation is a SpikingJelly neuron or a ReLU. Both twins therefore have the same modules and the
 same ``state_dict`` keys (except PLIF's trainable leak), which keeps ANN-vs-SNN comparisons on
 one architecture.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+from spikingjelly.activation_based import base
 from torch import nn
 
 from .neurons import NeuronConfig, make_neuron
@@ -21,22 +23,20 @@ from .neurons import NeuronConfig, make_neuron
 ASSUMED_INPUT_RATE = 0.1
 
 
-class Stateless(nn.Sequential):
-    """Layers without state. Multi-step: ``[T, B, ...]`` is folded to ``[T*B, ...]`` and back."""
+def stateless(*modules: nn.Module, spiking: bool) -> nn.Sequential:
+    """Layers without state. Spiking: a multi-step ``layer.StepModeContainer`` (``[T, B, ...]`` is
+    folded to ``[T*B, ...]`` and back); ANN twin: ``nn.Sequential``. Same ``state_dict`` keys."""
+    if not spiking:
+        return nn.Sequential(*modules)
+    from spikingjelly.activation_based import layer
 
-    def __init__(self, *modules: nn.Module, multi_step: bool):
-        super().__init__(*modules)
-        self.multi_step = multi_step
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.multi_step:
-            return super().forward(x)
-        steps, batch = x.shape[:2]
-        y = super().forward(x.reshape(steps * batch, *x.shape[2:]))
-        return y.reshape(steps, batch, *y.shape[1:])
-
-    def extra_repr(self) -> str:
-        return "multi_step=True" if self.multi_step else ""
+    # Built empty and filled: the constructor's positional arguments differ between SpikingJelly
+    # generations (2.x inserted step_mode before the modules).
+    container = layer.StepModeContainer(False)
+    for index, module in enumerate(modules):
+        container.add_module(str(index), module)
+    container.step_mode = "m"
+    return container
 
 
 class Voting(nn.Module):
@@ -60,13 +60,13 @@ class TwinBuilder:
         self.spiking = spiking
         self.neuron = neuron
 
-    def stateless(self, *modules: nn.Module) -> Stateless:
-        return Stateless(*modules, multi_step=self.spiking)
+    def stateless(self, *modules: nn.Module) -> nn.Sequential:
+        return stateless(*modules, spiking=self.spiking)
 
     def activation(self) -> nn.Module:
         return make_neuron(self.neuron) if self.spiking else nn.ReLU()
 
-    def linear(self, in_features: int, out_features: int, bias: bool = True) -> Stateless:
+    def linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Sequential:
         """A fully connected layer that feeds a neuron directly (no normalization in between).
 
         Spiking: weights ~ N(0, (v_th / sqrt(fan_in * r))^2) with an assumed input firing rate
@@ -90,7 +90,7 @@ class TwinBuilder:
         return nn.Dropout(p)
 
 
-class TwinNetwork(nn.Module):
+class TwinNetwork(nn.Module, base.StepModule):
     """Base of the spiking models and their ANN twins.
 
     Subclasses set ``encoder`` (the stateless first layer, e.g. conv + BN) and ``body``.
@@ -100,11 +100,14 @@ class TwinNetwork(nn.Module):
         repeated for ``time_steps`` steps; event input ``[T, B, *sample]`` runs the encoder on
         every step. The body maps ``[T, B, ...]`` to ``[T, B, classes]``; the output is its mean
         over time, ``[B, classes]``. Neuron state is reset at the start of every forward.
+        ``functional.set_step_mode(model, "s")`` switches every layer to single steps, and the
+        model then loops over time itself: same input and output layouts, same result.
     ANN twin (``spiking=False``): ``[B, *sample] -> [B, classes]``.
 
     Attributes:
         sample_dims: dimensions of one sample (3 for images and event frames ``[C, H, W]``).
         input_kind: ``static`` (images, vectors) or ``events`` (frames ``[P, H, W]`` per step).
+        step_mode: ``m`` (default of a spiking model) or ``s``; see above.
     """
 
     sample_dims = 3
@@ -116,6 +119,7 @@ class TwinNetwork(nn.Module):
             raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
         self.spiking = spiking
         self.time_steps = time_steps if spiking else 1
+        self.step_mode = "m" if spiking else "s"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.spiking:
@@ -125,7 +129,13 @@ class TwinNetwork(nn.Module):
 
         functional.reset_net(self)
         self._check_dims(x, (self.sample_dims + 1, self.sample_dims + 2))
-        if x.dim() == self.sample_dims + 1:
+        static = x.dim() == self.sample_dims + 1
+        if self.step_mode == "s":
+            encoded = self.encoder(x) if static else None
+            outputs = [self.body(encoded if static else self.encoder(x_t))
+                       for x_t in (range(self.time_steps) if static else x)]
+            return torch.stack(outputs).mean(0)
+        if static:
             encoded = self.encoder(x.unsqueeze(0))  # computed once
             encoded = encoded.expand(self.time_steps, *encoded.shape[1:])
         else:
@@ -139,7 +149,6 @@ class TwinNetwork(nn.Module):
                 f"{type(self).__name__} ({'spiking' if self.spiking else 'ANN twin'}) takes "
                 + " or ".join(layouts[d] for d in allowed)
                 + f" with {self.sample_dims}-dimensional samples; got shape {tuple(x.shape)}")
-
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
             padding: int | None = None) -> list[nn.Module]:

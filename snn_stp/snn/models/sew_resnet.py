@@ -77,5 +77,5 @@ class SEWResNet(TwinNetwork):
         x = n.maxpool(n.sn1(x))
         x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
         x = n.avgpool(x)
-        x = torch.flatten(x, 2 if self.spiking else 1)
+        x = torch.flatten(x, 2 if self.step_mode == "m" else 1)  # [T, B, C, 1, 1] or [B, C, 1, 1]
         return n.fc(x)
