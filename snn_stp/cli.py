@@ -77,7 +77,7 @@ def print_registries() -> None:
     print("models (spiking ones also build as their ANN twin with spiking=False):")
     for spec in list_models():
         kind = "SNN + ANN twin" if spec.has_spiking else "ANN"
-        print(f"  {spec.name:<16} {kind:<15} {spec.input:<7} {spec.description}")
+        print(f"  {spec.name:<16} {kind:<15} {spec.input_kind:<7} {spec.description}")
     from .data import DATASETS
     print("data sets:")
     for spec in DATASETS.values():

@@ -20,7 +20,7 @@ FLOORS = {
     "errors": 0, "files": 1, "rundir": 2,
     "pruning": 3,
     "snn": 4, "ann": 4, "data": 4,
-    "models": 5, "measure": 5,
+    "model_registry": 3, "models": 5, "measure": 5,
     "train": 6,
     "analysis": 7,
     "cli": 8, "__main__": 9,

@@ -50,7 +50,7 @@ def realistic_input(name, batch=4, steps=T, spiking=True, seed=0):
     shape = SMALL[name][1]
     if name == "spiking_mlp":
         return digits_split(train=False)[0][:batch]
-    if MODELS[name].input == "events":
+    if MODELS[name].input_kind == "events":
         rate = 0.1 if name == "nmnist_net" else 0.05
         frames = torch.poisson(torch.full((steps, batch, *shape), rate), generator=g)
         return frames if spiking else frames.sum(0)
@@ -110,7 +110,7 @@ def test_spiking_models_and_twins_forward_backward(name, spiking):
 def test_ann_baselines_forward_backward(name):
     model = small(name, spiking=False)
     out = model(realistic_input(name))
-    assert out.shape == (4, SMALL[name][2]) and not model.spiking
+    assert out.shape == (4, SMALL[name][2]) and not getattr(model, "spiking", False)  # nothing attached to ANN baselines
     out.mean().backward()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..model_registry import register_model
 from .resnet import ConvClassifier
 
 #: (output channels, stride) of the 13 depthwise-separable blocks.
@@ -17,6 +18,8 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride:
         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
+@register_model("mobilenet_v1", input_kind="static",
+                description="MobileNet-V1 (ImageNet recipe), optional 1x1-conv classifier")
 class MobileNetV1(nn.Module):
     """Conv 3x3/2 (32 ch), 13 depthwise-separable blocks, global average pool, classifier.
 

@@ -6,6 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
+from ..model_registry import register_model
+
 
 class ConvClassifier(nn.Module):
     """A 1x1 convolution as the classifier on pooled ``[B, C]`` features (so it prunes like a conv)."""
@@ -18,6 +20,8 @@ class ConvClassifier(nn.Module):
         return self.conv(x[:, :, None, None]).flatten(1)
 
 
+@register_model("resnet50", input_kind="static",
+                description="torchvision ResNet-50 (ImageNet recipe), optional 1x1-conv classifier")
 def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: bool = False) -> nn.Module:
     """torchvision ResNet-50 (v1.5); every conv prunable, the first included.
 
@@ -32,6 +36,7 @@ def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: boo
     return model
 
 
+@register_model("cifar_resnet18", input_kind="static", description="ResNet-18 with a 3x3 stride-1 stem for 32x32 inputs")
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-18 for 32x32 inputs: torchvision's with a 3x3 stride-1 stem and no max-pool."""
     model = torchvision.models.resnet18(num_classes=num_classes)
@@ -96,5 +101,6 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+@register_model("cifar_resnet20", input_kind="static", description="He et al. CIFAR ResNet-20 (0.27 M parameters)")
 def cifar_resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(3, num_classes, in_channels)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from ...model_registry import register_model
 from ..neurons import NeuronConfig
 from ..twin import TwinBuilder, TwinNetwork
 
 
+@register_model("spiking_mlp", input_kind="static", input_argument="in_features",
+                description="LIF MLP with BatchNorm for the bundled 8x8 digits")
 class SpikingMLP(TwinNetwork):
     """``in -> hidden`` (Linear + BatchNorm, direct encoding) -> neuron, ``depth - 1`` more
     [Linear + BatchNorm, neuron], then a Linear readout whose outputs are averaged over time.

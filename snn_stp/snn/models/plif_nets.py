@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ...model_registry import register_model
 from ..neurons import NeuronConfig
 from ..twin import TwinBuilder, TwinNetwork, Voting, conv_bn
 
@@ -38,6 +39,7 @@ class ConvPoolNet(TwinNetwork):
         self.body = nn.Sequential(*layers)
 
 
+@register_model("dvsgesture_net", input_kind="events", description="PLIF conv net for DVS128 Gesture (128x128, T=16)")
 class DVSGestureNet(ConvPoolNet):
     """DVS128 Gesture: 5 conv blocks on 128x128 (-> 4x4), fc 512, 11 classes."""
 
@@ -46,6 +48,7 @@ class DVSGestureNet(ConvPoolNet):
         super().__init__(num_classes, in_channels, spiking, time_steps, channels, 5, 512, image_size, dropout, neuron)
 
 
+@register_model("cifar10dvs_net", input_kind="events", description="PLIF conv net for CIFAR10-DVS (128x128, T=16)")
 class CIFAR10DVSNet(ConvPoolNet):
     """CIFAR10-DVS: 4 conv blocks on 128x128 (-> 8x8), fc 512, 10 classes."""
 
@@ -54,6 +57,7 @@ class CIFAR10DVSNet(ConvPoolNet):
         super().__init__(num_classes, in_channels, spiking, time_steps, channels, 4, 512, image_size, dropout, neuron)
 
 
+@register_model("nmnist_net", input_kind="events", description="PLIF conv net for N-MNIST (34x34, T=10)")
 class NMNISTNet(ConvPoolNet):
     """N-MNIST: 2 conv blocks on 34x34 (-> 8x8), fc 2048, 10 classes."""
 

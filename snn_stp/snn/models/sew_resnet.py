@@ -20,6 +20,7 @@ import functools
 import torch
 from torch import nn
 
+from ...model_registry import register_model
 from ..neurons import NeuronConfig, make_neuron
 from ..twin import TwinNetwork
 
@@ -79,3 +80,9 @@ class SEWResNet(TwinNetwork):
         x = n.avgpool(x)
         x = torch.flatten(x, 2 if self.step_mode == "m" else 1)  # [T, B, C, 1, 1] or [B, C, 1, 1]
         return n.fc(x)
+
+
+for _depth in DEPTHS:
+    register_model(f"sew_resnet{_depth}", input_kind="static", builder=functools.partial(SEWResNet, depth=_depth),
+                   description=f"SEW ResNet-{_depth} (SpikingJelly zoo), IF neurons, ADD/AND/IAND, "
+                               "imagenet/cifar/dvs stem")

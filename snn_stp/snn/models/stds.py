@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from ...model_registry import register_model
 from ..neurons import NeuronConfig
 from ..twin import TwinBuilder, TwinNetwork, Voting, conv_bn
 
 
+@register_model("stds_cifarnet", input_kind="static",
+                description="STDS CIFAR-10 net: 6 conv (width 256) + 2 fc, LIF, T=8, voting (36.7 M prunable weights)")
 class STDSCifarNet(TwinNetwork):
     """conv 3->w + BN (direct encoding, computed once) -> LIF; 2 x [conv w->w + BN, LIF];
     maxpool 2; 3 x [conv + BN, LIF]; maxpool 2; flatten (w*8*8); dropout 0.5 (one mask for all T);
