@@ -76,7 +76,7 @@ def timed(step, device: torch.device) -> float:
 def compare(name: str, dense: nn.Module, x: torch.Tensor, y: torch.Tensor, spiking: bool, repeats: int,
             device: torch.device) -> float:
     sparse = copy.deepcopy(dense)
-    snn_stp.sparsify(sparse, final_threshold=0.0)
+    snn_stp.sparsify(sparse, initial_threshold=0.0)
     steps = {"dense": make_step(dense, x, y, spiking, False), "sparsified": make_step(sparse, x, y, spiking, True)}
     for step in steps.values():  # warm-up (allocator, autograd graph caches)
         for _ in range(2):

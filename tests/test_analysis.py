@@ -51,7 +51,7 @@ def test_pruned_weights_are_not_counted_and_counts_use_the_effective_weights():
     fc = nn.Linear(4, 3, bias=False)
     with torch.no_grad():
         fc.weight.copy_(torch.tensor([[0.5, 0.05, -0.5, 0.3], [0.02, 0.4, 0.0, -0.6], [0.9, -0.01, 0.2, 0.03]]))
-    snn_stp.sparsify(fc, final_threshold=0.1)  # theta keeps all 12 values; w has 7 non-zeros
+    snn_stp.sparsify(fc, initial_threshold=0.1)  # theta keeps all 12 values; w has 7 non-zeros
     assert int((fc.parametrizations.weight.original != 0).sum()) == 11
     assert int((fc.weight != 0).sum()) == 7
     report = count_operations(fc, torch.rand(2, 4))  # an ANN: MACs
@@ -62,7 +62,7 @@ def test_pruned_weights_are_not_counted_and_counts_use_the_effective_weights():
 
 def test_direct_encoded_first_layer_counts_macs_once_not_per_time_step():
     model = build_model("spiking_mlp", hidden=16, time_steps=5).eval()
-    snn_stp.sparsify(model, final_threshold=0.08)
+    snn_stp.sparsify(model, initial_threshold=0.08)
     x = torch.rand(3, 64)
     report = count_operations(model, x)
     first = report.layers[0]

@@ -110,7 +110,7 @@ def test_fixed_threshold_with_weight_decay_reaches_the_elastic_net_point(problem
 
     lin = nn.Linear(P, 1, bias=False).double()
     nn.init.zeros_(lin.weight)
-    snn_stp.sparsify(lin, rule="ste", init="inverse", final_threshold=d)
+    snn_stp.sparsify(lin, rule="ste", init="inverse", initial_threshold=d)
     opt = torch.optim.SGD(lin.parameters(), lr=lr, weight_decay=wd)
     sched = snn_stp.build_threshold_scheduler("fixed", lin, opt, final_threshold=d)
     for _ in range(steps):

@@ -68,10 +68,15 @@ def small(name, spiking=True, **extra):
 # -- registry --------------------------------------------------------------------------------
 
 def test_registry_holds_every_model():
-    assert SPIKING == ["cifar10dvs_net", "dvsgesture_net", "nmnist_net", "sew_resnet18", "sew_resnet34",
-                       "sew_resnet50", "spiking_mlp", "stds_cifarnet"]
-    assert ANN_ONLY == ["cifar_resnet18", "cifar_resnet20", "mobilenet_v1", "resnet50"]
+    assert {"cifar10dvs_net", "dvsgesture_net", "nmnist_net", "sew_resnet18", "sew_resnet34", "sew_resnet50",
+            "spiking_mlp", "stds_cifarnet"} <= set(SPIKING)
+    assert {"cifar_resnet18", "cifar_resnet20", "mobilenet_v1", "resnet50"} <= set(ANN_ONLY)
     assert [s.name for s in list_models()] == sorted(MODELS)
+
+
+def test_every_registered_model_has_small_test_settings():
+    missing = sorted(set(MODELS) - set(SMALL))
+    assert not missing, f"add small build options, input shape and class count for {missing} to SMALL"
 
 
 def test_registry_errors_list_what_is_valid():
@@ -163,7 +168,7 @@ def test_conv_classifier_option_makes_every_layer_a_conv():
 def test_every_model_prunes_steps_and_bakes(name):
     spiking = MODELS[name].has_spiking
     model = small(name, spiking)
-    names = snn_stp.sparsify(model, final_threshold=1e-3)
+    names = snn_stp.sparsify(model, initial_threshold=1e-3)
     assert len(names) >= 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = snn_stp.build_threshold_scheduler("lats", model, optimizer, l1=0.2)
@@ -266,7 +271,7 @@ def test_plif_default_on_dvs_nets_and_if_on_sew():
 
 def test_spiking_model_state_dict_round_trip_after_pruning():
     model = small("stds_cifarnet")
-    snn_stp.sparsify(model, final_threshold=0.02)
+    snn_stp.sparsify(model, initial_threshold=0.02)
     state = copy.deepcopy(model.state_dict())
     fresh = small("stds_cifarnet")
     snn_stp.sparsify(fresh)

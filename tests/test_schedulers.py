@@ -246,7 +246,7 @@ def test_threshold_step_order_relative_to_lr_step_does_not_matter():
 
 
 def test_weight_decay_adds_wd_times_d_to_the_implied_l1():
-    model = sparsified(init="inverse", final_threshold=0.1)
+    model = sparsified(init="inverse", initial_threshold=0.1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-3)
     sched = snn_stp.build_threshold_scheduler("fixed", model, opt, final_threshold=0.1)
     trace = train(model, opt, sched, 3)
@@ -262,7 +262,7 @@ def test_weight_decay_adds_wd_times_d_to_the_implied_l1():
 def test_fixed_with_inverse_init_reproduces_the_dense_output_at_step_0():
     dense = mlp()
     model = copy.deepcopy(dense)
-    snn_stp.sparsify(model, init="inverse", final_threshold=0.15)
+    snn_stp.sparsify(model, init="inverse", initial_threshold=0.15)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = snn_stp.build_threshold_scheduler("fixed", model, opt, final_threshold=0.15)
     x, _ = blobs()
@@ -421,7 +421,7 @@ def test_support_change_counts_pruned_and_regrown():
     lin = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[0.5, 0.05, -0.5, -0.05]]))
-    snn_stp.sparsify(lin, final_threshold=0.1)
+    snn_stp.sparsify(lin, initial_threshold=0.1)
     before = snn_stp.support(lin)
     assert snn_stp.weight_sparsity(lin).global_sparsity == 0.5
     with torch.no_grad():

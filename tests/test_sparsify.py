@@ -7,6 +7,7 @@ import torch
 import torchvision
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
+from torch.nn.utils import parametrize
 
 import snn_stp
 from snn_stp.pruning.functional import soft_threshold
@@ -40,7 +41,7 @@ def test_gradient_rules_in_dead_zone(rule, dead_zone_grad):
     lin = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[0.05, -0.05, 0.5, -0.5]]))
-    snn_stp.sparsify(lin, rule=rule, final_threshold=0.1 if rule != "identity" else None)
+    snn_stp.sparsify(lin, rule=rule, initial_threshold=0.1 if rule != "identity" else None)
     w = lin.weight
     expected_w = [0.0, 0.0, 0.4, -0.4] if rule != "identity" else [0.05, -0.05, 0.5, -0.5]
     assert w.detach()[0].tolist() == pytest.approx(expected_w)
@@ -51,7 +52,7 @@ def test_gradient_rules_in_dead_zone(rule, dead_zone_grad):
 
 def test_weight_is_effective_and_theta_is_stored():
     model = small_cnn()
-    names = snn_stp.sparsify(model, final_threshold=0.05)
+    names = snn_stp.sparsify(model, initial_threshold=0.05)
     assert names == ["0.weight", "4.weight"]
     theta = model[0].parametrizations.weight.original
     assert torch.equal(model[0].weight, theta - theta.clamp(-0.05, 0.05))
@@ -81,7 +82,7 @@ def test_threshold_survives_state_dict_round_trip():
 def test_inverse_init_reproduces_dense_model():
     dense = small_cnn().eval()
     model = copy.deepcopy(dense)
-    snn_stp.sparsify(model, init="inverse", final_threshold=0.2)
+    snn_stp.sparsify(model, init="inverse", initial_threshold=0.2)
     x = torch.randn(3, 3, 6, 6)
     assert torch.allclose(model(x), dense(x), atol=1e-6)
     theta = model[4].parametrizations.weight.original
@@ -91,13 +92,13 @@ def test_inverse_init_reproduces_dense_model():
 def test_keep_init_with_threshold_kills_small_weights():
     model = small_cnn()
     w0 = model[0].weight.detach().clone()
-    snn_stp.sparsify(model, final_threshold=0.1)
+    snn_stp.sparsify(model, initial_threshold=0.1)
     assert torch.equal(model[0].weight == 0, w0.abs() <= 0.1)
 
 
 def test_bake_gives_plain_modules_with_identical_outputs():
     model = small_cnn().eval()
-    snn_stp.sparsify(model, final_threshold=0.08)
+    snn_stp.sparsify(model, initial_threshold=0.08)
     x = torch.randn(2, 3, 6, 6)
     before = model(x)
     snn_stp.bake(model)
@@ -121,7 +122,7 @@ def test_include_exclude_by_pattern_and_type():
 
 def test_threshold_multipliers_per_layer():
     model = small_cnn()
-    snn_stp.sparsify(model, final_threshold=0.1, threshold_multipliers={"4": 0.5})
+    snn_stp.sparsify(model, initial_threshold=0.1, threshold_multipliers={"4": 0.5})
     d = {layer_.name: float(layer_.parametrization.effective_threshold()) for layer_ in snn_stp.pruned_layers(model)}
     assert d == pytest.approx({"0.weight": 0.1, "4.weight": 0.05})
 
@@ -130,14 +131,14 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="no prunable weights"):
         snn_stp.sparsify(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
     with pytest.raises(ValueError, match="must be a finite number >= 0"):
-        snn_stp.sparsify(small_cnn(), final_threshold=-0.1)
+        snn_stp.sparsify(small_cnn(), initial_threshold=-0.1)
     with pytest.raises(ValueError, match="include pattern 'encoder.\\*' matches no prunable module"):
         snn_stp.sparsify(small_cnn(), include="encoder.*")
     with pytest.raises(ValueError, match="normalization layers are never pruned"):
         snn_stp.sparsify(small_cnn(), include=nn.BatchNorm2d)
     with pytest.raises(ValueError, match="unknown rule 'soft'; valid rules: ste, exact, identity"):
         snn_stp.sparsify(small_cnn(), rule="soft")
-    with pytest.raises(ValueError, match="init='inverse' needs final_threshold"):
+    with pytest.raises(ValueError, match="init='inverse' needs initial_threshold"):
         snn_stp.sparsify(small_cnn(), init="inverse")
     with pytest.raises(ValueError, match="match no pruned layer"):
         snn_stp.sparsify(small_cnn(), threshold_multipliers={"head": 2.0})
@@ -151,7 +152,7 @@ def test_errors_are_clear():
 
 def test_torchvision_resnet18_trains_and_bakes():
     model = torchvision.models.resnet18(num_classes=10)
-    snn_stp.sparsify(model, final_threshold=0.02)
+    snn_stp.sparsify(model, initial_threshold=0.02)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = snn_stp.build_threshold_scheduler("slats", model, opt, final_threshold=0.02, total_steps=2)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
@@ -173,7 +174,7 @@ def test_spikingjelly_multistep_network_prunes_and_bakes():
     net = spiking_net()
     # D below the linear layer's init bound 1/sqrt(512): a larger D prunes all of it and no
     # gradient reaches the conv.
-    names = snn_stp.sparsify(net, final_threshold=0.01)
+    names = snn_stp.sparsify(net, initial_threshold=0.01)
     assert names == ["0.weight", "4.weight"]
     assert isinstance(net[0], layer.Conv2d) and net[0].step_mode == "m"
     x = (torch.rand(4, 2, 2, 8, 8) > 0.5).float()  # [T, B, C, H, W]
@@ -203,3 +204,49 @@ def test_trainable_threshold_receives_the_exact_gradient():
     # dw/dd = -sign(theta) on live weights: -(1 * 1) + -(2 * -1) = 1; times dsigmoid/ds = d(1 - d).
     assert float(p.threshold_logit.grad) == pytest.approx(float(1.0 * d * (1 - d)), rel=1e-6)
     assert lin.parametrizations.weight.original.grad.tolist() == [[1.0, 2.0, 0.0, 0.0]]
+
+
+def test_other_tensors_can_be_pruned_like_torch_prune_names_them():
+    model = small_cnn()
+    names = snn_stp.sparsify(model, name=("weight", "bias"), include="4", initial_threshold=0.05)
+    assert names == ["4.weight", "4.bias"]
+    layers = {layer.name: layer for layer in snn_stp.pruned_layers(model)}
+    assert set(layers) == {"4.weight", "4.bias"} and layers["4.bias"].tensor == "bias"
+    bias = layers["4.bias"]
+    assert torch.equal(bias.weight, snn_stp.soft_threshold(bias.theta, 0.05))
+    snn_stp.bake(model)
+    assert not snn_stp.pruned_layers(model) and isinstance(model[4].bias, nn.Parameter)
+    rnn = nn.Sequential(nn.GRU(4, 3))
+    assert snn_stp.sparsify(rnn, include=nn.GRU, name="weight_ih_l0") == ["0.weight_ih_l0"]
+    with pytest.raises(ValueError, match="include type GRU matches no prunable module; prunable modules \\(with a "
+                                         "'weight_hh_l1'\\)"):
+        snn_stp.sparsify(nn.Sequential(nn.GRU(4, 3)), include=nn.GRU, name="weight_hh_l1")
+
+
+def test_another_parametrization_on_an_excluded_layer_does_not_block_sparsify():
+    model = small_cnn()
+    nn.utils.parametrizations.weight_norm(model[0])
+    x = torch.randn(2, 3, 6, 6)
+    names = snn_stp.sparsify(model, exclude="0", initial_threshold=0.01)
+    assert "0.weight" not in names and names
+    assert parametrize.is_parametrized(model[0], "weight")  # weight_norm untouched
+    model(x)
+    snn_stp.bake(model)
+    assert parametrize.is_parametrized(model[0], "weight") and not snn_stp.pruned_layers(model)
+    with pytest.raises(ValueError, match=r"module\(s\) \['0'\] already have a parametrized weight"):
+        snn_stp.sparsify(small_cnn_with_weight_norm())
+
+
+def small_cnn_with_weight_norm():
+    model = small_cnn()
+    nn.utils.parametrizations.weight_norm(model[0])
+    return model
+
+
+def test_the_starting_threshold_is_called_initial_threshold_and_the_old_name_warns():
+    old, new = small_cnn(), small_cnn()
+    new.load_state_dict(old.state_dict())
+    with pytest.warns(DeprecationWarning, match="now sparsify\\(initial_threshold=...\\)"):
+        snn_stp.sparsify(old, final_threshold=0.1)
+    snn_stp.sparsify(new, initial_threshold=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))

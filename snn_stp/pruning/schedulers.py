@@ -175,8 +175,8 @@ class ThresholdScheduler:
     def _check_not_baked(self) -> None:
         """After :func:`snn_stp.bake` the layers hold plain weights: stepping would change nothing."""
         layer = self.layers[0]
-        if not parametrize.is_parametrized(layer.module, "weight") or \
-                all(p is not layer.parametrization for p in layer.module.parametrizations.weight):
+        if not parametrize.is_parametrized(layer.module, layer.tensor) or \
+                all(p is not layer.parametrization for p in getattr(layer.module.parametrizations, layer.tensor)):
             raise RuntimeError(
                 f"the model was baked (snn_stp.bake): {layer.name} is a plain weight now, and a threshold scheduler "
                 "has nothing left to move. Step the scheduler before baking, or sparsify a model again and build a "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Union
@@ -23,77 +24,98 @@ INITS = ("keep", "inverse")
 #: Module types pruned by default. SpikingJelly's ``layer.Conv2d`` / ``layer.Linear`` subclass these.
 DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
-#: Never pruned, whatever ``include`` says (the reference recipes keep normalization dense).
-NEVER_PRUNED_TYPES: tuple[type[nn.Module], ...] = (
+#: Normalization layers: never pruned, whatever ``include`` says (the reference recipes keep them
+#: dense), and by default without weight decay in the training recipes.
+NORMALIZATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+NEVER_PRUNED_TYPES = NORMALIZATION_TYPES
 
 Selector = Union[str, type, Iterable[Union[str, type]], None]
 
 
 def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, exclude: Selector = None,
-             init: str = "keep", final_threshold: float | None = None,
+             init: str = "keep", initial_threshold: float | None = None,
              threshold_multipliers: Mapping[str, float] | None = None,
-             trainable_threshold_init: float | None = None) -> list[str]:
-    """Reparameterize the chosen weights of ``model`` in place; return their names.
+             trainable_threshold_init: float | None = None, name: str | Iterable[str] = "weight",
+             final_threshold: float | None = None) -> list[str]:
+    """Reparameterize the chosen tensors of ``model`` in place; return their names.
 
     Args:
-        model: any ``nn.Module``. Its modules' ``weight`` parameters are candidates.
+        model: any ``nn.Module``.
         rule: ``ste`` (default, straight-through soft threshold), ``exact``, ``identity``
             (dense baseline), ``gradr`` (Grad R fixed-sign ReLU) or ``magnitude`` (GMP mask).
         include: module name glob patterns (``"layer1.*"``, ``"fc"``) and/or module types.
             Default: every conv and linear layer. A pattern or type that selects nothing
             prunable is an error.
         exclude: patterns and/or types removed from the selection.
-        init: ``keep`` (``theta = w``; the threshold starts at ``final_threshold`` or 0) or
+        init: ``keep`` (``theta = w``; the threshold starts at ``initial_threshold`` or 0) or
             ``inverse`` (``theta = sign(w)(|w| + D)`` and threshold D, so the sparsified model
-            computes exactly the dense initialization; needs ``final_threshold``).
-        final_threshold: D, in weight units; the starting threshold (0 if None).
+            computes exactly the dense initialization; needs ``initial_threshold``).
+        initial_threshold: the threshold d the layers start with, in weight units (0 if None); a
+            threshold scheduler moves it from there.
         threshold_multipliers: ``{name pattern: factor}``; a layer's threshold is
             ``factor * d``. The first matching pattern wins; unmatched layers use 1.
         trainable_threshold_init: STR's initial logit ``s`` of a per-layer trainable threshold
             ``sigmoid(s)`` (needs ``rule="exact"``); None for a scheduled threshold.
+        name: the tensor(s) of each selected module to prune, as in ``torch.nn.utils.prune``
+            (``"weight"``; ``("weight", "bias")``; a ``weight_ih_l0`` of an RNN). Every selected
+            module must have each of them as a parameter.
+        final_threshold: the former name of ``initial_threshold`` (deprecated).
 
     Returns:
         Names of the pruned parameters as seen from ``model`` (e.g. ``"layer1.0.conv1.weight"``).
-        ``module.weight`` is then the effective ``w``; the latent ``theta`` is
-        ``module.parametrizations.weight.original``.
+        ``module.<name>`` is then the effective ``w``; the latent ``theta`` is
+        ``module.parametrizations.<name>.original``. torch's ``prune`` functions return the
+        module they pruned in place; sparsify prunes many modules of a model chosen by rule, so
+        it returns what it chose (``model`` itself is changed in place, as with torch).
     """
+    if final_threshold is not None:
+        if initial_threshold is not None:
+            raise TypeError("give initial_threshold only (final_threshold is its former name)")
+        warnings.warn("sparsify(final_threshold=...) is now sparsify(initial_threshold=...): it is the threshold the "
+                      "layers start with", DeprecationWarning, stacklevel=2)
+        initial_threshold = final_threshold
+    tensors = (name,) if isinstance(name, str) else tuple(name)
+    if not tensors or not all(isinstance(t, str) and t for t in tensors):
+        raise TypeError(f"name must be a tensor name or a sequence of them, got {name!r}")
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(RULES)}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
-    if final_threshold is not None:
-        check_threshold(final_threshold, "final_threshold")
+    if initial_threshold is not None:
+        check_threshold(initial_threshold, "initial_threshold")
     if init == "inverse":
-        if final_threshold is None:
-            raise ValueError("init='inverse' needs final_threshold=D: it sets theta = sign(w)(|w| + D)")
+        if initial_threshold is None:
+            raise ValueError("init='inverse' needs initial_threshold=D: it sets theta = sign(w)(|w| + D)")
         if rule not in ("ste", "exact") or trainable_threshold_init is not None:
             raise ValueError("init='inverse' applies to a scheduled soft threshold (rule 'ste' or 'exact')")
-    if rule in ("gradr", "magnitude", "identity") and final_threshold:
-        raise ValueError(f"rule={rule!r} has no threshold; do not pass final_threshold")
+    if rule in ("gradr", "magnitude", "identity") and initial_threshold:
+        raise ValueError(f"rule={rule!r} has no threshold; do not pass initial_threshold")
     multipliers = dict(threshold_multipliers or {})
     for pattern, factor in multipliers.items():
         check_threshold(factor, f"threshold multiplier for {pattern!r}")
 
-    selected = select_modules(model, include, exclude)
-    threshold = float(final_threshold or 0.0)
+    selected = select_modules(model, include, exclude, tensors)
+    threshold = float(initial_threshold or 0.0)
     names = []
-    for name, module in selected:
-        if rule in GRADIENT_RULES:
-            factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(name, p)), 1.0)
-            initial = module.weight.detach().clone()
-            parametrization = SoftThreshold(rule, threshold, factor, trainable_threshold_init)
-            parametrize.register_parametrization(module, "weight", parametrization)
-            # Set theta explicitly: parametrize initializes it through right_inverse, which is
-            # the inverse map (right for assignments, not for init="keep").
-            with torch.no_grad():
-                theta = (inverse_soft_threshold(initial, threshold * factor) if init == "inverse" else initial)
-                module.parametrizations.weight.original.copy_(theta)
-        elif rule == "gradr":
-            parametrize.register_parametrization(module, "weight", FixedSignReLU(module.weight.detach()))
-        else:
-            parametrize.register_parametrization(module, "weight", MagnitudeMask(module.weight.detach()))
-        names.append(f"{name}.weight" if name else "weight")
+    for module_name, module in selected:
+        for tensor in tensors:
+            original = getattr(module, tensor).detach()
+            if rule in GRADIENT_RULES:
+                factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(module_name, p)), 1.0)
+                parametrization = SoftThreshold(rule, threshold, factor, trainable_threshold_init)
+                parametrize.register_parametrization(module, tensor, parametrization)
+                # Set theta explicitly: parametrize initializes it through right_inverse, which is
+                # the inverse map (right for assignments, not for init="keep").
+                with torch.no_grad():
+                    theta = (inverse_soft_threshold(original, threshold * factor) if init == "inverse"
+                             else original.clone())
+                    getattr(module.parametrizations, tensor).original.copy_(theta)
+            elif rule == "gradr":
+                parametrize.register_parametrization(module, tensor, FixedSignReLU(original))
+            else:
+                parametrize.register_parametrization(module, tensor, MagnitudeMask(original))
+            names.append(f"{module_name}.{tensor}" if module_name else tensor)
     unused = [p for p in multipliers if not any(fnmatch.fnmatchcase(n, p) for n, _ in selected)]
     if unused:
         raise ValueError(f"threshold multiplier pattern(s) {unused} match no pruned layer; "
@@ -101,23 +123,24 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
     return names
 
 
-def select_modules(model: nn.Module, include: Selector = None,
-                   exclude: Selector = None) -> list[tuple[str, nn.Module]]:
-    """The ``(name, module)`` pairs :func:`sparsify` would prune, in ``named_modules`` order."""
+def select_modules(model: nn.Module, include: Selector = None, exclude: Selector = None,
+                   name: str | Iterable[str] = "weight") -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs :func:`sparsify` would prune, in ``named_modules`` order.
+
+    A module is a candidate when it holds the tensor(s) ``name`` (plain or parametrized). Only
+    the selected modules' tensors must be plain parameters: another parametrization (such as
+    ``weight_norm``) on a module left out of the selection is fine.
+    """
+    tensors = (name,) if isinstance(name, str) else tuple(name)
     include_items = _as_selector_list(include)
     exclude_items = _as_selector_list(exclude)
     candidates = []
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) and not parametrize.is_parametrized(module, "weight"):
-            continue
-        candidates.append((name, module))
-    already = [name or "<root>" for name, m in candidates if parametrize.is_parametrized(m, "weight")]
-    if already:
-        raise ValueError(f"module(s) {already} already have a parametrized weight; sparsify a model once "
-                         "(snn_stp.bake(model) turns pruned weights back into plain ones) and do not stack it "
-                         "on other weight parametrizations")
-    prunable = [(n, m) for n, m in candidates if not isinstance(m, NEVER_PRUNED_TYPES)]
+    for module_name, module in model.named_modules():
+        if all(isinstance(getattr(module, t, None), nn.Parameter) or parametrize.is_parametrized(module, t)
+               for t in tensors):
+            candidates.append((module_name, module))
+    prunable = [(n, m) for n, m in candidates if not isinstance(m, NORMALIZATION_TYPES)]
+    what = "/".join(tensors)
 
     if include_items:
         selected = []
@@ -125,7 +148,7 @@ def select_modules(model: nn.Module, include: Selector = None,
             hits = [(n, m) for n, m in prunable if _matches(item, n, m)]
             if not hits:
                 raise ValueError(
-                    f"include {_describe(item)} matches no prunable module; prunable modules: "
+                    f"include {_describe(item)} matches no prunable module; prunable modules (with a '{what}'): "
                     f"{_summarize([n for n, _ in prunable])} (normalization layers are never pruned)")
             selected.extend(h for h in hits if h not in selected)
         order = {id(m): i for i, (_, m) in enumerate(prunable)}
@@ -136,51 +159,60 @@ def select_modules(model: nn.Module, include: Selector = None,
         selected = [(n, m) for n, m in selected if not _matches(item, n, m)]
     if not selected:
         raise ValueError(
-            f"no prunable weights selected in {type(model).__name__}: sparsify prunes the 'weight' of "
+            f"no prunable weights selected in {type(model).__name__}: sparsify prunes the '{what}' of "
             "conv and linear layers by default (or what include= names, minus exclude=); "
-            f"modules with a weight here: {_summarize([n for n, _ in candidates]) or 'none'}")
+            f"modules with a '{what}' here: {_summarize([n for n, _ in candidates]) or 'none'}")
+    already = [n or "<root>" for n, m in selected if any(parametrize.is_parametrized(m, t) for t in tensors)]
+    if already:
+        raise ValueError(f"module(s) {already} already have a parametrized {what}; sparsify a tensor once "
+                         "(snn_stp.bake(model) turns pruned weights back into plain ones) and do not stack it "
+                         "on other parametrizations (exclude= those modules instead)")
     return selected
 
 
 @dataclass(frozen=True)
 class PrunedLayer:
-    """One pruned weight: its parameter name, owning module and pruning parametrization."""
+    """One pruned tensor: its parameter name, owning module, pruning parametrization, and the
+    tensor's name in the module (``weight`` unless sparsify was told otherwise)."""
 
     name: str
     module: nn.Module
     parametrization: PruningParametrization
+    tensor: str = "weight"
 
     @property
     def theta(self) -> nn.Parameter:
         """The latent parameter the optimizer updates."""
-        return self.module.parametrizations.weight.original
+        return getattr(self.module.parametrizations, self.tensor).original
 
     @property
     def weight(self):
-        """The effective weight ``w`` (recomputed from ``theta`` on every access)."""
-        return self.module.weight
+        """The effective tensor ``w`` (recomputed from ``theta`` on every access)."""
+        return getattr(self.module, self.tensor)
 
 
 def pruned_layers(model: nn.Module, kind: type = PruningParametrization) -> list[PrunedLayer]:
-    """Every weight of ``model`` carrying a pruning parametrization of type ``kind``, in module order."""
+    """Every tensor of ``model`` carrying a pruning parametrization of type ``kind``, in module order."""
     found = []
-    for name, module in model.named_modules():
-        if not parametrize.is_parametrized(module, "weight"):
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
             continue
-        for p in module.parametrizations.weight:
-            if isinstance(p, kind):
-                found.append(PrunedLayer(f"{name}.weight" if name else "weight", module, p))
+        for tensor, chain in module.parametrizations.items():
+            for p in chain:
+                if isinstance(p, kind):
+                    found.append(PrunedLayer(f"{module_name}.{tensor}" if module_name else tensor, module, p, tensor))
     return found
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Replace every pruning parametrization by a plain ``weight`` parameter holding ``w``.
+    """Replace every pruning parametrization by a plain parameter holding ``w``.
 
     In place; returns ``model``. The baked model computes exactly what the sparsified one did
     (same tensors, no threshold left) and can be exported or deployed without this package.
+    Parametrizations that are not ours (``weight_norm`` on an excluded layer) stay.
     """
     for layer in pruned_layers(model):
-        parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
+        parametrize.remove_parametrizations(layer.module, layer.tensor, leave_parametrized=True)
     return model
 
 

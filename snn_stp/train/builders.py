@@ -59,7 +59,7 @@ def _build_sparsified(config: Config, num_classes: int, device: torch.device) ->
     method = {name: p.scheduler_arguments[name] for name in cls.parametrization_arguments}
     with settings("pruning"):
         pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
-                         final_threshold=threshold if rule in ("ste", "exact") else None,
+                         initial_threshold=threshold if rule in ("ste", "exact") else None,
                          threshold_multipliers=p.threshold_multipliers or None, **method)
     return model.to(device)
 
