@@ -174,3 +174,16 @@ def test_compare_report_rows_and_ratios(runs, tmp_path):
     row = re.search(r"\| test accuracy \(%\) \| (\S+) \| (\S+) \| (\S+) \|", report)
     assert float(row.group(3)) == pytest.approx(snn["test_acc"] / ann["test_acc"], rel=1e-3)
     assert (tmp_path / "accuracy_vs_sparsity.png").is_file() and "![accuracy vs weight sparsity]" in report
+
+
+def test_transposed_convolutions_are_counted_like_sparsify_prunes_them():
+    up = nn.ConvTranspose2d(1, 1, 2, stride=2, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(torch.tensor([[[[1.0, 0.0], [2.0, 3.0]]]]))  # 3 non-zero of 4
+    model = nn.Sequential(up)
+    x = torch.ones(1, 1, 3, 3)
+    report = count_operations(model, x, spiking=False)
+    (layer,) = report.layers
+    # Every input element reaches 4 outputs through the 2x2 kernel (stride 2: no overlap).
+    assert layer.name == "0" and layer.dense == 9 * 4 and layer.effective == 9 * 3
+    assert [n for n, _ in snn_stp.select_modules(model)] == ["0"]

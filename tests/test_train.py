@@ -276,3 +276,14 @@ def test_a_shipped_recipe_is_found_by_name_and_a_missing_one_lists_them(tmp_path
     with pytest.raises(ConfigError, match="config file digits_snn_latz does not exist; give a YAML file or a shipped "
                                           "recipe: cifar10_stds_ann_lats, "):
         load_config("digits_snn_latz")
+
+
+def test_the_data_section_s_frame_keys_are_the_frame_spec_s_fields():
+    import dataclasses
+
+    from snn_stp.data import FRAME_OPTIONS
+    from snn_stp.train.config import DataConfig, data_frame_keys
+
+    keys = data_frame_keys()
+    assert (set(keys) - {"frames"}) | {"time_steps"} == set(FRAME_OPTIONS)
+    assert set(keys) <= {f.name for f in dataclasses.fields(DataConfig)}

@@ -1,6 +1,7 @@
 """Operation counts of a forward pass: MACs for real-valued inputs, synaptic operations for spikes.
 
-Counted per layer (every ``nn.Conv*`` and ``nn.Linear``) with forward hooks, on the effective
+Counted per layer (every layer type :func:`snn_stp.sparsify` prunes by default: convolutions,
+transposed ones included, and ``nn.Linear``) with forward hooks, on the effective
 weights ``w`` the layer really uses (``module.weight``, i.e. after the soft threshold):
 
 * a layer whose input is binary (0/1 spikes) in a spiking model performs synaptic operations
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from ..pruning.sparsify import DEFAULT_PRUNABLE_TYPES
 
 #: Energy per operation in picojoules, 45 nm (Horowitz, ISSCC 2014): MAC = multiply + add,
 #: accumulate = add.
@@ -71,7 +74,14 @@ def _operation_count(module: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> 
     """Sum over outputs of sum over weights ``mask`` of the input they read (x of 0/1 or ones)."""
     if isinstance(module, nn.Linear):
         return float((x.reshape(-1, x.shape[-1]) @ mask.t()).sum())
-    conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[mask.dim() - 2]
+    dims = mask.dim() - 2
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # Each input element is scattered through the kernel: the same operation with the mask.
+        transposed = {1: nn.functional.conv_transpose1d, 2: nn.functional.conv_transpose2d,
+                      3: nn.functional.conv_transpose3d}[dims]
+        return float(transposed(x, mask, None, module.stride, module.padding, module.output_padding, module.groups,
+                                module.dilation).sum())
+    conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[dims]
     return float(conv(x, mask, None, module.stride, module.padding, module.dilation, module.groups).sum())
 
 
@@ -106,8 +116,7 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
         return record
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and not isinstance(
-                module, nn.modules.conv._ConvTransposeNd):
+        if isinstance(module, DEFAULT_PRUNABLE_TYPES):
             handles.append(module.register_forward_hook(hook(name)))
     try:
         model(x)

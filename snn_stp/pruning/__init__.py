@@ -10,11 +10,12 @@ from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrizati
 from .schedulers import (GMP, LATS, PGH, SLATS, STR, THRESHOLD_SCHEDULERS, Fixed, GradR, LATSEpoch, Linear,
                          ShapedThreshold, Sine, ThresholdScheduler, build_threshold_scheduler,
                          register_threshold_scheduler)
-from .sparsify import RULES, PrunedLayer, bake, pruned_layers, select_modules, sparsify
+from .sparsify import (DEFAULT_PRUNABLE_TYPES, NORMALIZATION_TYPES, RULES, PrunedLayer, bake, pruned_layers,
+                       select_modules, sparsify)
 from .statistics import SparsityReport, SupportChange, support, support_change, weight_sparsity
 
 __all__ = [
-    "GRADIENT_RULES", "RULES", "THRESHOLD_SCHEDULERS",
+    "GRADIENT_RULES", "RULES", "THRESHOLD_SCHEDULERS", "DEFAULT_PRUNABLE_TYPES", "NORMALIZATION_TYPES",
     "soft_threshold", "soft_threshold_ste", "inverse_soft_threshold", "simulate_learning_rates",
     "PruningParametrization", "SoftThreshold", "FixedSignReLU", "MagnitudeMask",
     "sparsify", "bake", "select_modules", "pruned_layers", "PrunedLayer",

@@ -107,10 +107,9 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     Every pruned latent weight ends up in the first param group (the threshold is global).
     """
     o = config.optim
-    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
     no_decay_ids = set()
     for module in model.modules():
-        if isinstance(module, norm_types) and not o.decay_norm:
+        if isinstance(module, pruning.NORMALIZATION_TYPES) and not o.decay_norm:
             no_decay_ids.update(id(q) for q in module.parameters(recurse=False))
         if isinstance(module, SoftThreshold) and module.trainable and not o.decay_threshold:
             no_decay_ids.add(id(module.threshold_logit))
