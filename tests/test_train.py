@@ -12,6 +12,7 @@ import torch
 from snn_stp import cli
 from snn_stp.train import METRIC_KEYS, ConfigError, Trainer, TrainingDiverged, evaluate_checkpoint, load_config
 from snn_stp.train import checkpoint as ckpt
+from snn_stp.data import make_loader
 from snn_stp.train.builders import make_lr_scheduler, make_optimizer
 from snn_stp.train.config import from_dict, recipe_files
 
@@ -287,3 +288,65 @@ def test_the_data_section_s_frame_keys_are_the_frame_spec_s_fields():
     keys = data_frame_keys()
     assert (set(keys) - {"frames"}) | {"time_steps"} == set(FRAME_OPTIONS)
     assert set(keys) <= {f.name for f in dataclasses.fields(DataConfig)}
+
+
+def test_reading_the_loss_every_k_steps_trains_the_same_run(tmp_path):
+    """On a GPU the loss is read on the host every HOST_READ_STEPS steps: the run computes the same."""
+    config = load_config(overrides=SMALL)
+    every_step = Trainer(config, tmp_path / "a", quiet=True)
+    every_step.fit()
+    sparse_reads = Trainer(config, tmp_path / "b", quiet=True)
+    sparse_reads._read_every = 7  # what a GPU run does, with another interval
+    sparse_reads.fit()
+    a, b = every_step.model.state_dict(), sparse_reads.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first, second = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                     for run in ("a", "b")]
+    for x, y in zip(first, second):
+        assert x["train_acc"] == y["train_acc"] and x["test_acc"] == y["test_acc"]
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-12)
+
+
+def test_a_nan_between_two_reads_still_stops_the_run(tmp_path):
+    config = load_config(overrides=SMALL + ["model.spiking=false", "optim.lr=1e30", "pruning.scheduler=dense"])
+    trainer = Trainer(config, tmp_path, quiet=True)
+    trainer._read_every = 5
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+ .*last good checkpoint is"):
+        trainer.fit()
+    assert trainer.global_step < 10  # stopped at the first read after the loss went bad
+
+
+def test_augmentation_is_keyed_by_epoch_and_sample_not_by_worker_or_rng(tmp_path):
+    from snn_stp.data import SeededSamples
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.rand(3) + index, index
+
+    samples = SeededSamples(Noisy(), seed=3)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    first = samples[1 * 4 + 2][0]  # epoch 1, sample 2
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), before)  # the caller's RNG is untouched
+    torch.manual_seed(999)
+    assert torch.equal(samples[6][0], first)  # same key, same augmentation, whatever the RNG
+    assert not torch.equal(samples[2][0], first)  # epoch 0 of the same sample differs
+    assert not torch.equal(SeededSamples(Noisy(), seed=4)[6][0], first)
+    loader = make_loader(samples, "digits", 2, over_time=False, num_workers=2, sampler=[6, 1], persistent_workers=True)
+    assert torch.equal(next(iter(loader))[0][0], first)  # read in a worker process: the same
+
+
+@pytest.mark.slow  # worker processes
+def test_one_persistent_loader_with_workers_trains_exactly_as_without(tmp_path):
+    plain = Trainer(load_config(overrides=SMALL), tmp_path / "a", quiet=True)
+    plain.fit()
+    workers = Trainer(load_config(overrides=SMALL + ["data.workers=2"]), tmp_path / "b", quiet=True)
+    workers.fit()
+    loader = workers._loaders["train"][0]
+    assert loader.persistent_workers and loader._iterator is not None  # kept across the two epochs
+    a, b = plain.model.state_dict(), workers.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -15,6 +15,25 @@ import torch
 from .registry import dataset_spec
 
 
+class SeededSamples(torch.utils.data.Dataset):
+    """``dataset`` read with keys ``epoch * len(dataset) + index``: the random transforms of each
+    sample (augmentation) draw from a generator seeded by ``(seed, epoch, index)``, so what a sample
+    gets depends neither on the worker that reads it, nor on the number of workers, nor on a resume;
+    and persistent workers need not be reseeded per epoch. The caller's RNG is left untouched."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int):
+        epoch, index = divmod(int(key), len(self.dataset))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 2_147_483_647 + index) % 2**63)
+            return self.dataset[index]
+
+
 def batch_collate(input_kind: str, over_time: bool) -> Callable:
     """Collate ``(input, label)`` samples into the layout above."""
     def collate(samples):

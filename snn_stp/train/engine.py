@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import pruning, rundir
-from ..data import dataset_spec, make_loader
+from ..data import SeededSamples, dataset_spec, make_loader
 from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed
@@ -37,8 +37,17 @@ METRIC_KEYS = ("epoch", "step", "lr", "threshold", "l1_coefficient", "train_loss
                "test_acc", "test_top5", "weight_sparsity", "layer_sparsity", "pruned", "regrown", "epoch_seconds")
 
 
+#: Steps between reads of the training loss on the host when training on a GPU: each read waits
+#: for the device to finish, so the loss sum, the correct count and the non-finite count stay on
+#: the device in between (on the CPU a read costs nothing and happens every step). A read also
+#: happens on every step that a checkpoint, the end of an epoch or max_steps follows, and on the
+#: step after a checkpoint (its loss vouches for that checkpoint).
+HOST_READ_STEPS = 20
+
+
 class _IndexSampler(torch.utils.data.Sampler):
-    """Yields a fixed list of indices (one epoch's order, minus the batches already done)."""
+    """Yields a list of indices (one epoch's order, minus the batches already done); the list is
+    replaced each epoch, so one DataLoader (and its persistent workers) serves the whole run."""
 
     def __init__(self, indices: list[int]):
         self.indices = indices
@@ -108,6 +117,12 @@ class Trainer:
         self.writer = None
         self._stop_requested = self._stop_agreed = False
         self._unverified = False  # last.pt awaits the loss of the next step on its weights
+        self._read_next = False  # every rank reads the loss of the step after a checkpoint
+        self._last_loss, self._read_step = math.nan, self.global_step
+        self._read_every = HOST_READ_STEPS if self.device.type == "cuda" else 1
+        # Device-side sums since the last host read: loss x samples, correct, non-finite losses.
+        self._totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._loaders: dict[str, tuple[torch.utils.data.DataLoader, _IndexSampler]] = {}
 
     @property
     def checkpoints(self) -> Path:
@@ -165,25 +180,45 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD), purge_step=self.epoch + 1)
 
+    def _loader(self, split: str, batch_size: int, indices: list[int], workers: int) -> torch.utils.data.DataLoader:
+        """One DataLoader per use for the whole run (workers persist across epochs); each call
+        only sets the indices it yields. Training samples are read through :class:`SeededSamples`
+        keyed by epoch, so a sample's augmentation does not depend on workers or on a resume."""
+        if split not in self._loaders:
+            c = self.config
+            dataset = SeededSamples(self.train_set, c.train.seed) if split == "train" else self.test_set
+            sampler = _IndexSampler([])
+            loader = make_loader(dataset, c.data.name, batch_size, self.spiking, num_workers=workers, sampler=sampler,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+            self._loaders[split] = (loader, sampler)
+        loader, sampler = self._loaders[split]
+        sampler.indices = indices
+        return loader
+
     def _train_epoch(self) -> bool:
         """Train the rest of the current epoch; False if ``max_steps`` stopped it."""
         c, p = self.config, self.partial
         sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
                                      shuffle=True, seed=c.train.seed, drop_last=False)
         sampler.set_epoch(self.epoch)
-        order = list(iter(sampler))[self.step_in_epoch * c.data.batch_size:]
-        loader = make_loader(self.train_set, c.data.name, c.data.batch_size, self.spiking,
-                             num_workers=c.data.workers, sampler=_IndexSampler(order))
+        offset = self.epoch * len(self.train_set)
+        order = [offset + i for i in list(iter(sampler))[self.step_in_epoch * c.data.batch_size:]]
+        loader = self._loader("train", c.data.batch_size, order, c.data.workers)
         self.network.train()
         progress = self._progress(loader, f"epoch {self.epoch + 1}/{c.train.epochs}")
         tick = time.perf_counter()
+        every = c.train.checkpoint_every_steps
         for inputs, labels in progress:
             inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, enabled=self.amp):
                 output = self.network(inputs)
                 loss = self.loss_fn(output.float(), labels)
-            loss_value = float(loss.detach())
-            stop = self._stop_agreed = self._check_loss(loss_value)
+            n = len(labels)
+            step = self.global_step + 1
+            last_of_epoch = self.step_in_epoch + 1 >= self.steps_per_epoch
+            read = (self._read_next or step % self._read_every == 0 or last_of_epoch
+                    or bool(every and step % every == 0) or bool(c.train.max_steps and step >= c.train.max_steps))
+            stop = self._stop_agreed = self._account(loss.detach(), output.detach(), labels, read)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if c.optim.grad_clip:
@@ -194,23 +229,19 @@ class Trainer:
             if c.schedule.interval == "step":
                 self.lr_scheduler.step()
             self.thresholds.step()
-            n = len(labels)
-            p["loss_sum"] += loss_value * n
-            p["correct"] += int((output.argmax(1) == labels).sum())
             p["seen"] += n
             self.global_step += 1
             self.step_in_epoch += 1
             now = time.perf_counter()
             p["seconds"] += now - tick
             tick = now
-            if hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{loss_value:.3f}", acc=f"{p['correct'] / p['seen']:.3f}",
+            if read and hasattr(progress, "set_postfix"):
+                progress.set_postfix(loss=f"{self._last_loss:.3f}", acc=f"{p['correct'] / max(p['seen'], 1):.3f}",
                                      d=f"{self.thresholds.threshold:.4g}")
             mid_epoch = self.step_in_epoch < self.steps_per_epoch
             if stop and mid_epoch:
                 self._save_checkpoint(best=False)
                 self._interrupted()
-            every = c.train.checkpoint_every_steps
             if every and self.global_step % every == 0 and mid_epoch:
                 self._save_checkpoint(best=False)
             if c.train.max_steps and self.global_step >= c.train.max_steps:
@@ -258,20 +289,19 @@ class Trainer:
         """Test loss, top-1 and top-5 accuracy, over every test sample once (sharded over ranks)."""
         c = self.config
         indices = list(range(self.ctx.rank, len(self.test_set), self.ctx.world_size))
-        loader = make_loader(self.test_set, c.data.name, c.data.eval_batch_size or c.data.batch_size, self.spiking,
-                             num_workers=c.data.workers, sampler=_IndexSampler(indices))
+        loader = self._loader("test", c.data.eval_batch_size or c.data.batch_size, indices, c.data.workers)
         self.network.eval()
-        totals = [0.0, 0.0, 0.0, 0.0]
+        # Summed on the device, read once at the end (no wait for the device per batch).
+        totals, n = torch.zeros(3, dtype=torch.float64, device=self.device), 0
         for inputs, labels in self._progress(loader, "evaluate"):
-            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, enabled=self.amp):
                 output = self.network(inputs).float()
             top = output.topk(min(5, output.shape[1]), dim=1).indices
-            totals[0] += float(self.loss_fn(output, labels)) * len(labels)
-            totals[1] += int((top[:, 0] == labels).sum())
-            totals[2] += int((top == labels[:, None]).any(1).sum())
-            totals[3] += len(labels)
-        loss, top1, top5, n = distributed.all_sum(totals, self.ctx)
+            totals += torch.stack([self.loss_fn(output, labels).double() * len(labels),
+                                   (top[:, 0] == labels).sum().double(), (top == labels[:, None]).any(1).sum().double()])
+            n += len(labels)
+        loss, top1, top5, n = distributed.all_sum(totals.tolist() + [n], self.ctx)
         return {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}
 
     @torch.no_grad()
@@ -321,6 +351,7 @@ class Trainer:
     def _save_checkpoint(self, best: bool) -> None:
         """Write the state as ``last.pt`` (and first as ``best.pt`` when ``best``: a kill between
         the two leaves ``best.pt`` newer than ``last.pt``, never older than what anything claims)."""
+        self._read_next = True
         if not self.ctx.is_main:
             return
         last = self.checkpoints / rundir.LAST
@@ -338,11 +369,24 @@ class Trainer:
             return False
         return factor is None or self.initial_loss is None or value <= factor * max(self.initial_loss, 1e-12)
 
-    def _check_loss(self, value: float) -> bool:
-        """Before the backward pass of a step: stop on a NaN/inf loss on any rank, vouch for the
-        newest checkpoint if this loss (measured on its weights) is normal; returns whether a
-        stop signal arrived on any rank."""
-        bad, stop = float(not math.isfinite(value)), float(self._stop_requested)
+    def _account(self, loss: torch.Tensor, output: torch.Tensor, labels: torch.Tensor, read: bool) -> bool:
+        """Add this step's loss and correct count to the device-side sums; on a ``read`` step (the
+        same steps on every rank), bring them to the host before the backward pass: stop on a
+        NaN/inf loss on any rank since the last read, vouch for the newest checkpoint if this
+        loss (measured on its weights) is normal. Returns whether a stop signal arrived on any rank."""
+        n = len(labels)
+        self._totals += torch.stack([loss.double() * n, (output.argmax(1) == labels).sum().double(),
+                                     (~torch.isfinite(loss)).double()])
+        if not read:
+            return False
+        p = self.partial
+        loss_sum, correct, nonfinite = self._totals.tolist()
+        self._totals.zero_()
+        value = float(loss)
+        since, self._last_loss, self._read_step, self._read_next = self._read_step, value, self.global_step + 1, False
+        p["loss_sum"] += loss_sum
+        p["correct"] += int(correct)
+        bad, stop = float(nonfinite > 0 or not math.isfinite(value)), float(self._stop_requested)
         if self.ctx.enabled:
             bad, stop = distributed.all_sum([bad, stop], self.ctx)
         if self.initial_loss is None and not bad:
@@ -352,12 +396,16 @@ class Trainer:
                 ckpt.link(self.checkpoints / rundir.LAST, self.checkpoints / rundir.LAST_GOOD)
                 self._unverified = False
         if bad:
-            self._diverged(value)
+            self._diverged(value, since)
         return bool(stop)
 
-    def _diverged(self, value: float) -> None:
-        """Keep a checkpoint whose weights gave a normal loss as ``last.pt`` and say so."""
-        where = (f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} (lr "
+    def _diverged(self, value: float, since: int) -> None:
+        """Keep a checkpoint whose weights gave a normal loss as ``last.pt`` and say so (``since``:
+        the step of the previous read; a NaN/inf came after it)."""
+        step = self.global_step + 1
+        what = f"loss is {value}" if not math.isfinite(value) or since + 1 >= step else \
+            f"loss was NaN/inf at a step in {since + 1}..{step} (now {value})"
+        where = (f"{what} at epoch {self.epoch + 1}, step {step} (lr "
                  f"{self.optimizer.param_groups[0]['lr']:.4g}, threshold {self.thresholds.threshold:.4g}); stopped")
         if not self.ctx.is_main:
             raise TrainingDiverged(f"{where} (rank {self.ctx.rank}; rank 0 reports the checkpoints)")
