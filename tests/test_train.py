@@ -292,7 +292,7 @@ def test_the_data_section_s_frame_keys_are_the_frame_spec_s_fields():
 
 def test_reading_the_loss_every_k_steps_trains_the_same_run(tmp_path):
     """On a GPU the loss is read on the host every HOST_READ_STEPS steps: the run computes the same."""
-    config = load_config(overrides=SMALL)
+    config = load_config(overrides=SMALL + ["train.epochs=1"])
     every_step = Trainer(config, tmp_path / "a", quiet=True)
     every_step.fit()
     sparse_reads = Trainer(config, tmp_path / "b", quiet=True)

@@ -30,7 +30,9 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.dataset))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 2_147_483_647 + index) % 2**63)
+            # The CPU generator only (what transforms draw from): torch.manual_seed would also queue
+            # a seeding of every CUDA device, recording a stack trace each time.
+            torch.default_generator.manual_seed(((self.seed * 1_000_003 + epoch) * 2_147_483_647 + index) % 2**63)
             return self.dataset[index]
 
 
