@@ -36,7 +36,8 @@ def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: boo
     return model
 
 
-@register_model("cifar_resnet18", input_kind="static", description="ResNet-18 with a 3x3 stride-1 stem for 32x32 inputs")
+@register_model("cifar_resnet18", input_kind="static",
+                description="ResNet-18 with a 3x3 stride-1 stem for 32x32 inputs")
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-18 for 32x32 inputs: torchvision's with a 3x3 stride-1 stem and no max-pool."""
     model = torchvision.models.resnet18(num_classes=num_classes)

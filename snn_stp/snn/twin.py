@@ -3,9 +3,9 @@
 One topology definition serves both: stateless layers sit in SpikingJelly's
 ``layer.StepModeContainer`` in a spiking network (all time steps at once in multi-step mode, one
 step in single-step mode, so ``functional.set_step_mode`` works on the whole model) and in a plain
-``nn.Sequential`` in the twin, and the activation is a SpikingJelly neuron or a ReLU. Both twins therefore have the same modules and the
-same ``state_dict`` keys (except PLIF's trainable leak), which keeps ANN-vs-SNN comparisons on
-one architecture.
+``nn.Sequential`` in the twin, and the activation is a SpikingJelly neuron or a ReLU. Both twins
+therefore have the same modules and the same ``state_dict`` keys (except PLIF's trainable leak),
+which keeps ANN-vs-SNN comparisons on one architecture.
 """
 
 from __future__ import annotations

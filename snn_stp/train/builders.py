@@ -17,7 +17,6 @@ from . import checkpoint as ckpt
 from .config import DENSE, Config, data_frame_keys
 
 
-
 @contextmanager
 def settings(keys: str):
     """Turn the built-in ValueError/TypeError of a library call made with the values of ``keys``
