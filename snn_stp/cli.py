@@ -146,8 +146,10 @@ def run_training(args) -> int:
 def final_line(summary: dict, config, run_dir) -> str:
     """The run's outcome in one line; a run stopped by ``train.max_steps`` before an epoch ended
     has no test accuracy yet and says so."""
+    l1 = summary["l1_coefficient"]
+    implied = "none (an adaptive optimizer)" if l1 is None else f"{l1:.4g}"
     state = (f"weight sparsity {summary['weight_sparsity']:.2%}, threshold d = {summary['threshold']:.4g}, implied L1 "
-             f"lambda = {summary['l1_coefficient']:.4g}; run directory {run_dir}")
+             f"lambda = {implied}; run directory {run_dir}")
     if summary["final_test_acc"] is None:
         return (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) before the "
                 f"first epoch ended, so no test accuracy yet; {state}")

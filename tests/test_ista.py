@@ -123,3 +123,104 @@ def test_fixed_threshold_with_weight_decay_reaches_the_elastic_net_point(problem
     assert torch.equal(w != 0, reference != 0)
     assert 0 < int((reference != 0).sum()) < P
     assert torch.allclose(w, reference, atol=1e-8)
+
+
+# -- the objective's units: momentum, weight decay, adaptive optimizers ----------------------------
+
+ALPHA, MOMENTUM = 0.3, 0.9
+
+
+def momentum_run(problem, steps, nesterov, weight_decay=0.0, **lats):
+    """Full-batch SGD with momentum on F, the straight-through rule, LATS with ``lats`` arguments."""
+    a, b, eta0 = problem
+    lin = nn.Linear(P, 1, bias=False).double()
+    nn.init.zeros_(lin.weight)
+    snn_stp.sparsify(lin, rule="ste")
+    opt = torch.optim.SGD(lin.parameters(), lr=0.5 * eta0, momentum=MOMENTUM, nesterov=nesterov,
+                          weight_decay=weight_decay)
+    sched = snn_stp.build_threshold_scheduler("lats", lin, opt, **lats)
+    for _ in range(steps):
+        opt.zero_grad()
+        smooth_loss(a, b, lin.weight[0]).backward()
+        opt.step()
+        sched.step()
+    return lin.weight.detach()[0], sched
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["heavy_ball", "nesterov"])
+def test_lats_l1_under_momentum_lands_on_sklearn_lasso_with_that_alpha(problem, nesterov):
+    """``lats(l1=alpha)`` with momentum 0.9 minimizes F + alpha ||w||_1, the objective sklearn's
+    Lasso(alpha) solves: l1 and the logged coefficient are in the objective's units."""
+    from sklearn.linear_model import Lasso
+
+    a, b, _ = problem
+    lasso = Lasso(alpha=ALPHA, fit_intercept=False, tol=1e-15, max_iter=1_000_000).fit(a.numpy(), b.numpy())
+    reference = torch.from_numpy(lasso.coef_)
+    w, sched = momentum_run(problem, 3000, nesterov, l1=ALPHA)
+    best = objective(a, b, reference)
+    assert objective(a, b, w) - best < 1e-6 * best
+    assert torch.equal(w != 0, reference != 0) and 0 < int((reference != 0).sum()) < P
+    assert sched.l1_coefficient == pytest.approx(ALPHA, rel=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["heavy_ball", "nesterov"])
+def test_compensated_lats_with_weight_decay_lands_on_sklearn_elastic_net(problem, nesterov):
+    """d += eta s (lambda - wd d): SGD with momentum and weight decay wd on theta converges to
+    F + lambda ||w||_1 + wd/2 ||w||^2 (ElasticNet with alpha = lambda + wd, l1_ratio = lambda / alpha)."""
+    from sklearn.linear_model import ElasticNet
+
+    a, b, _ = problem
+    wd = 0.2
+    net = ElasticNet(alpha=ALPHA + wd, l1_ratio=ALPHA / (ALPHA + wd), fit_intercept=False, tol=1e-15,
+                     max_iter=1_000_000).fit(a.numpy(), b.numpy())
+    reference = torch.from_numpy(net.coef_)
+    w, sched = momentum_run(problem, 3000, nesterov, weight_decay=wd, l1=ALPHA, compensate_weight_decay=True)
+    assert torch.equal(w != 0, reference != 0) and 0 < int((reference != 0).sum()) < P
+    assert torch.allclose(w, reference, rtol=0, atol=1e-12)
+    assert sched.l1_coefficient == pytest.approx(ALPHA, rel=1e-12)  # constant, weight decay included
+
+
+def test_uncompensated_lats_with_weight_decay_reports_a_growing_coefficient(problem):
+    w, sched = momentum_run(problem, 300, False, weight_decay=0.2, l1=ALPHA)
+    before_last_step = sched.threshold - ALPHA * sched.lr / (1 - MOMENTUM)  # d += alpha eta / (1 - mu)
+    assert sched.l1_coefficient == pytest.approx(ALPHA + 0.2 * before_last_step, rel=1e-12)
+    assert sched.l1_coefficient > 2 * ALPHA
+
+
+def test_compensated_lats_with_final_threshold_reaches_D_under_the_real_lr_schedule(problem):
+    a, b, eta0 = problem
+    lin = nn.Linear(P, 1, bias=False).double()
+    snn_stp.sparsify(lin)
+    opt = torch.optim.SGD(lin.parameters(), lr=eta0, momentum=MOMENTUM, weight_decay=0.05)
+    lrs = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=400)
+    sched = snn_stp.build_threshold_scheduler("lats", lin, opt, final_threshold=0.5, total_steps=400,
+                                              lr_scheduler=lrs, compensate_weight_decay=True)
+    reported = []
+    for _ in range(400):
+        opt.zero_grad()
+        smooth_loss(a, b, lin.weight[0]).backward()
+        opt.step()
+        lrs.step()
+        sched.step()
+        reported.append(sched.l1_coefficient)
+    assert sched.threshold == pytest.approx(0.5, rel=1e-9)
+    assert max(reported) == pytest.approx(min(reported), rel=1e-9) == sched.l1
+
+
+def test_adam_has_no_l1_objective(problem):
+    lin = nn.Linear(P, 1, bias=False).double()
+    snn_stp.sparsify(lin)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match=r"lats\(l1=\) needs an optimizer whose step is a fixed multiple of the "
+                                         r"gradient \(SGD, with or without momentum\): Adam scales each weight"):
+        snn_stp.build_threshold_scheduler("lats", lin, opt, l1=0.1)
+    with pytest.warns(snn_stp.pruning.schedulers.SchedulerWarning, match="implies no L1 coefficient") as caught:
+        sched = snn_stp.build_threshold_scheduler("lats", lin, opt, final_threshold=0.1, total_steps=10)
+    assert len(caught) == 1
+    a, b, _ = problem
+    for _ in range(10):
+        opt.zero_grad()
+        smooth_loss(a, b, lin.weight[0]).backward()
+        opt.step()
+        sched.step()
+    assert sched.threshold == pytest.approx(0.1) and sched.l1_coefficient is None and sched.l1 is None

@@ -45,8 +45,9 @@ def plot_threshold(run: Run):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("threshold d (weight units)")
     twin = ax.twinx()
-    twin.plot(steps, _series(run, "l1_coefficient"), "s--", color="tab:red", label="implied L1 coefficient λ")
-    twin.set_ylabel("implied L1 coefficient λ = Δd / lr + wd·d")
+    l1 = [float("nan") if v is None else v for v in _series(run, "l1_coefficient")]  # None: Adam, no L1 objective
+    twin.plot(steps, l1, "s--", color="tab:red", label="implied L1 coefficient λ")
+    twin.set_ylabel("implied L1 coefficient λ = (1-μ)/(1-τ)·Δd/lr + wd·d")
     _legend_with_twin(ax, twin, loc="lower right")
     ax.set_title(f"Threshold schedule: {run.label}")
     fig.tight_layout()

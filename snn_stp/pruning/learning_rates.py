@@ -35,6 +35,37 @@ def param_group_of(optimizer: torch.optim.Optimizer, params: list[tuple[str, tor
     return indices[0]
 
 
+def step_scale(optimizer: torch.optim.Optimizer, group: int = 0) -> float | None:
+    """How far a steady gradient moves a parameter of ``group`` per unit of learning rate.
+
+    For ``torch.optim.SGD`` with momentum mu and dampening tau (Nesterov or not) the steady-state
+    step is ``lr (1 - tau) / (1 - mu)`` times the gradient, so this is ``(1 - tau) / (1 - mu)`` (1
+    without momentum). Adaptive optimizers (Adam, AdamW, ...) scale each coordinate by its own
+    gradient history: no single factor exists, and None is returned. This factor is what turns a
+    threshold increment into the coefficient of ``||w||_1`` in the objective really minimized.
+    """
+    if type(optimizer) is not torch.optim.SGD:
+        return None
+    settings = optimizer.param_groups[group]
+    momentum = float(settings.get("momentum", 0.0) or 0.0)
+    if not momentum:
+        return 1.0  # torch ignores dampening without momentum
+    return (1.0 - float(settings.get("dampening", 0.0) or 0.0)) / (1.0 - momentum)
+
+
+def lr_sequence(optimizer: torch.optim.Optimizer, lr_scheduler, total_steps: int, group: int = 0,
+                interval: str = "step", steps_per_epoch: int | None = None) -> list[float]:
+    """The learning rate of each optimizer step ``0 .. total_steps - 1`` (a scheduler stepped per epoch
+    is simulated once per epoch and its LR repeated over the epoch's steps)."""
+    if interval != "epoch":
+        return simulate_learning_rates(optimizer, lr_scheduler, total_steps, group, interval, steps_per_epoch)
+    if not steps_per_epoch:
+        raise ValueError("an LR scheduler stepped per epoch needs steps_per_epoch to simulate it")
+    per_epoch = simulate_learning_rates(optimizer, lr_scheduler, math.ceil(total_steps / steps_per_epoch), group,
+                                        "step")
+    return [per_epoch[step // steps_per_epoch] for step in range(total_steps)]
+
+
 def simulate_learning_rates(optimizer: torch.optim.Optimizer, lr_scheduler, num_steps: int,
                             group: int = 0, interval: str = "step",
                             steps_per_epoch: int | None = None) -> list[float]:

@@ -3,11 +3,14 @@
 Training with ``w = S_d(theta)`` (straight-through) and a threshold that moves from ``d_t`` to
 ``d_{t+1}`` between optimizer steps is one ISTA step on ``L(w) + lambda_t ||w||_1`` with
 
-    lambda_t = (d_{t+1} - d_t) / eta_t + wd * d_t
+    lambda_t = (1 - tau) / (1 - mu) * (d_{t+1} - d_t) / eta_t + wd * d_t
 
-(``eta_t``: the learning rate of step t, ``wd``: weight decay applied to ``theta``). Every
-scheduler here is therefore a schedule of L1 coefficients, and reports the one it implied in
-``l1_coefficient``.
+(``eta_t``: the learning rate of step t, ``mu``/``tau``: SGD momentum and dampening, whose
+steady-state step is ``eta (1 - tau) / (1 - mu)`` times the gradient; ``wd``: weight decay applied
+to ``theta``). ``lambda_t`` is in the objective's units: the coefficient of ``||w||_1`` in the
+objective the optimizer really minimizes. Every scheduler here is therefore a schedule of L1
+coefficients, and reports the one it implied in ``l1_coefficient``. Adaptive optimizers (Adam)
+have no such correspondence: ``l1_coefficient`` is then None, with one warning.
 
 Protocol, for every scheduler: build it after ``sparsify(model)`` and the optimizer; call
 ``step()`` once after every ``optimizer.step()`` (after the LR scheduler's step is fine: the LR a
@@ -29,11 +32,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import schedules
-from .learning_rates import learning_rate_sum, param_group_of
+from .learning_rates import learning_rate_sum, lr_sequence, param_group_of, step_scale
 from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, check_threshold
 from .sparsify import PrunedLayer, pruned_layers
 
 THRESHOLD_SCHEDULERS: dict[str, type[ThresholdScheduler]] = {}
+
+
+class SchedulerWarning(UserWarning):
+    """A threshold scheduler runs, but what it reports needs a caveat (e.g. no L1 coefficient)."""
+
 
 #: Arguments a training loop supplies from its own clock and LR schedule; a user gives the rest
 #: (see :meth:`ThresholdScheduler.user_arguments`).
@@ -69,7 +77,9 @@ class ThresholdScheduler:
 
     Attributes:
         threshold: current global threshold d (weight units).
-        l1_coefficient: implied lambda of the last step, ``delta d / lr + wd * d``.
+        l1_coefficient: implied lambda of the last step in the objective's units,
+            ``delta d / (lr * step_scale) + wd * d``; None under an optimizer without a fixed
+            step per unit gradient (Adam).
         last_step: optimizer steps completed (the clock; identical on every DDP rank).
         start_step: the threshold stays at its initial value before this step.
     """
@@ -87,6 +97,8 @@ class ThresholdScheduler:
     #: True when d starts at ``final_threshold`` (pruning at initialization), the one case where
     #: ``sparsify(init="inverse")`` keeps the dense model's function.
     starts_at_final_threshold = False
+    #: False for a method that is not an L1 schedule (GMP reports 0 under any optimizer).
+    reports_l1 = True
 
     @classmethod
     def arguments(cls) -> dict[str, inspect.Parameter]:
@@ -123,9 +135,14 @@ class ThresholdScheduler:
         self.start_step = _non_negative_int(start_step, "start_step")
         self.last_step = 0
         self.threshold = 0.0
-        self.l1_coefficient = 0.0
-        self._pending_lr = self.lr
-        # The LR of the step about to run, read at optimizer.step() time: correct whether the
+        self.l1_coefficient = 0.0 if self.step_scale is not None or not self.reports_l1 else None
+        if self.step_scale is None and self.reports_l1:
+            warnings.warn(f"{type(optimizer).__name__} scales each weight's step by its own gradient history, so the "
+                          f"threshold schedule of {self.name!r} implies no L1 coefficient: l1_coefficient is None. "
+                          "Use SGD (with or without momentum) for a run with a known L1 objective",
+                          SchedulerWarning, stacklevel=3)
+        self._pending_lr, self._pending_scale = self.lr, self.step_scale
+        # The LR (and momentum factor) of the step about to run, read at optimizer.step() time: correct whether the
         # training loop steps the LR scheduler before or after this scheduler. The hook holds
         # the scheduler weakly, so a discarded (or half-built) scheduler is not kept alive.
         owner = weakref.ref(self)
@@ -133,7 +150,7 @@ class ThresholdScheduler:
         def record_lr(optimizer, args, kwargs) -> None:
             scheduler = owner()
             if scheduler is not None:
-                scheduler._pending_lr = scheduler.lr
+                scheduler._pending_lr, scheduler._pending_scale = scheduler.lr, scheduler.step_scale
         self._hook = optimizer.register_step_pre_hook(record_lr)
 
     # -- learning rate ---------------------------------------------------------------------
@@ -149,6 +166,12 @@ class ThresholdScheduler:
     def weight_decay(self) -> float:
         return float(self.group.get("weight_decay", 0.0) or 0.0)
 
+    @property
+    def step_scale(self) -> float | None:
+        """The optimizer's steady-state step per unit LR and gradient (see
+        :func:`~snn_stp.pruning.learning_rates.step_scale`); None for Adam and the like."""
+        return step_scale(self.optimizer, self.group_index)
+
     # -- stepping --------------------------------------------------------------------------
     def step(self) -> None:
         """Advance one optimizer step: update d, ``l1_coefficient`` and the model's thresholds."""
@@ -159,17 +182,22 @@ class ThresholdScheduler:
         self.last_step += 1
         self.l1_coefficient = self._implied_l1(delta, lr, old)
         self._apply()
-        self._pending_lr = self.lr
+        self._pending_lr, self._pending_scale = self.lr, self.step_scale
 
     def _advance(self, lr: float) -> tuple[float, float]:
         """``(new threshold, increment)`` for the step with index ``self.last_step`` that used ``lr``."""
         raise NotImplementedError
 
-    def _implied_l1(self, delta: float, lr: float, old: float) -> float:
+    def _implied_l1(self, delta: float, lr: float, old: float) -> float | None:
+        """``delta / (lr * step_scale) + wd * old``: the objective's L1 coefficient of one step (the
+        momentum factor of the step that ran, recorded with its LR)."""
+        scale = self._pending_scale
+        if scale is None:
+            return None
         if delta == 0.0:
             ratio = 0.0
         else:
-            ratio = delta / lr if lr > 0 else math.copysign(math.inf, delta)
+            ratio = delta / (lr * scale) if lr > 0 else math.copysign(math.inf, delta)
         return ratio + self.weight_decay * old
 
     def _check_not_baked(self) -> None:
@@ -194,7 +222,7 @@ class ThresholdScheduler:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "last_step": self.last_step, "threshold": self.threshold,
-                "l1_coefficient": self.l1_coefficient, "pending_lr": self._pending_lr,
+                "l1_coefficient": self.l1_coefficient, "pending_lr": self._pending_lr, "pending_scale": self._pending_scale,
                 "start_step": self.start_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -211,8 +239,9 @@ class ThresholdScheduler:
         """Subclasses extend this with their own entries (the kind is already checked)."""
         self.last_step = int(state["last_step"])
         self.threshold = float(state["threshold"])
-        self.l1_coefficient = float(state["l1_coefficient"])
+        self.l1_coefficient = None if state["l1_coefficient"] is None else float(state["l1_coefficient"])
         self._pending_lr = float(state["pending_lr"])
+        self._pending_scale = state.get("pending_scale", self.step_scale)
         self.start_step = int(state["start_step"])
         self._apply()
 
@@ -221,8 +250,8 @@ class ThresholdScheduler:
         self._hook.remove()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(step={self.last_step}, threshold={self.threshold:.6g}, "
-                f"l1_coefficient={self.l1_coefficient:.6g})")
+        l1 = "None" if self.l1_coefficient is None else f"{self.l1_coefficient:.6g}"
+        return f"{type(self).__name__}(step={self.last_step}, threshold={self.threshold:.6g}, l1_coefficient={l1})"
 
 
 class ShapedThreshold(ThresholdScheduler):
@@ -334,7 +363,7 @@ class Fixed(ThresholdScheduler):
         check_threshold(final_threshold, "final_threshold")
         self.final_threshold = float(final_threshold)
         self.threshold = self.final_threshold
-        self.l1_coefficient = self.weight_decay * self.threshold
+        self.l1_coefficient = self._implied_l1(0.0, self.lr, self.threshold)
         self._apply()
 
     def _advance(self, lr: float) -> tuple[float, float]:
@@ -343,13 +372,22 @@ class Fixed(ThresholdScheduler):
 
 @register_threshold_scheduler("lats")
 class LATS(ThresholdScheduler):
-    """Exact LATS: each step raises d by ``l1 * eta_t``, the learning rate that step really used.
+    """Exact LATS: each step raises d in proportion to the learning rate that step really used.
 
-    The implied lambda is then constant for any LR schedule and optimizer (warm-up included),
-    which is what makes the run ISTA on one fixed objective. Give either ``l1`` (lambda) or
-    ``final_threshold`` (D); with D, lambda = D / (sum of the LRs of the pruning steps), the sum
-    taken from ``lr_sum`` or by simulating a copy of ``lr_scheduler`` over ``total_steps``
-    (a constant LR if there is no LR scheduler).
+    ``l1`` (lambda) is the coefficient of ``||w||_1`` in the objective the optimizer minimizes: each
+    step adds ``l1 * eta_t * s`` to d, ``s = (1 - tau) / (1 - mu)`` the SGD momentum factor (see
+    :func:`~snn_stp.pruning.learning_rates.step_scale`), so plain or momentum SGD lands on
+    ``L(w) + l1 ||w||_1`` whatever the LR schedule (warm-up included). Give either ``l1`` or
+    ``final_threshold`` (D); with D, the increments are ``D * eta_t / sum(eta)``, the LR sum taken
+    from ``lr_sum`` or by simulating a copy of ``lr_scheduler`` over ``total_steps`` (a constant LR
+    without one), and ``l1`` is what that implies. Under Adam only D can be given (there is no L1
+    objective to name).
+
+    Weight decay ``wd`` on theta adds ``wd * d_t`` to the implied coefficient, which then grows with
+    d. ``compensate_weight_decay=True`` moves d by ``eta_t s (l1 - wd d_t)`` instead, so the
+    coefficient stays exactly ``l1`` and SGD converges to the elastic net
+    ``L(w) + l1 ||w||_1 + wd/2 ||w||^2``; with D, ``l1`` is solved from the real LR schedule so that
+    d reaches D at ``total_steps``. The default (False) is the reference code's rule.
 
     Args:
         lr_step_interval: ``"step"`` or ``"epoch"``: how often the loop steps ``lr_scheduler``
@@ -360,43 +398,81 @@ class LATS(ThresholdScheduler):
 
     def __init__(self, model, optimizer, *, l1: float | None = None, final_threshold: float | None = None,
                  total_steps: int | None = None, lr_scheduler=None, lr_sum: float | None = None,
-                 steps_per_epoch: int | None = None, lr_step_interval: str = "step", start_step: int = 0):
+                 steps_per_epoch: int | None = None, lr_step_interval: str = "step", start_step: int = 0,
+                 compensate_weight_decay: bool = False):
         super().__init__(model, optimizer, start_step=start_step)
         if (l1 is None) == (final_threshold is None):
             raise ValueError("lats needs exactly one of l1 (lambda) or final_threshold (D)")
+        scale = self.step_scale
+        self.compensate_weight_decay = bool(compensate_weight_decay)
+        if scale is None and (l1 is not None or self.compensate_weight_decay):
+            what = "l1=" if l1 is not None else "compensate_weight_decay=True"
+            raise ValueError(
+                f"lats({what}) needs an optimizer whose step is a fixed multiple of the gradient (SGD, with or "
+                f"without momentum): {type(optimizer).__name__} scales each weight by its own gradient history, so "
+                "no threshold increment corresponds to an L1 coefficient. Give final_threshold=D instead")
+        self.lr_sum = None
+        self._rate = None  # threshold per unit LR when D fixes it; None: l1 * step scale
         if l1 is not None:
             check_threshold(l1, "l1")
             self.l1 = float(l1)
-            self.lr_sum = None
         else:
             check_threshold(final_threshold, "final_threshold")
-            if lr_sum is None:
-                if total_steps is None:
-                    raise ValueError("lats with final_threshold needs total_steps (to simulate the LR "
-                                     "schedule) or lr_sum (the sum of the LRs of all pruning steps)")
+            if total_steps is None and (lr_sum is None or self.compensate_weight_decay):
+                raise ValueError("lats with final_threshold needs total_steps (to simulate the LR schedule)"
+                                 + ("" if self.compensate_weight_decay else
+                                    " or lr_sum (the sum of the LRs of all pruning steps)"))
+            if total_steps is not None:
                 total = _positive_int(total_steps, "total_steps")
                 if total <= self.start_step:
                     raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
-                lr_sum = learning_rate_sum(optimizer, lr_scheduler, total, self.start_step, self.group_index,
-                                           lr_step_interval, steps_per_epoch)
-            if not lr_sum > 0:
-                raise ValueError(f"the learning rates of the pruning steps sum to {lr_sum}; lats needs a positive sum")
-            self.lr_sum = float(lr_sum)
-            self.l1 = float(final_threshold) / self.lr_sum
+            if self.compensate_weight_decay:
+                lrs = lr_sequence(optimizer, lr_scheduler, total, self.group_index, lr_step_interval,
+                                  steps_per_epoch)[self.start_step:]
+                self.l1 = float(final_threshold) / self._reach_per_unit_l1(lrs)
+            else:
+                if lr_sum is None:
+                    lr_sum = learning_rate_sum(optimizer, lr_scheduler, total, self.start_step, self.group_index,
+                                               lr_step_interval, steps_per_epoch)
+                if not lr_sum > 0:
+                    raise ValueError(f"the learning rates of the pruning steps sum to {lr_sum}; lats needs a "
+                                     "positive sum")
+                self.lr_sum = float(lr_sum)
+                # Threshold per unit LR: D / sum(eta), whatever the optimizer.
+                self._rate = float(final_threshold) / self.lr_sum
+                self.l1 = None if scale is None else self._rate / scale
         self._apply()
 
+    def _reach_per_unit_l1(self, lrs: list[float]) -> float:
+        """d after the pruning steps with LRs ``lrs`` for l1 = 1 (d is linear in l1)."""
+        scale, wd, d = self.step_scale, self.weight_decay, 0.0
+        for lr in lrs:
+            d += lr * scale * (1.0 - wd * d)
+        if not d > 0:
+            raise ValueError(f"with these learning rates and weight decay {wd}, the compensated threshold cannot "
+                             "grow; lats needs a positive sum of learning rates")
+        return d
+
     def _advance(self, lr: float) -> tuple[float, float]:
-        # The increment is l1 * lr exactly (not recovered by a subtraction), so the reported
-        # lambda is exact even when lr is tiny next to d.
-        delta = self.l1 * lr if self.last_step >= self.start_step else 0.0
+        if self.last_step < self.start_step:
+            return self.threshold, 0.0
+        if self.compensate_weight_decay:
+            delta = lr * self._pending_scale * (self.l1 - self.weight_decay * self.threshold)
+        elif self._rate is not None:
+            delta = self._rate * lr
+        else:
+            # The increment is computed (not recovered by a subtraction), so the reported lambda is
+            # exact even when lr is tiny next to d.
+            delta = self.l1 * lr * self._pending_scale
         return self.threshold + delta, delta
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "l1": self.l1, "lr_sum": self.lr_sum}
+        return {**super().state_dict(), "l1": self.l1, "lr_sum": self.lr_sum, "rate": self._rate}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.l1 = float(state["l1"])
+        self.l1 = None if state["l1"] is None else float(state["l1"])
         self.lr_sum = state["lr_sum"]
+        self._rate = None if state.get("rate") is None else float(state["rate"])
         super()._load_state(state)
 
 
@@ -441,8 +517,8 @@ class STR(ThresholdScheduler):
         self.last_step += 1
         self._layer_d = new
         self.threshold = _mean(new)
-        self.l1_coefficient = _mean(l1)
-        self._pending_lr = self.lr
+        self.l1_coefficient = None if self._pending_scale is None else _mean(l1)
+        self._pending_lr, self._pending_scale = self.lr, self.step_scale
 
     def _apply(self) -> None:
         pass  # the thresholds are model parameters
@@ -461,8 +537,10 @@ class GradR(ThresholdScheduler):
 
     ``theta -= alpha * lr / (1 - beta1^t) * sign(theta - mu)`` with ``mu = ln(2 (1 - s)) / alpha``:
     a Laplace prior centred at ``mu`` that leaves a fraction ``s`` of ``theta`` below 0 (pruned).
-    ``beta1`` is Adam's first moment decay (bias correction 1 for SGD). Reported
-    ``l1_coefficient`` is ``alpha`` while active; ``threshold`` is 0 (Grad R prunes at theta < 0).
+    ``beta1`` is Adam's first moment decay (bias correction 1 for SGD). The prior moves theta
+    outside the optimizer, so under SGD its objective coefficient is ``alpha / step_scale`` (what
+    ``l1_coefficient`` reports while active); under Adam, the method's own optimizer, there is none
+    (None). ``threshold`` is 0 (Grad R prunes at theta < 0).
     """
 
     rules = ("gradr",)
@@ -492,8 +570,9 @@ class GradR(ThresholdScheduler):
                 theta = layer.theta
                 theta.sub_(torch.sign(theta - self.mu), alpha=scale)
         self.last_step = t
-        self.l1_coefficient = self.alpha if active else 0.0
-        self._pending_lr = self.lr
+        scale = self._pending_scale
+        self.l1_coefficient = None if scale is None else (self.alpha / scale if active else 0.0)
+        self._pending_lr, self._pending_scale = self.lr, self.step_scale
 
     def _apply(self) -> None:
         pass  # no threshold: theta < 0 is pruned
@@ -512,6 +591,7 @@ class GMP(ThresholdScheduler):
 
     rules = ("magnitude",)
     parametrization_type = MagnitudeMask
+    reports_l1 = False
 
     def __init__(self, model, optimizer, *, final_sparsity: float, steps_per_epoch: int, total_steps: int,
                  start_step: int = 0, end_step: int | None = None):
@@ -538,7 +618,7 @@ class GMP(ThresholdScheduler):
         self.last_step += 1
         if self.last_step % self.steps_per_epoch == 0:
             self._update_masks()
-        self._pending_lr = self.lr
+        self._pending_lr, self._pending_scale = self.lr, self.step_scale
 
     @torch.no_grad()
     def _update_masks(self) -> None:

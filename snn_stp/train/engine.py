@@ -275,7 +275,7 @@ class Trainer:
         if self.ctx.is_main:
             rundir.append_metrics(self.run_dir, record)
             for key in METRIC_KEYS[2:]:
-                if key != "layer_sparsity":
+                if key != "layer_sparsity" and record[key] is not None:  # no L1 coefficient under Adam
                     self.writer.add_scalar(key, record[key], record["epoch"])
             for key, value in {**record.get("ops", {}), "mean_firing_rate": record.get("mean_firing_rate")}.items():
                 if isinstance(value, float):
@@ -480,7 +480,7 @@ def _seed_everything(seed: int) -> None:
 
 def _epoch_line(r: dict) -> str:
     return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.3f}  train {r['train_acc']:.2%}  test {r['test_acc']:.2%}"
-            f"  sparsity {r['weight_sparsity']:.2%}  d {r['threshold']:.4g}  lambda {r['l1_coefficient']:.4g}"
+            f"  sparsity {r['weight_sparsity']:.2%}  d {r['threshold']:.4g}  lambda {_number(r['l1_coefficient'])}"
             f"  pruned {r['pruned']} regrown {r['regrown']}  {r['epoch_seconds']:.1f}s")
 
 
@@ -513,3 +513,8 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
             "weight_sparsity": report.global_sparsity, "layer_sparsity": report.layers,
             "threshold": state["threshold_scheduler"]["threshold"], "layer_thresholds": thresholds, **analysis}
+
+
+def _number(value) -> str:
+    """``value`` in 4 significant digits, or "n/a" for None (no L1 coefficient under Adam)."""
+    return "n/a" if value is None else f"{value:.4g}"
