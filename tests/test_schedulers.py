@@ -415,6 +415,10 @@ def test_gmp_reaches_final_sparsity_on_the_cubic_schedule():
     assert per_epoch == pytest.approx(expected, abs=1 / 512)
     assert final.layers["0.weight"] == pytest.approx(0.8, abs=1 / 512)
     assert final.layers["2.weight"] == pytest.approx(0.8, abs=1 / 128)
+    assert sched.l1_coefficient == 0.0  # not an L1 method, under any optimizer
+    adam = torch.optim.Adam(model.parameters())
+    assert snn_stp.build_threshold_scheduler("gmp", model, adam, final_sparsity=0.8, steps_per_epoch=10,
+                                             total_steps=50).l1_coefficient == 0.0
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -467,3 +471,13 @@ def test_state_of_another_scheduler_kind_and_stepping_after_bake_are_clear_error
     snn_stp.bake(model)
     with pytest.raises(RuntimeError, match=r"the model was baked \(snn_stp.bake\): 0.weight is a plain weight now"):
         lats.step()
+
+
+def test_gradr_reports_its_prior_in_the_objective_units_under_sgd():
+    model = mlp()
+    snn_stp.sparsify(model, rule="gradr")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = snn_stp.build_threshold_scheduler("gradr", model, opt, alpha=0.5, target_sparsity=0.8)
+    train(model, opt, sched, 3)
+    # The prior moves theta by alpha * lr outside the optimizer; a gradient moves it by lr / (1 - mu).
+    assert sched.l1_coefficient == pytest.approx(0.5 * (1 - 0.9), rel=1e-12)
