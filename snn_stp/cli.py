@@ -148,8 +148,9 @@ def final_line(summary: dict, config, run_dir) -> str:
     has no test accuracy yet and says so."""
     l1 = summary["l1_coefficient"]
     implied = "none (an adaptive optimizer)" if l1 is None else f"{l1:.4g}"
-    state = (f"weight sparsity {summary['weight_sparsity']:.2%}, threshold d = {summary['threshold']:.4g}, implied L1 "
-             f"lambda = {implied}; run directory {run_dir}")
+    state = (f"weight sparsity {summary['pruned_layer_sparsity']:.2%} of the pruned layers "
+             f"({summary['all_weight_sparsity']:.2%} of all weights), threshold d = {summary['threshold']:.4g}, implied "
+             f"L1 lambda = {implied}; run directory {run_dir}")
     if summary["final_test_acc"] is None:
         return (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) before the "
                 f"first epoch ended, so no test accuracy yet; {state}")
@@ -199,7 +200,9 @@ def dispatch(args) -> int:
         result = evaluate_checkpoint(args.path)
         print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['global_step']}): test accuracy "
               f"{result['test_acc']:.2%} (top-5 {result['test_top5']:.2%}, loss {result['test_loss']:.4f}), weight "
-              f"sparsity {result['weight_sparsity']:.2%}, threshold d = {result['threshold']:.4g}")
+              f"sparsity {result['pruned_layer_sparsity']:.2%} of the pruned layers ({result['all_weight_sparsity']:.2%} "
+              f"of all weights; not counted: {_not_counted(result['parameter_counts'])}), threshold d = "
+              f"{result['threshold']:.4g}")
         print_analysis(result)
     return 0
 
@@ -211,6 +214,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(f"snn-stp: warning: {message}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _not_counted(counts: dict) -> str:
+    return ", ".join(f"{counts[key]:,} {key}" for key in ("bias", "normalization", "other")) + " parameters"
 
 
 def _fail(command: str, message: str, status: int = 1) -> int:

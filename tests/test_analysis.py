@@ -125,7 +125,7 @@ def test_each_run_figure_has_its_axes_and_series(runs):
     assert list(ax.get_lines()[0].get_ydata()) == [m["threshold"] for m in run.metrics]
     fig = plots.plot_sparsity(run)
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
-    assert labels == ["global", "encoder.0.weight", "body.1.0.weight", "body.3.0.weight"]
+    assert labels == ["pruned layers", "all weights", "encoder.0.weight", "body.1.0.weight", "body.3.0.weight"]
     assert fig.axes[0].get_ylabel() == "weight sparsity (% zeros)" and fig.axes[0].get_xlabel() == "epoch"
     fig = plots.plot_support_changes(run)
     assert [c.get_label() for c in fig.axes[0].containers] == ["pruned (non-zero -> 0)", "regrown (0 -> non-zero)"]

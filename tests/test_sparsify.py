@@ -250,3 +250,16 @@ def test_the_starting_threshold_is_called_initial_threshold_and_the_old_name_war
         snn_stp.sparsify(old, final_threshold=0.1)
     snn_stp.sparsify(new, initial_threshold=0.1)
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+
+
+def test_two_sparsity_figures_and_the_parameters_neither_counts():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    with torch.no_grad():
+        model[0].weight[0].zero_()  # 27 zeros in the conv, which stays dense
+    snn_stp.sparsify(model, include="3", initial_threshold=0.05)
+    report = snn_stp.weight_sparsity(model)
+    pruned_zeros = int((model[3].weight == 0).sum())
+    assert report.pruned_layer_sparsity == report.global_sparsity == pruned_zeros / 720
+    assert report.all_weight_sparsity == (pruned_zeros + 27) / (720 + 108)
+    assert report.counts() == {"pruned_weights": 720, "all_weights": 828, "bias": 4 + 5, "normalization": 8,
+                               "other": 0}

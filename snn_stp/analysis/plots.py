@@ -55,10 +55,13 @@ def plot_threshold(run: Run):
 
 
 def plot_sparsity(run: Run):
-    """Global and per-layer weight sparsity against the epoch."""
+    """Weight sparsity against the epoch: of the pruned layers together (the paper's figure), of all
+    weights (layers left dense included), and of each pruned layer."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
     epochs = _series(run, "epoch")
-    ax.plot(epochs, [100 * v for v in _series(run, "weight_sparsity")], "k-", linewidth=2.5, label="global")
+    ax.plot(epochs, [100 * v for v in _series(run, "weight_sparsity")], "k-", linewidth=2.5, label="pruned layers")
+    if all("all_weight_sparsity" in m for m in run.metrics):  # runs written before it was logged lack it
+        ax.plot(epochs, [100 * m["all_weight_sparsity"] for m in run.metrics], "k--", linewidth=2, label="all weights")
     for layer in run.metrics[-1]["layer_sparsity"]:
         ax.plot(epochs, [100 * m["layer_sparsity"][layer] for m in run.metrics], linewidth=1, label=layer)
     ax.set_xlabel("epoch")
@@ -194,14 +197,20 @@ def plot_raster(run: Run, layer: str | None = None, sample: int = 0, max_neurons
 
 
 def plot_accuracy_vs_sparsity(runs: list[Run]):
-    """Final test accuracy against final weight sparsity, one point per run, marked by scheduler."""
+    """Final test accuracy against final weight sparsity, one point per run: filled, the sparsity of the
+    pruned layers; hollow, of all weights (joined to it)."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for run in runs:
-        ax.plot(100 * run.last["weight_sparsity"], 100 * run.last["test_acc"], "o", markersize=8, label=run.label)
+        accuracy, pruned = 100 * run.last["test_acc"], 100 * run.last["weight_sparsity"]
+        (point,) = ax.plot(pruned, accuracy, "o", markersize=8, label=run.label)
+        if "all_weight_sparsity" in run.last:
+            everything = 100 * run.last["all_weight_sparsity"]
+            ax.plot([everything, pruned], [accuracy, accuracy], ":", color=point.get_color(), linewidth=1)
+            ax.plot(everything, accuracy, "o", markersize=8, markerfacecolor="none", color=point.get_color())
     ax.set_xlabel("weight sparsity (% zeros)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize="small")
-    ax.set_title("Accuracy vs weight sparsity")
+    ax.set_title("Accuracy vs weight sparsity (filled: pruned layers, hollow: all weights)", fontsize="medium")
     fig.tight_layout()
     return fig
 

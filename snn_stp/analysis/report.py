@@ -10,7 +10,8 @@ from .runs import Run, read_run
 #: (column title, function of a run's last metrics record); None where a value does not apply.
 COLUMNS = [
     ("test accuracy (%)", lambda m: 100 * m["test_acc"]),
-    ("weight sparsity (%)", lambda m: 100 * m["weight_sparsity"]),
+    ("weight sparsity, pruned layers (%)", lambda m: 100 * m["weight_sparsity"]),
+    ("weight sparsity, all weights (%)", lambda m: _percent(m.get("all_weight_sparsity"))),
     ("firing rate", lambda m: m.get("mean_firing_rate")),
     ("MACs dense", lambda m: m.get("ops", {}).get("macs_dense")),
     ("MACs effective", lambda m: m.get("ops", {}).get("macs_effective")),
@@ -19,6 +20,10 @@ COLUMNS = [
     ("energy dense (µJ)", lambda m: _uj(m, "energy_pj_dense")),
     ("energy effective (µJ)", lambda m: _uj(m, "energy_pj_effective")),
 ]
+
+
+def _percent(value):
+    return None if value is None else 100 * value
 
 
 def _uj(record: dict, key: str):
@@ -66,7 +71,9 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
     rows = [run_row(r) for r in runs]
     head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + [title for title, _ in COLUMNS]
     lines = ["# ANN vs SNN comparison", "",
-             "Final epoch of each run. Operation counts are per sample on the first test samples "
+             "Final epoch of each run. Weight sparsity is given twice: over the pruned layers (the figure of the "
+             "paper tables and the reference code) and over all weights, layers left dense included; neither counts "
+             "biases or normalization parameters. Operation counts are per sample on the first test samples "
              "(`train.analysis_samples`): MACs for real-valued inputs, synaptic operations (SOPs: input spikes x "
              "non-zero fan-out, summed over time steps) for spikes; *effective* counts only non-zero weights.",
              "", f"Energy is an estimate for neuromorphic hardware from the table {', '.join(tables) or 'n/a'} "

@@ -6,26 +6,47 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from .sparsify import pruned_layers
+from .parametrizations import PruningParametrization
+from .sparsify import NORMALIZATION_TYPES, pruned_layers
 
 
 @dataclass(frozen=True)
 class SparsityReport:
-    """Sparsity of the pruned layers of a model.
+    """Sparsity of a model's weights, two ways.
 
-    ``global_sparsity`` is ``zeros / numel`` summed over the pruned layers (so large layers
-    weigh more), ``layers`` maps each pruned parameter name to its own fraction of zeros.
+    ``global_sparsity`` (alias ``pruned_layer_sparsity``) is ``zeros / numel`` summed over the
+    pruned tensors (so large layers weigh more): the figure the paper tables and the reference
+    code report. ``all_weight_sparsity`` counts every weight tensor of the model, the layers left
+    dense included (``all_zeros / all_numel``). Neither counts biases, normalization parameters
+    or other parameters (trainable leaks, STR logits); their sizes are given apart.
+    ``layers`` maps each pruned parameter name to its own fraction of zeros.
     """
 
     global_sparsity: float
     layers: dict[str, float]
     zeros: int
     numel: int
+    all_weight_sparsity: float = 0.0
+    all_zeros: int = 0
+    all_numel: int = 0
+    bias_parameters: int = 0
+    normalization_parameters: int = 0
+    other_parameters: int = 0
+
+    @property
+    def pruned_layer_sparsity(self) -> float:
+        return self.global_sparsity
 
     @property
     def density(self) -> float:
         return 1.0 - self.global_sparsity
+
+    def counts(self) -> dict[str, int]:
+        """Numbers of weights (pruned, all) and of the parameters neither sparsity counts."""
+        return {"pruned_weights": self.numel, "all_weights": self.all_numel, "bias": self.bias_parameters,
+                "normalization": self.normalization_parameters, "other": self.other_parameters}
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,8 @@ class SupportChange:
 
 @torch.no_grad()
 def weight_sparsity(model: nn.Module) -> SparsityReport:
-    """Fraction of exact zeros in ``w`` for every pruned weight of ``model`` and overall."""
+    """Fraction of exact zeros in ``w``: every pruned tensor of ``model``, the pruned tensors together,
+    and all weight tensors together (see :class:`SparsityReport`)."""
     layers, zeros, numel = {}, 0, 0
     for layer in pruned_layers(model):
         w = layer.weight
@@ -49,7 +71,23 @@ def weight_sparsity(model: nn.Module) -> SparsityReport:
         numel += w.numel()
     if numel == 0:
         raise ValueError("the model has no pruned weights; call snn_stp.sparsify(model) first")
-    return SparsityReport(zeros / numel, layers, zeros, numel)
+    all_zeros, all_numel, bias, norm, other = zeros, numel, 0, 0, 0
+    for module in model.modules():
+        if isinstance(module, (parametrize.ParametrizationList, PruningParametrization)):
+            other += sum(q.numel() for name, q in module.named_parameters(recurse=False) if name != "original")
+            continue
+        for name, q in module.named_parameters(recurse=False):
+            if isinstance(module, NORMALIZATION_TYPES):
+                norm += q.numel()
+            elif name.startswith("bias"):
+                bias += q.numel()
+            elif name.startswith("weight"):  # a weight left dense (weight, weight_ih_l0, ...)
+                all_zeros += int((q == 0).sum())
+                all_numel += q.numel()
+            else:
+                other += q.numel()
+    return SparsityReport(zeros / numel, layers, zeros, numel, all_zeros / all_numel, all_zeros, all_numel, bias,
+                          norm, other)
 
 
 @torch.no_grad()

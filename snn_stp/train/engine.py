@@ -34,7 +34,15 @@ from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, m
 from .config import Config, save_config
 
 METRIC_KEYS = ("epoch", "step", "lr", "threshold", "l1_coefficient", "train_loss", "train_acc", "test_loss",
-               "test_acc", "test_top5", "weight_sparsity", "layer_sparsity", "pruned", "regrown", "epoch_seconds")
+               "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity", "all_weight_sparsity",
+               "layer_sparsity", "pruned", "regrown", "epoch_seconds")
+
+
+def sparsity_figures(report: pruning.SparsityReport) -> dict:
+    """The two sparsity figures, named for what they count; ``weight_sparsity`` is the pruned-layer
+    figure under its former name (runs written before read the same)."""
+    return {"weight_sparsity": report.global_sparsity, "pruned_layer_sparsity": report.global_sparsity,
+            "all_weight_sparsity": report.all_weight_sparsity}
 
 
 #: Steps between reads of the training loss on the host when training on a GPU: each read waits
@@ -262,7 +270,7 @@ class Trainer:
         record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": float(self.optimizer.param_groups[0]["lr"]),
                   "threshold": self.thresholds.threshold, "l1_coefficient": self.thresholds.l1_coefficient,
                   "train_loss": loss_sum / seen, "train_acc": correct / seen, "test_loss": test["loss"],
-                  "test_acc": test["acc"], "test_top5": test["top5"], "weight_sparsity": report.global_sparsity,
+                  "test_acc": test["acc"], "test_top5": test["top5"], **sparsity_figures(report),
                   "layer_sparsity": report.layers, "pruned": change.pruned, "regrown": change.regrown,
                   "epoch_seconds": p["seconds"]}
         record.update(self.analyze())
@@ -467,7 +475,7 @@ class Trainer:
                 "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
                 "final_test_acc": last["test_acc"] if last else None,
                 "best_test_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
-                "weight_sparsity": report.global_sparsity, "threshold": self.thresholds.threshold,
+                **sparsity_figures(report), "parameter_counts": report.counts(), "threshold": self.thresholds.threshold,
                 "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "world_size": self.ctx.world_size,
                 "ranks": ranks}
 
@@ -480,7 +488,8 @@ def _seed_everything(seed: int) -> None:
 
 def _epoch_line(r: dict) -> str:
     return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.3f}  train {r['train_acc']:.2%}  test {r['test_acc']:.2%}"
-            f"  sparsity {r['weight_sparsity']:.2%}  d {r['threshold']:.4g}  lambda {_number(r['l1_coefficient'])}"
+            f"  sparsity {r['pruned_layer_sparsity']:.2%} pruned layers, {r['all_weight_sparsity']:.2%} all weights"
+            f"  d {r['threshold']:.4g}  lambda {_number(r['l1_coefficient'])}"
             f"  pruned {r['pruned']} regrown {r['regrown']}  {r['epoch_seconds']:.1f}s")
 
 
@@ -511,7 +520,7 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
                   for layer in pruning.pruned_layers(trainer.model, pruning.SoftThreshold)}
     return {"checkpoint": str(path), "epoch": state["epoch"], "global_step": state["global_step"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
-            "weight_sparsity": report.global_sparsity, "layer_sparsity": report.layers,
+            **sparsity_figures(report), "parameter_counts": report.counts(), "layer_sparsity": report.layers,
             "threshold": state["threshold_scheduler"]["threshold"], "layer_thresholds": thresholds, **analysis}
 
 
