@@ -379,13 +379,37 @@ def gradr_run(target):
 def test_gradr_sparsity_responds_to_target():
     # mu = ln(2(1 - s)) / alpha: the prior pulls theta toward mu, below 0 (pruned) when s > 0.5.
     # The target is the prior's asymptotic fraction, so a short run is only ordered by it.
-    low, _, _ = gradr_run(0.3)
+    low, _, _ = gradr_run(0.5)  # the lowest target the prior can express (mu = 0)
     high, sched, model = gradr_run(0.9)
-    assert low < 0.05
-    assert high > 0.6
+    assert low < 0.5 < 0.6 < high
     assert accuracy(model) > 0.9
     assert sched.l1_coefficient is None and sched.alpha == 0.5  # Adam: no L1 objective to report
     assert sched.mu == pytest.approx(math.log(0.2) / 0.5)
+
+
+def test_gradr_follows_the_reference_rejects_low_targets_and_takes_the_prior_sign_before_the_step():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    snn_stp.sparsify(model, rule="gradr")
+    with pytest.raises(ValueError, match=r"gradr needs 0.5 <= target_sparsity < 1, got 0.3: its prior is centred at"):
+        snn_stp.build_threshold_scheduler("gradr", model, opt, alpha=0.5, target_sparsity=0.3)
+    # Exactly-zero initial weights get sign 0: the synapse stays absent.
+    lin = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.5, 0.0, -0.5]]))
+    snn_stp.sparsify(lin, rule="gradr")
+    assert lin.parametrizations.weight[0].sign0.tolist() == [[1.0, 0.0, -1.0]]
+    # theta starts just above mu; the optimizer step carries it below: the prior still pushes down,
+    # by the sign taken before the step (after it, the sign would push up).
+    opt = torch.optim.SGD(lin.parameters(), lr=1.0)
+    sched = snn_stp.build_threshold_scheduler("gradr", lin, opt, alpha=0.1, target_sparsity=0.9)
+    theta = lin.parametrizations.weight.original
+    with torch.no_grad():
+        theta.fill_(sched.mu + 0.01)
+    theta.grad = torch.full_like(theta, 0.05)  # the step moves theta to mu - 0.04
+    opt.step()
+    sched.step()
+    assert torch.allclose(theta, torch.full_like(theta, sched.mu - 0.04 - 0.1 * 1.0))
 
 
 def test_gradr_keeps_signs():
@@ -481,3 +505,20 @@ def test_gradr_reports_its_prior_in_the_objective_units_under_sgd():
     train(model, opt, sched, 3)
     # The prior moves theta by alpha * lr outside the optimizer; a gradient moves it by lr / (1 - mu).
     assert sched.l1_coefficient == pytest.approx(0.5 * (1 - 0.9), rel=1e-12)
+
+
+def test_gmp_stops_pruning_at_its_end_epoch():
+    model = mlp()
+    snn_stp.sparsify(model, rule="magnitude")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = snn_stp.build_threshold_scheduler("gmp", model, opt, final_sparsity=0.8, steps_per_epoch=10,
+                                              total_steps=50, end_epoch=3)
+    reached = []
+    for _ in range(5):
+        train(model, opt, sched, 10)
+        reached.append(sched.sparsity_target)
+    assert reached[1:] == [schedules.gmp_sparsity(e, 0, 2, 0.8) for e in (2, 3, 3, 3)]
+    assert reached[-1] == 0.8
+    with pytest.raises(ValueError, match="gmp takes end_step or end_epoch"):
+        snn_stp.build_threshold_scheduler("gmp", model, opt, final_sparsity=0.8, steps_per_epoch=10, total_steps=50,
+                                          end_epoch=3, end_step=30)

@@ -13,7 +13,7 @@ from snn_stp import cli
 from snn_stp.train import METRIC_KEYS, ConfigError, Trainer, TrainingDiverged, evaluate_checkpoint, load_config
 from snn_stp.train import checkpoint as ckpt
 from snn_stp.data import make_loader
-from snn_stp.train.builders import make_lr_scheduler, make_optimizer
+from snn_stp.train.builders import make_lr_scheduler, make_model, make_optimizer
 from snn_stp.train.config import from_dict, recipe_files
 
 RECIPES = recipe_files()
@@ -147,7 +147,7 @@ def test_weight_decay_skips_batchnorm_unless_asked():
     ["pruning.scheduler=fixed", "pruning.init=inverse", "pruning.final_threshold=0.05"],
     ["pruning.scheduler=gmp", "pruning.final_sparsity=0.5"],
     ["pruning.scheduler=str", "pruning.trainable_threshold_init=-5", "optim.weight_decay=0.001"],
-    ["pruning.scheduler=gradr", "pruning.alpha=0.5", "pruning.target_sparsity=0.3", "optim.name=adam",
+    ["pruning.scheduler=gradr", "pruning.alpha=0.5", "pruning.target_sparsity=0.6", "optim.name=adam",
      "optim.lr=0.01"],
 ])
 def test_loss_optimizer_and_scheduler_paths_train(tmp_path, overrides):
@@ -350,3 +350,17 @@ def test_one_persistent_loader_with_workers_trains_exactly_as_without(tmp_path):
     assert loader.persistent_workers and loader._iterator is not None  # kept across the two epochs
     a, b = plain.model.state_dict(), workers.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_str_thresholds_get_their_own_weight_decay_as_the_reference_st_decay():
+    from snn_stp import pruned_layers
+
+    config = load_config(overrides=SMALL + ["pruning.scheduler=str", "pruning.trainable_threshold_init=-5",
+                                            "optim.weight_decay=0.001", "optim.threshold_weight_decay=0.05"])
+    model = make_model(config, 10, torch.device("cpu"))
+    groups = make_optimizer(config, model).param_groups
+    logits = {id(layer.parametrization.threshold_logit) for layer in pruned_layers(model)}
+    (own,) = [g for g in groups if {id(q) for q in g["params"]} == logits]
+    assert own["weight_decay"] == 0.05 and groups[0]["weight_decay"] == 0.001
+    with pytest.raises(ConfigError, match="optim.threshold_weight_decay must be a finite number >= 0"):
+        load_config(overrides=["optim.threshold_weight_decay=-1"])

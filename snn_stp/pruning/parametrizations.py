@@ -82,13 +82,14 @@ class SoftThreshold(PruningParametrization):
 class FixedSignReLU(PruningParametrization):
     """Grad R: ``w = sign0 * relu(theta)``, sign fixed at registration, ``theta = |w0|`` initially.
 
-    Buffer ``sign0`` has the weight's shape and dtype (+1 where the initial weight is 0).
+    Buffer ``sign0`` has the weight's shape and dtype: the sign of the initial weight, 0 where it is
+    exactly 0 (as the reference's ``torch.sign``: such a synapse stays absent).
     A weight is pruned while ``theta < 0``; the rewired gradient lets it come back.
     """
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        sign0 = torch.where(weight < 0, -1.0, 1.0).to(weight.dtype)
+        sign0 = torch.sign(weight).to(weight.dtype)
         self.register_buffer("sign0", sign0)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:

@@ -550,11 +550,29 @@ class GradR(ThresholdScheduler):
         super().__init__(model, optimizer, start_step=start_step)
         if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
             raise ValueError(f"gradr needs alpha > 0 (prior strength), got {alpha!r}")
-        if not (isinstance(target_sparsity, (int, float)) and 0 <= target_sparsity < 1):
-            raise ValueError(f"gradr needs 0 <= target_sparsity < 1, got {target_sparsity!r}")
+        if not (isinstance(target_sparsity, (int, float)) and 0.5 <= target_sparsity < 1):
+            raise ValueError(
+                f"gradr needs 0.5 <= target_sparsity < 1, got {target_sparsity!r}: its prior is centred at "
+                "mu = ln(2 (1 - s)) / alpha, which is above 0 for s < 0.5 and then pushes weights away from pruning "
+                "instead of expressing the target (the reference code rejects it too)")
         self.alpha = float(alpha)
         self.target_sparsity = float(target_sparsity)
         self.mu = math.log(2 * (1 - self.target_sparsity)) / self.alpha
+        self._signs: list[torch.Tensor] | None = None
+        # The prior's direction is taken from theta before the optimizer moves it, as the reference
+        # does; the hook holds the scheduler weakly, like the LR hook.
+        owner = weakref.ref(self)
+
+        def record_signs(optimizer, args, kwargs) -> None:
+            scheduler = owner()
+            if scheduler is not None and scheduler.last_step >= scheduler.start_step:
+                scheduler._signs = scheduler._prior_signs()
+        self._sign_hook = optimizer.register_step_pre_hook(record_signs)
+
+    @torch.no_grad()
+    def _prior_signs(self) -> list[torch.Tensor]:
+        """``sign(theta - mu)`` of every layer (0 where theta is exactly mu), as int8."""
+        return [torch.sign(layer.theta - self.mu).to(torch.int8) for layer in self.layers]
 
     @torch.no_grad()
     def step(self) -> None:
@@ -566,9 +584,10 @@ class GradR(ThresholdScheduler):
             betas = self.group.get("betas")
             correction = 1.0 - betas[0] ** t if betas else 1.0
             scale = self.alpha * lr / correction
-            for layer in self.layers:
-                theta = layer.theta
-                theta.sub_(torch.sign(theta - self.mu), alpha=scale)
+            signs = self._signs if self._signs is not None else self._prior_signs()  # no optimizer step ran
+            for layer, sign in zip(self.layers, signs):
+                layer.theta.sub_(sign.to(layer.theta.dtype), alpha=scale)
+        self._signs = None
         self.last_step = t
         scale = self._pending_scale
         self.l1_coefficient = None if scale is None else (self.alpha / scale if active else 0.0)
@@ -576,6 +595,10 @@ class GradR(ThresholdScheduler):
 
     def _apply(self) -> None:
         pass  # no threshold: theta < 0 is pruned
+
+    def close(self) -> None:
+        super().close()
+        self._sign_hook.remove()
 
 
 @register_threshold_scheduler("gmp")
@@ -585,8 +608,10 @@ class GMP(ThresholdScheduler):
     At every epoch boundary each layer's mask keeps its largest ``|w|`` so that the layer's
     sparsity is ``s_f (1 - (1 - (e - e0) / (e_end - e0))^3)`` (the reference formula with last
     pruning epoch ``e_end - 1``): ``e0 = start_step // steps_per_epoch``, ``e_end = end_step //
-    steps_per_epoch`` (``end_step`` defaults to ``total_steps``, so the final weights have exactly
-    ``s_f``). ``threshold`` reports the mean per-layer magnitude cut; ``l1_coefficient`` is 0.
+    steps_per_epoch`` (``end_step``, or ``end_epoch`` in epochs: the reference stops at epoch 79 of
+    100; default ``total_steps``, so the final weights have exactly ``s_f``). The cut is taken over
+    ``|theta * mask|``, so a masked weight stays pruned, as in the reference (``abs(weight * mask)``).
+    ``threshold`` reports the mean per-layer magnitude cut; ``l1_coefficient`` is 0.
     """
 
     rules = ("magnitude",)
@@ -594,12 +619,16 @@ class GMP(ThresholdScheduler):
     reports_l1 = False
 
     def __init__(self, model, optimizer, *, final_sparsity: float, steps_per_epoch: int, total_steps: int,
-                 start_step: int = 0, end_step: int | None = None):
+                 start_step: int = 0, end_step: int | None = None, end_epoch: int | None = None):
         super().__init__(model, optimizer, start_step=start_step)
         if not (isinstance(final_sparsity, (int, float)) and 0 <= final_sparsity < 1):
             raise ValueError(f"gmp needs 0 <= final_sparsity < 1, got {final_sparsity!r}")
         self.final_sparsity = float(final_sparsity)
         self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
+        if end_step is not None and end_epoch is not None:
+            raise ValueError("gmp takes end_step or end_epoch (end_epoch * steps_per_epoch), not both")
+        if end_epoch is not None:
+            end_step = _positive_int(end_epoch, "end_epoch") * self.steps_per_epoch
         end = _positive_int(total_steps if end_step is None else end_step, "end_step")
         self.start_epoch = self.start_step // self.steps_per_epoch
         self.end_epoch = end // self.steps_per_epoch

@@ -101,22 +101,30 @@ def _listing(names: list[str], limit: int = 6) -> str:
 
 
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or Adam; weight decay optionally off for normalization parameters and STR logits.
+    """SGD or Adam; weight decay optionally off for normalization parameters and STR logits, or the
+    logits' own (``optim.threshold_weight_decay``).
 
     Every pruned latent weight ends up in the first param group (the threshold is global).
     """
     o = config.optim
-    no_decay_ids = set()
+    no_decay_ids, logit_ids = set(), set()
     for module in model.modules():
         if isinstance(module, pruning.NORMALIZATION_TYPES) and not o.decay_norm:
             no_decay_ids.update(id(q) for q in module.parameters(recurse=False))
-        if isinstance(module, SoftThreshold) and module.trainable and not o.decay_threshold:
-            no_decay_ids.add(id(module.threshold_logit))
-    decay = [q for q in model.parameters() if q.requires_grad and id(q) not in no_decay_ids]
-    rest = [q for q in model.parameters() if q.requires_grad and id(q) in no_decay_ids]
+        if isinstance(module, SoftThreshold) and module.trainable:
+            if o.threshold_weight_decay is not None:
+                logit_ids.add(id(module.threshold_logit))
+            elif not o.decay_threshold:
+                no_decay_ids.add(id(module.threshold_logit))
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    apart = no_decay_ids | logit_ids
+    decay = [q for q in trainable if id(q) not in apart]
+    rest = [q for q in trainable if id(q) in no_decay_ids]
     groups = [{"params": decay, "weight_decay": o.weight_decay}]
     if rest:
         groups.append({"params": rest, "weight_decay": 0.0})
+    if logit_ids:  # STR's thresholds with their own decay (st_decay), which sets how fast they rise
+        groups.append({"params": [q for q in trainable if id(q) in logit_ids], "weight_decay": o.threshold_weight_decay})
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
     return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))

@@ -80,6 +80,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     decay_norm: bool = False  # weight decay on BatchNorm parameters
     decay_threshold: bool = True  # weight decay on STR threshold logits (STR needs it)
+    threshold_weight_decay: float | None = None  # STR logits' own decay (the reference's st_decay); null: weight_decay
     grad_clip: float | None = None
 
 
@@ -385,6 +386,8 @@ def _check_ranges(config: Config) -> None:
     require("optim.lr", o.lr, finite(o.lr) and o.lr > 0, "a finite number > 0")
     require("optim.momentum", o.momentum, finite(o.momentum) and 0 <= o.momentum < 1, "in [0, 1)")
     require("optim.weight_decay", o.weight_decay, finite(o.weight_decay) and o.weight_decay >= 0, "a finite number >= 0")
+    require("optim.threshold_weight_decay", o.threshold_weight_decay,
+            finite(o.threshold_weight_decay) and o.threshold_weight_decay >= 0, "a finite number >= 0 (or null)")
     require("optim.grad_clip", o.grad_clip, finite(o.grad_clip) and o.grad_clip > 0, "a finite number > 0 (or null: off)")
     require("optim.betas", o.betas, len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas),
             "two numbers in [0, 1)")
