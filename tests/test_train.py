@@ -1,6 +1,7 @@
 """The training engine: configs, the run directory, exact resume after a real kill, gloo DDP."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -127,6 +128,15 @@ def test_warmup_then_cosine_per_epoch_and_multistep_per_step():
     assert lrs[3] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi / 8)).item()))
     lrs = lr_sequence(["train.epochs=2", "schedule.name=multistep", "schedule.milestones=[1]"], 3, 6)
     assert lrs == pytest.approx([0.1] * 3 + [0.01] * 3)
+
+
+def test_the_reference_warmup_is_lr_times_e_plus_one_over_w():
+    lrs = lr_sequence(["train.epochs=10", "schedule.warmup_epochs=4", "schedule.warmup=reference", "optim.lr=1.0",
+                       "schedule.interval=epoch"], 7, 6)
+    assert lrs[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])  # then the cosine over epochs 4..9 starts at lr
+    assert lrs[5] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
+    with pytest.raises(ConfigError, match="schedule.warmup 'cubic' is unknown; valid: linear, reference"):
+        load_config(overrides=["schedule.warmup=cubic"])
 
 
 def test_weight_decay_skips_batchnorm_unless_asked():

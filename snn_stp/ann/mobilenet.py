@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..model_registry import register_model
-from .resnet import ConvClassifier
+from .resnet import ConvClassifier, check_init, reference_classifier
 
 #: (output channels, stride) of the 13 depthwise-separable blocks.
 BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
@@ -26,10 +26,16 @@ class MobileNetV1(nn.Module):
     Every conv (the first, all depthwise and pointwise ones, and with ``conv_classifier=True``
     the classifier) is a prunable ``nn.Conv2d``. ``width`` multiplies every channel count.
     Input ``[B, in_channels, 224, 224]``; output ``[B, num_classes]``. 4.2 M parameters at width 1.
+
+    ``init="torchvision"``: Kaiming normal with fan_out for every conv (torchvision's MobileNet
+    convention). ``init="reference"``: as the reference pruning code, whose MobileNet-V1 builds its
+    convs without re-initializing them (torch's default, Kaiming uniform with a = sqrt(5): std
+    ``1 / sqrt(3 fan_in)``; fan_out made depthwise layers 0.08-0.43x and pointwise up to 2.45x
+    that) and a classifier 1x1 conv without bias, Kaiming normal with fan_in.
     """
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
-                 conv_classifier: bool = False):
+                 conv_classifier: bool = False, init: str = "torchvision"):
         super().__init__()
 
         def ch(c: int) -> int:
@@ -39,7 +45,14 @@ class MobileNetV1(nn.Module):
         for out, stride in BLOCKS:
             layers += [_conv_bn_relu(in_c, in_c, 3, stride, groups=in_c), _conv_bn_relu(in_c, ch(out), 1, 1)]
             in_c = ch(out)
+        check_init(init)
         self.features = nn.Sequential(*layers)
+        if init == "reference":  # the convs keep torch's default initialization
+            self.classifier = reference_classifier(in_c, num_classes) if conv_classifier else \
+                nn.Linear(in_c, num_classes, bias=False)
+            if not conv_classifier:
+                nn.init.kaiming_normal_(self.classifier.weight, mode="fan_in", nonlinearity="relu")
+            return
         self.classifier = ConvClassifier(in_c, num_classes) if conv_classifier else nn.Linear(in_c, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -9,12 +9,30 @@ from torch import nn
 from ..model_registry import register_model
 
 
+#: ``init`` options of the ImageNet baselines: torchvision's initialization, or the one of the
+#: reference pruning code (STR / LATS: Kaiming normal with fan_in for every conv built through its
+#: builder, the classifier a 1x1 conv without bias).
+INITS = ("torchvision", "reference")
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+
+
+def reference_classifier(in_features: int, num_classes: int) -> ConvClassifier:
+    """The reference code's classifier: a 1x1 conv without bias, Kaiming normal (fan_in, ReLU gain)."""
+    classifier = ConvClassifier(in_features, num_classes, bias=False)
+    nn.init.kaiming_normal_(classifier.conv.weight, mode="fan_in", nonlinearity="relu")
+    return classifier
+
+
 class ConvClassifier(nn.Module):
     """A 1x1 convolution as the classifier on pooled ``[B, C]`` features (so it prunes like a conv)."""
 
-    def __init__(self, in_features: int, num_classes: int):
+    def __init__(self, in_features: int, num_classes: int, bias: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_features, num_classes, kernel_size=1)
+        self.conv = nn.Conv2d(in_features, num_classes, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x[:, :, None, None]).flatten(1)
@@ -22,18 +40,37 @@ class ConvClassifier(nn.Module):
 
 @register_model("resnet50", input_kind="static",
                 description="torchvision ResNet-50 (ImageNet recipe), optional 1x1-conv classifier")
-def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: bool = False) -> nn.Module:
+def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: bool = False,
+             init: str = "torchvision") -> nn.Module:
     """torchvision ResNet-50 (v1.5); every conv prunable, the first included.
 
     ``conv_classifier=True`` replaces the final ``fc`` by a 1x1 conv, as in recipes that prune
-    "every conv including the classifier".
+    "every conv including the classifier". ``init="reference"`` initializes as the reference
+    pruning code does: every conv Kaiming normal with fan_in (torchvision: fan_out, which makes
+    conv1 0.21x and the last 1x1 convs 0.5x as wide), the classifier a 1x1 conv without bias,
+    Kaiming normal with fan_in (torchvision's Linear: 0.41x, with a bias). With one global
+    threshold in weight units, this sets the layer-wise sparsity a recipe reaches.
     """
+    check_init(init)
     model = torchvision.models.resnet50(num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    if conv_classifier:
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if init == "reference":
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        model.fc = reference_classifier(model.fc.in_features, num_classes) if conv_classifier else \
+            _reference_linear(model.fc.in_features, num_classes)
+    elif conv_classifier:
         model.fc = ConvClassifier(model.fc.in_features, num_classes)
     return model
+
+
+def _reference_linear(in_features: int, num_classes: int) -> nn.Linear:
+    fc = nn.Linear(in_features, num_classes, bias=False)
+    nn.init.kaiming_normal_(fc.weight, mode="fan_in", nonlinearity="relu")
+    return fc
 
 
 @register_model("cifar_resnet18", input_kind="static",

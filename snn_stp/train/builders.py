@@ -146,7 +146,10 @@ def make_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_pe
         main = sched.LambdaLR(optimizer, lambda _: 1.0)
     if not warmup:
         return main
-    ramp = sched.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    if s.warmup == "reference":  # lr (e + 1) / w in warm-up unit e, as the reference code
+        ramp = sched.LambdaLR(optimizer, lambda unit: (unit + 1) / warmup)
+    else:
+        ramp = sched.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
     return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 

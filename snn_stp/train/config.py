@@ -88,6 +88,8 @@ class OptimConfig:
 class ScheduleConfig:
     name: str = "cosine"  # cosine | step | multistep | constant
     warmup_epochs: int = 0
+    # linear: lr/(w+1) rising to lr (torch's LinearLR); reference: lr (e+1)/w in warm-up epoch e (the STR/LATS code)
+    warmup: str = "linear"
     interval: str = "step"  # step the LR per optimizer step or per epoch
     min_lr: float = 0.0
     step_size: int = 30  # step (epochs)
@@ -141,6 +143,9 @@ def _inline(section: dict, extra: str, after: str) -> dict:
             inlined.update(section[extra])
     return inlined
 
+
+#: ``schedule.warmup`` shapes (see :func:`snn_stp.train.builders.make_lr_scheduler`).
+WARMUPS = ("linear", "reference")
 
 #: ``pruning.scheduler`` value of the unpruned baseline: the same code path (rule identity, a fixed
 #: threshold of 0) with nothing pruned.
@@ -310,6 +315,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"optim.name {o.name!r} is unknown; valid: sgd, adam")
     if s.name not in ("cosine", "step", "multistep", "constant"):
         raise ConfigError(f"schedule.name {s.name!r} is unknown; valid: cosine, step, multistep, constant")
+    if s.warmup not in WARMUPS:
+        raise ConfigError(f"schedule.warmup {s.warmup!r} is unknown; valid: {', '.join(WARMUPS)}")
     if s.interval not in ("step", "epoch"):
         raise ConfigError(f"schedule.interval must be step or epoch, got {s.interval!r}")
     if t.loss not in ("cross_entropy", "mse"):
