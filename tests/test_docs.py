@@ -1,0 +1,27 @@
+"""What the docs claim is backed by the tests they name."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _test_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+
+
+def test_every_row_of_the_convergence_table_names_tests_that_exist():
+    text = (ROOT / "docs" / "pruning.md").read_text()
+    table = text.split("### What converges to what")[1].split("\n\n")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 12
+    for row in rows:
+        references = re.findall(r"`(test_\w+\.py)::(\w+?)(?:\[[^\]]*\])?`", row)
+        shorthand = re.findall(r"`\.\.\.(\w+)`", row)
+        assert references, f"a row without a test: {row}"
+        for file, name in references:
+            assert name in _test_names(ROOT / "tests" / file), f"{file}::{name} does not exist"
+        for suffix in shorthand:  # "..._with_..." continues the previous reference's prefix
+            assert any(n.endswith(suffix) for n in _test_names(ROOT / "tests" / references[-1][0])), suffix
