@@ -142,9 +142,10 @@ class ThresholdScheduler:
                           "Use SGD (with or without momentum) for a run with a known L1 objective",
                           SchedulerWarning, stacklevel=3)
         self._pending_lr, self._pending_scale = self.lr, self.step_scale
-        # The LR (and momentum factor) of the step about to run, read at optimizer.step() time: correct whether the
-        # training loop steps the LR scheduler before or after this scheduler. The hook holds
-        # the scheduler weakly, so a discarded (or half-built) scheduler is not kept alive.
+        # The LR (and momentum factor) of the step about to run, read at optimizer.step() time:
+        # correct whether the training loop steps the LR scheduler (which may also cycle the
+        # momentum) before or after this scheduler. The hook holds the scheduler weakly, so a
+        # discarded (or half-built) scheduler is not kept alive.
         owner = weakref.ref(self)
 
         def record_lr(optimizer, args, kwargs) -> None:
