@@ -103,7 +103,10 @@ class CIFAR100(_PresenceCheckedCIFAR, torchvision.datasets.CIFAR100):
 def cifar(name: str, root: str | Path, split: str, augment: bool = True, download: bool = False,
           verify_md5: bool = False) -> torch.utils.data.Dataset:
     """CIFAR-10 or CIFAR-100 from ``root/cifar-10-batches-py`` (``cifar-100-python``): ``[3, 32, 32]``."""
-    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    readers = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+    if name not in readers:
+        raise ValueError(f"unknown CIFAR set {name!r}; valid: {', '.join(readers)}")
+    cls = readers[name]
     train = split == "train"
     return cls(str(root), train=train, transform=cifar_transform(name, train, augment), download=download,
                verify_md5=verify_md5)
