@@ -84,11 +84,13 @@ def print_registries() -> None:
         print(f"  {spec.name:<16} {spec.input_kind:<7} {spec.sample:<18} {spec.description}"
               + (" (bundled)" if spec.bundled else ""))
     print("threshold schedulers (rule: sparsify's rule, the first is the default; keys: its settings in the pruning "
-          "section, * required):")
+          "section, * required; knob: what sets how much it prunes):")
     for name, cls in sorted(THRESHOLD_SCHEDULERS.items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         keys = [f"{key}{'*' if required else ''}" for key, (_, required) in cls.user_arguments().items()]
         print(f"  {name:<16} rule {'|'.join(cls.rules):<10} keys: {', '.join(keys) or '-':<38} {summary}")
+        print(f"  {'':<16} knob: {cls.knob}")
+    print(f"  {'dense':<16} rule {'identity':<10} keys: {'-':<38} the unpruned baseline, through the same code path")
     from .train.config import recipe_files
     recipes = recipe_files()
     if recipes:

@@ -374,3 +374,15 @@ def test_str_thresholds_get_their_own_weight_decay_as_the_reference_st_decay():
     assert own["weight_decay"] == 0.05 and groups[0]["weight_decay"] == 0.001
     with pytest.raises(ConfigError, match="optim.threshold_weight_decay must be a finite number >= 0"):
         load_config(overrides=["optim.threshold_weight_decay=-1"])
+
+
+def test_the_thread_count_is_a_setting_and_recorded(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        summary = Trainer(load_config(overrides=SMALL + ["train.epochs=1", "train.threads=1"]), tmp_path,
+                          quiet=True).fit()
+        assert summary["threads"] == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="train.threads must be an integer >= 1"):
+        load_config(overrides=["train.threads=0"])

@@ -105,6 +105,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     amp: bool = True  # on CUDA only; off on the CPU automatically
     deterministic: bool = True
+    # CPU threads of torch (null: torch's default, one per core). Results depend on it bit for bit, and
+    # so does speed: for small models on a busy machine 1 thread can be several times faster.
+    threads: int | None = None
     device: str = "auto"
     checkpoint_every_steps: int | None = None
     max_steps: int | None = None  # stop early (smoke tests); the schedules keep the full length
@@ -405,6 +408,8 @@ def _check_ranges(config: Config) -> None:
     require("data.workers", d.workers, d.workers >= 0, "an integer >= 0 (0: load in the main process)")
     require("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size is not None and d.eval_batch_size >= 1,
             "an integer >= 1 (or null: data.batch_size)")
+    require("train.threads", t.threads, t.threads is not None and t.threads >= 1,
+            "an integer >= 1 (or null: torch's default, one per core)")
     require("train.analysis_samples", t.analysis_samples, t.analysis_samples >= 0, "an integer >= 0 (0: no analysis)")
     require("train.label_smoothing", t.label_smoothing, finite(t.label_smoothing) and 0 <= t.label_smoothing < 1,
             "in [0, 1)")

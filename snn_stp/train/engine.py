@@ -92,6 +92,8 @@ class Trainer:
         _seed_everything(t.seed)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if t.threads:
+            torch.set_num_threads(t.threads)
         self.device = self.ctx.device
         self.amp = bool(t.amp and self.device.type == "cuda")
         spec = dataset_spec(d.name)
@@ -476,7 +478,8 @@ class Trainer:
                 "final_test_acc": last["test_acc"] if last else None,
                 "best_test_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
                 **sparsity_figures(report), "parameter_counts": report.counts(), "threshold": self.thresholds.threshold,
-                "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "world_size": self.ctx.world_size,
+                "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
+                "world_size": self.ctx.world_size,
                 "ranks": ranks}
 
 
