@@ -158,7 +158,11 @@ def final_line(summary: dict, config, run_dir) -> str:
                 f"first epoch ended, so no test accuracy yet; {state}")
     stopped = (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) after "
                f"{summary['epochs_done']} epoch(s); last " if summary["stopped_early"] else "")
-    return f"{stopped}final test accuracy {summary['final_test_acc']:.2%}, {state}"
+    selected = ""
+    if summary.get("best_epoch") is not None:
+        selected = (f" (at the best-validation epoch {summary['best_epoch']}, the one best.pt holds: "
+                    f"{summary['test_acc_at_best_val']:.2%})")
+    return f"{stopped}final test accuracy {summary['final_test_acc']:.2%}{selected}, {state}"
 
 
 def pruning_names(model) -> list[str]:

@@ -25,3 +25,18 @@ def test_every_row_of_the_convergence_table_names_tests_that_exist():
             assert name in _test_names(ROOT / "tests" / file), f"{file}::{name} does not exist"
         for suffix in shorthand:  # "..._with_..." continues the previous reference's prefix
             assert any(n.endswith(suffix) for n in _test_names(ROOT / "tests" / references[-1][0])), suffix
+
+
+def test_the_validation_table_gives_each_data_set_s_real_split():
+    from snn_stp.data import DATASETS, holdout
+
+    text = (ROOT / "docs" / "data.md").read_text()
+    table = text.split("## The validation split")[1].split("## Registry")[0]
+    rows = re.findall(r"^\| (`[^|]+`) \| ([\d,]+) \| ([\d,]+)", table, flags=re.M)
+    covered = set()
+    for names, size, held in rows:
+        for name in re.findall(r"`(\w+)`", names):
+            assert DATASETS[name].train_size == int(size.replace(",", "")), name
+            assert len(holdout(DATASETS[name].train_size, 0.1, 0)[1]) == int(held.replace(",", "")), name
+            covered.add(name)
+    assert covered == set(DATASETS)

@@ -18,8 +18,9 @@ from snn_stp.train.builders import make_lr_scheduler, make_model, make_optimizer
 from snn_stp.train.config import from_dict, recipe_files
 
 RECIPES = recipe_files()
-# 2 epochs of 90 steps: enough steps for BatchNorm's running statistics (momentum 0.1) to forget
-# their initial values, so that evaluation means something.
+# 2 epochs of 81 steps (the 1,294 digits left for training once the validation split, 10% of the
+# 1,438, is held out; batch 16): enough steps for BatchNorm's running statistics (momentum 0.1) to
+# forget their initial values, so that evaluation means something.
 SMALL = ["model.options={hidden: 32}", "train.epochs=2", "data.batch_size=16"]
 
 
@@ -163,7 +164,7 @@ def test_weight_decay_skips_batchnorm_unless_asked():
 def test_loss_optimizer_and_scheduler_paths_train(tmp_path, overrides):
     config = load_config(overrides=SMALL + overrides)
     summary = Trainer(config, tmp_path, quiet=True).fit()
-    assert summary["epochs_done"] == 2 and summary["global_step"] == 180
+    assert summary["epochs_done"] == 2 and summary["global_step"] == 2 * 81
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["train_acc"] > 0.4 and summary["final_test_acc"] > 0.3  # chance is 0.1
     assert all(r["train_loss"] == r["train_loss"] for r in records)  # not NaN
@@ -180,7 +181,7 @@ def test_default_main_job_end_to_end(tmp_path, capsys):
     assert set(METRIC_KEYS) <= set(records[-1])
     assert records[-1]["threshold"] == pytest.approx(0.2)
     assert len({round(r["l1_coefficient"], 12) for r in records}) == 1  # LATS: one lambda
-    assert 0 < records[-1]["weight_sparsity"] < 1 and records[-1]["step"] == 69
+    assert 0 < records[-1]["weight_sparsity"] < 1 and records[-1]["step"] == 3 * 21
     assert set(records[-1]["layer_sparsity"]) == {"encoder.0.weight", "body.1.0.weight", "body.3.0.weight"}
     assert records[0]["pruned"] > 0
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
@@ -259,7 +260,7 @@ def test_gloo_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     ranks = summary["ranks"]
     assert ranks[0]["threshold"] == ranks[1]["threshold"] == pytest.approx(0.05)
     assert ranks[0]["weight_sparsity"] == ranks[1]["weight_sparsity"] > 0
-    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 46
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 2 * 21  # ceil(ceil(1294 / 2) / 32)
     a, b = ckpt.load(tmp_path / "ddp" / "checkpoints" / "last.pt"), ckpt.load(tmp_path / "single" / "checkpoints" / "last.pt")
     for key in a["model"]:
         assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5), key
@@ -386,3 +387,25 @@ def test_the_thread_count_is_a_setting_and_recorded(tmp_path):
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="train.threads must be an integer >= 1"):
         load_config(overrides=["train.threads=0"])
+
+
+def test_the_validation_split_is_fixed_disjoint_and_selects_best_pt(tmp_path):
+    from snn_stp.data import holdout
+
+    train, validation = holdout(1438, 0.1, seed=0)
+    assert len(validation) == 144 and len(train) == 1294 and not set(train) & set(validation)
+    assert (train, validation) == holdout(1438, 0.1, seed=0) != holdout(1438, 0.1, seed=1)
+    assert holdout(10, 0.0) == (list(range(10)), [])
+    trainer = Trainer(load_config(overrides=SMALL + ["train.seed=5"]), tmp_path / "a", quiet=True)
+    assert trainer.train_set.indices == train and trainer.val_set.indices == validation  # not the run's seed
+    summary = trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    chosen = max(records, key=lambda r: r["val_acc"])  # the first of ties, as best.pt
+    assert summary["best_epoch"] == chosen["epoch"] and summary["best_val_acc"] == chosen["val_acc"]
+    assert summary["test_acc_at_best_val"] == chosen["test_acc"] and summary["final_test_acc"] == records[-1]["test_acc"]
+    assert ckpt.load(tmp_path / "a" / "checkpoints" / "best.pt")["epoch"] == chosen["epoch"]
+    unselected = Trainer(load_config(overrides=SMALL + ["train.epochs=1", "data.validation_fraction=0"]),
+                         tmp_path / "b", quiet=True)
+    summary = unselected.fit()
+    assert len(unselected.train_set) == 1438 and summary["best_epoch"] is None and summary["best_val_acc"] is None
+    assert not (tmp_path / "b" / "checkpoints" / "best.pt").exists()  # no model selection without validation

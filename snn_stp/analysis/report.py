@@ -10,6 +10,7 @@ from .runs import Run, read_run
 #: (column title, function of a run's last metrics record); None where a value does not apply.
 COLUMNS = [
     ("test accuracy (%)", lambda m: 100 * m["test_acc"]),
+    ("validation accuracy (%)", lambda m: _percent(m.get("val_acc"))),
     ("weight sparsity, pruned layers (%)", lambda m: 100 * m["weight_sparsity"]),
     ("weight sparsity, all weights (%)", lambda m: _percent(m.get("all_weight_sparsity"))),
     ("firing rate", lambda m: m.get("mean_firing_rate")),
@@ -40,13 +41,21 @@ def _fmt(value) -> str:
 
 
 def run_row(run: Run) -> dict:
-    """The report's numbers for one run (final epoch)."""
+    """The report's numbers for one run (final epoch), and the test accuracy of the epoch with the best
+    validation accuracy (the model best.pt holds; never chosen on the test set)."""
     last = run.last
     row = {"run": run.name, "model": run.config["model"]["name"], "spiking": run.spiking,
            "scheduler": run.config["pruning"]["scheduler"], "D": run.config["pruning"].get("final_threshold"),
            "epoch": last["epoch"]}
     row.update({title: get(last) for title, get in COLUMNS})
+    validated = [m for m in run.metrics if m.get("val_acc") is not None]
+    chosen = max(validated, key=lambda m: m["val_acc"]) if validated else None
+    row[BEST_VALIDATION] = 100 * chosen["test_acc"] if chosen else None
     return row
+
+
+#: The column of the test accuracy at the best-validation epoch.
+BEST_VALIDATION = "test accuracy at the best-validation epoch (%)"
 
 
 def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
@@ -69,7 +78,8 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
     save(plot_accuracy_vs_energy(runs), out, "accuracy_vs_energy")
     tables = sorted({r.last["ops"]["energy_table"] for r in runs if "ops" in r.last})
     rows = [run_row(r) for r in runs]
-    head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + [title for title, _ in COLUMNS]
+    titles = [title for title, _ in COLUMNS] + [BEST_VALIDATION]
+    head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + titles
     lines = ["# ANN vs SNN comparison", "",
              "Final epoch of each run. Weight sparsity is given twice: over the pruned layers (the figure of the "
              "paper tables and the reference code) and over all weights, layers left dense included; neither counts "
@@ -82,7 +92,7 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row["run"]), row["model"], "yes" if row["spiking"] else "no", row["scheduler"],
-                 _fmt(row["D"]), str(row["epoch"])] + [_fmt(row[title]) for title, _ in COLUMNS]
+                 _fmt(row["D"]), str(row["epoch"])] + [_fmt(row[title]) for title in titles]
         lines.append("| " + " | ".join(cells) + " |")
     for snn, ann in pairs(runs):
         s, a = run_row(snn), run_row(ann)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import pruning
-from ..data import build_dataset, check_present, dataset_spec
+from ..data import build_dataset, check_present, dataset_spec, holdout
 from ..errors import CheckpointError, ConfigError, SnnStpError
 from ..models import build_model
 from ..pruning.parametrizations import SoftThreshold
@@ -194,17 +194,27 @@ def make_loss(config: Config) -> nn.Module:
 
 
 def make_dataset(config: Config, split: str, model: nn.Module) -> torch.utils.data.Dataset:
-    """The ``split`` of ``config.data`` for ``model``: event data sets get the frame options, with as
-    many frames as the spiking model's time steps unless ``data.frames`` says otherwise (16 for ANNs,
-    which sum them)."""
+    """The ``split`` of ``config.data`` for ``model``: ``train`` is the data set's training split
+    minus the validation part (``data.validation_fraction``, drawn with ``data.validation_seed``),
+    ``validation`` that part (read with the evaluation transforms), ``test`` the test split. Event
+    data sets get the frame options, with as many frames as the spiking model's time steps unless
+    ``data.frames`` says otherwise (16 for ANNs, which sum them)."""
     d = config.data
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be train, validation or test, got {split!r}")
     options = {}
     if dataset_spec(d.name).input_kind == "events":
         options = {name: getattr(d, name) for name in data_frame_keys() if name != "frames"}
         options["time_steps"] = d.frames or (model.time_steps if getattr(model, "spiking", False) else 16)
     with settings("data"):
-        return build_dataset(d.name, split, d.root, cache=d.cache, download=d.download,
-                             augment=d.augment and split == "train", **options)
+        dataset = build_dataset(d.name, "test" if split == "test" else "train", d.root, cache=d.cache,
+                                download=d.download, augment=d.augment and split == "train", **options)
+    if split == "test" or (split == "train" and not d.validation_fraction):
+        return dataset
+    if not d.validation_fraction:
+        raise ConfigError("data.validation_fraction is 0: there is no validation split")
+    train, validation = holdout(len(dataset), d.validation_fraction, d.validation_seed)
+    return torch.utils.data.Subset(dataset, train if split == "train" else validation)
 
 
 def check_data_present(config: Config) -> None:

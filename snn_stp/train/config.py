@@ -48,6 +48,10 @@ class DataConfig:
     cache: bool = True
     download: bool = False
     augment: bool = True
+    # Part of the training split held out for model selection (best.pt), drawn with validation_seed
+    # (the same split for every run of a data set); 0: no validation split and no best.pt.
+    validation_fraction: float = 0.1
+    validation_seed: int = 0
 
 
 @dataclass
@@ -405,6 +409,8 @@ def _check_ranges(config: Config) -> None:
             f"in [0, optim.lr = {o.lr}] (the LR the schedule anneals to)")
     require("schedule.gamma", s.gamma, finite(s.gamma) and s.gamma > 0, "a finite number > 0")
     require("model.time_steps", m.time_steps, m.time_steps is not None and m.time_steps >= 1, "an integer >= 1")
+    require("data.validation_fraction", d.validation_fraction,
+            finite(d.validation_fraction) and 0 <= d.validation_fraction < 1, "in [0, 1) (0: no validation split)")
     require("data.workers", d.workers, d.workers >= 0, "an integer >= 0 (0: load in the main process)")
     require("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size is not None and d.eval_batch_size >= 1,
             "an integer >= 1 (or null: data.batch_size)")

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import pruning, rundir
-from ..data import SeededSamples, dataset_spec, make_loader
+from ..data import SeededSamples, dataset_spec, holdout, make_loader
 from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed
@@ -33,9 +33,9 @@ from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, m
                        make_threshold_scheduler)
 from .config import Config, save_config
 
-METRIC_KEYS = ("epoch", "step", "lr", "threshold", "l1_coefficient", "train_loss", "train_acc", "test_loss",
-               "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity", "all_weight_sparsity",
-               "layer_sparsity", "pruned", "regrown", "epoch_seconds")
+METRIC_KEYS = ("epoch", "step", "lr", "threshold", "l1_coefficient", "train_loss", "train_acc", "val_loss",
+               "val_acc", "test_loss", "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity",
+               "all_weight_sparsity", "layer_sparsity", "pruned", "regrown", "epoch_seconds")
 
 
 def sparsity_figures(report: pruning.SparsityReport) -> dict:
@@ -99,12 +99,16 @@ class Trainer:
         spec = dataset_spec(d.name)
         self.model = make_model(config, spec.num_classes, self.device, load_initial_weights=state is None)
         self.spiking = bool(getattr(self.model, "spiking", False))
+        self.val_set = None
         if dry_run:
-            train_size = spec.train_size
+            train_size = spec.train_size - (len(holdout(spec.train_size, d.validation_fraction)[1])
+                                            if d.validation_fraction else 0)
             self.train_set = self.test_set = None
         else:
             self.train_set = make_dataset(config, "train", self.model)
             self.test_set = make_dataset(config, "test", self.model)
+            if d.validation_fraction:
+                self.val_set = make_dataset(config, "validation", self.model)
             train_size = len(self.train_set)
         shard = math.ceil(train_size / self.ctx.world_size)
         self.steps_per_epoch = math.ceil(shard / d.batch_size)
@@ -119,7 +123,8 @@ class Trainer:
             self.network = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.best_acc, self.best_epoch = -1.0, None
+        # Model selection on the validation split only: best.pt is the epoch with the best val_acc.
+        self.best_acc, self.best_epoch, self.test_acc_at_best = -1.0, None, None
         self.initial_loss = None  # the loss of the run's first step: the scale of "normal"
         self.partial = self._fresh_partial()
         if state is not None:
@@ -196,7 +201,8 @@ class Trainer:
         keyed by epoch, so a sample's augmentation does not depend on workers or on a resume."""
         if split not in self._loaders:
             c = self.config
-            dataset = SeededSamples(self.train_set, c.train.seed) if split == "train" else self.test_set
+            dataset = {"train": SeededSamples(self.train_set, c.train.seed) if self.train_set is not None else None,
+                       "validation": self.val_set, "test": self.test_set}[split]
             sampler = _IndexSampler([])
             loader = make_loader(dataset, c.data.name, batch_size, self.spiking, num_workers=workers, sampler=sampler,
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
@@ -266,12 +272,14 @@ class Trainer:
         if c.schedule.interval == "epoch":
             self.lr_scheduler.step()
         loss_sum, correct, seen = distributed.all_sum([p["loss_sum"], p["correct"], p["seen"]], self.ctx)
+        val = self.evaluate("validation") if self.val_set is not None else {"loss": None, "acc": None}
         test = self.evaluate()
         report = pruning.weight_sparsity(self.model)
         change = pruning.support_change(p["support"], pruning.support(self.model))
         record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": float(self.optimizer.param_groups[0]["lr"]),
                   "threshold": self.thresholds.threshold, "l1_coefficient": self.thresholds.l1_coefficient,
-                  "train_loss": loss_sum / seen, "train_acc": correct / seen, "test_loss": test["loss"],
+                  "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
+                  "val_acc": val["acc"], "test_loss": test["loss"],
                   "test_acc": test["acc"], "test_top5": test["top5"], **sparsity_figures(report),
                   "layer_sparsity": report.layers, "pruned": change.pruned, "regrown": change.regrown,
                   "epoch_seconds": p["seconds"]}
@@ -279,9 +287,10 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         self.partial = self._fresh_partial()
-        improved = record["test_acc"] > self.best_acc
+        improved = record["val_acc"] is not None and record["val_acc"] > self.best_acc
         if improved:
-            self.best_acc, self.best_epoch = record["test_acc"], record["epoch"]
+            self.best_acc, self.best_epoch = record["val_acc"], record["epoch"]
+            self.test_acc_at_best = record["test_acc"]
         if self.ctx.is_main:
             rundir.append_metrics(self.run_dir, record)
             for key in METRIC_KEYS[2:]:
@@ -295,11 +304,13 @@ class Trainer:
         return record
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Test loss, top-1 and top-5 accuracy, over every test sample once (sharded over ranks)."""
+    def evaluate(self, split: str = "test") -> dict:
+        """Loss, top-1 and top-5 accuracy over every sample of the ``test`` (or ``validation``) split
+        once (sharded over ranks)."""
         c = self.config
-        indices = list(range(self.ctx.rank, len(self.test_set), self.ctx.world_size))
-        loader = self._loader("test", c.data.eval_batch_size or c.data.batch_size, indices, c.data.workers)
+        dataset = self.test_set if split == "test" else self.val_set
+        indices = list(range(self.ctx.rank, len(dataset), self.ctx.world_size))
+        loader = self._loader(split, c.data.eval_batch_size or c.data.batch_size, indices, c.data.workers)
         self.network.eval()
         # Summed on the device, read once at the end (no wait for the device per batch).
         totals, n = torch.zeros(3, dtype=torch.float64, device=self.device), 0
@@ -344,8 +355,8 @@ class Trainer:
                 "lr_scheduler": self.lr_scheduler.state_dict(), "threshold_scheduler": self.thresholds.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "best_acc": self.best_acc,
-                "best_epoch": self.best_epoch, "initial_loss": self.initial_loss, "partial": self.partial,
-                "config": self.config.to_dict()}
+                "best_epoch": self.best_epoch, "test_acc_at_best": self.test_acc_at_best,
+                "initial_loss": self.initial_loss, "partial": self.partial, "config": self.config.to_dict()}
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -356,6 +367,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best_acc, self.partial = state["global_step"], state["best_acc"], state["partial"]
         self.best_epoch, self.initial_loss = state.get("best_epoch"), state.get("initial_loss")
+        self.test_acc_at_best = state.get("test_acc_at_best")
         ckpt.set_rng_state(state["rng"])
 
     def _save_checkpoint(self, best: bool) -> None:
@@ -476,7 +488,8 @@ class Trainer:
                 "data": self.config.data.name, "scheduler": self.config.pruning.scheduler,
                 "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
                 "final_test_acc": last["test_acc"] if last else None,
-                "best_test_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
+                "best_val_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
+                "test_acc_at_best_val": self.test_acc_at_best,
                 **sparsity_figures(report), "parameter_counts": report.counts(), "threshold": self.thresholds.threshold,
                 "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
                 "world_size": self.ctx.world_size,
