@@ -301,6 +301,7 @@ def test_the_data_section_s_frame_keys_are_the_frame_spec_s_fields():
     assert set(keys) <= {f.name for f in dataclasses.fields(DataConfig)}
 
 
+@pytest.mark.slow  # two runs
 def test_reading_the_loss_every_k_steps_trains_the_same_run(tmp_path):
     """On a GPU the loss is read on the host every HOST_READ_STEPS steps: the run computes the same."""
     config = load_config(overrides=SMALL + ["train.epochs=1"])
@@ -377,6 +378,7 @@ def test_str_thresholds_get_their_own_weight_decay_as_the_reference_st_decay():
         load_config(overrides=["optim.threshold_weight_decay=-1"])
 
 
+@pytest.mark.slow  # a run
 def test_the_thread_count_is_a_setting_and_recorded(tmp_path):
     before = torch.get_num_threads()
     try:
