@@ -411,3 +411,18 @@ def test_the_validation_split_is_fixed_disjoint_and_selects_best_pt(tmp_path):
     summary = unselected.fit()
     assert len(unselected.train_set) == 1438 and summary["best_epoch"] is None and summary["best_val_acc"] is None
     assert not (tmp_path / "b" / "checkpoints" / "best.pt").exists()  # no model selection without validation
+
+
+def test_any_garbage_file_is_a_checkpoint_error_not_a_crash(tmp_path):
+    from snn_stp.errors import CheckpointError
+
+    frame = tmp_path / "frame.pt"
+    frame.write_bytes(b"\x80\x04\x95" + b"\xff" * 8)  # a pickle frame claiming 2**64 - 1 bytes: OverflowError
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        ckpt.load(frame)
+    generator = torch.Generator().manual_seed(0)
+    for index in range(200):  # random bytes once raised OverflowError from the unpickler (a garbage frame length)
+        path = tmp_path / f"{index}.pt"
+        path.write_bytes(bytes(torch.randint(0, 256, (512,), generator=generator, dtype=torch.uint8).tolist()))
+        with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+            ckpt.load(path)
