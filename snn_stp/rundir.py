@@ -4,7 +4,7 @@
 ``metrics.jsonl``            one JSON record per finished epoch, appended and fsynced
 ``tensorboard/``             the same scalars as TensorBoard events
 ``checkpoints/last.pt``      the newest full state; ``snn-stp resume`` continues from it
-``checkpoints/best.pt``      the state at the end of the epoch with the best test accuracy
+``checkpoints/best.pt``      the state at the end of the epoch with the best validation accuracy
 ``checkpoints/last_good.pt`` the newest checkpoint whose weights gave a loss in the normal range
 ``checkpoints/diverged.pt``  after a NaN/inf stop: the newest checkpoint, when it was not good
 ``summary.json``             final numbers, written atomically at the end
