@@ -187,3 +187,13 @@ def test_transposed_convolutions_are_counted_like_sparsify_prunes_them():
     # Every input element reaches 4 outputs through the 2x2 kernel (stride 2: no overlap).
     assert layer.name == "0" and layer.dense == 9 * 4 and layer.effective == 9 * 3
     assert [n for n, _ in snn_stp.select_modules(model)] == ["0"]
+
+
+def test_the_report_shows_D_only_for_schedulers_that_use_it():
+    from snn_stp.analysis.report import _uses_D
+
+    assert _uses_D({"scheduler": "slats", "final_threshold": 0.2})
+    assert _uses_D({"scheduler": "lats", "final_threshold": 0.2, "l1": None})
+    assert not _uses_D({"scheduler": "lats", "final_threshold": 0.2, "l1": 0.01})  # l1 sets it
+    for name in ("gmp", "str", "gradr", "dense"):
+        assert not _uses_D({"scheduler": name, "final_threshold": 0.2})

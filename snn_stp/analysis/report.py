@@ -44,14 +44,26 @@ def run_row(run: Run) -> dict:
     """The report's numbers for one run (final epoch), and the test accuracy of the epoch with the best
     validation accuracy (the model best.pt holds; never chosen on the test set)."""
     last = run.last
+    pruning = run.config["pruning"]
     row = {"run": run.name, "model": run.config["model"]["name"], "spiking": run.spiking,
-           "scheduler": run.config["pruning"]["scheduler"], "D": run.config["pruning"].get("final_threshold"),
+           "scheduler": pruning["scheduler"], "D": pruning.get("final_threshold") if _uses_D(pruning) else None,
            "epoch": last["epoch"]}
     row.update({title: get(last) for title, get in COLUMNS})
     validated = [m for m in run.metrics if m.get("val_acc") is not None]
     chosen = max(validated, key=lambda m: m["val_acc"]) if validated else None
     row[BEST_VALIDATION] = 100 * chosen["test_acc"] if chosen else None
     return row
+
+
+def _uses_D(pruning: dict) -> bool:
+    """Whether the run's scheduler takes final_threshold (gmp, str, gradr and dense ignore it; lats
+    given l1 too)."""
+    from ..pruning import THRESHOLD_SCHEDULERS
+
+    cls = THRESHOLD_SCHEDULERS.get(pruning["scheduler"])
+    if cls is None or "final_threshold" not in cls.user_arguments():
+        return False
+    return not any(pruning.get(name) is not None for name in cls.replaces_final_threshold)
 
 
 #: The column of the test accuracy at the best-validation epoch.
