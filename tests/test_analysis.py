@@ -146,6 +146,7 @@ def test_each_run_figure_has_its_axes_and_series(runs):
         plots.plot_raster(run, "body.9")
 
 
+@pytest.mark.slow  # every figure of two runs as PNG and PDF (each figure is checked by the test above)
 def test_plot_command_writes_png_and_pdf(runs, tmp_path, capsys):
     from snn_stp import cli
     assert cli.main(["plot", str(runs["snn"]), str(runs["ann"]), "--out", str(tmp_path)]) == 0

@@ -70,8 +70,12 @@ def _modules_loaded_by(*argv: str) -> set[str]:
     return set(eval(proc.stdout.strip().splitlines()[-1]))
 
 
-def test_help_imports_no_heavy_package_and_list_no_plotting_or_event_reader():
+def test_help_imports_no_heavy_package():
     assert _modules_loaded_by("--help") == set()
     assert _modules_loaded_by("train", "--help") == set()
+
+
+@pytest.mark.slow  # a child interpreter that imports torch and the registries
+def test_list_imports_no_plotting_or_event_reader():
     loaded = _modules_loaded_by("list")
     assert "torch" in loaded and not loaded & {"tonic", "matplotlib"}

@@ -304,20 +304,22 @@ def _std(tensor) -> float:
 
 
 def test_mobilenet_reference_init_is_the_reference_codes():
+    torch.manual_seed(0)
     model = build_model("mobilenet_v1", conv_classifier=True, init="reference")
-    depthwise, pointwise = model.features[1][0].weight, model.features[2][0].weight  # 32 channels, 32 -> 64
-    assert _std(depthwise) == pytest.approx(1 / math.sqrt(3 * 9), rel=0.1)  # torch's default: 1 / sqrt(3 fan_in)
-    assert _std(pointwise) == pytest.approx(1 / math.sqrt(3 * 32), rel=0.05)
+    depthwise, pointwise = model.features[-2][0].weight, model.features[-1][0].weight  # 1024 channels, 1024 -> 1024
+    assert _std(depthwise) == pytest.approx(1 / math.sqrt(3 * 9), rel=0.03)  # torch's default: 1 / sqrt(3 fan_in)
+    assert _std(pointwise) == pytest.approx(1 / math.sqrt(3 * 1024), rel=0.03)
     classifier = model.classifier.conv
     assert classifier.bias is None and _std(classifier.weight) == pytest.approx(math.sqrt(2 / 1024), rel=0.02)
     torchvision_init = build_model("mobilenet_v1")
-    assert _std(torchvision_init.features[1][0].weight) == pytest.approx(math.sqrt(2 / (9 * 32)), rel=0.1)  # fan_out
+    assert _std(torchvision_init.features[-2][0].weight) == pytest.approx(math.sqrt(2 / (9 * 1024)), rel=0.03)  # fan_out
     with pytest.raises(ValueError, match="unknown init 'xavier'; valid: torchvision, reference"):
         build_model("mobilenet_v1", init="xavier")
 
 
 @pytest.mark.slow  # a full ResNet-50
 def test_resnet50_reference_init_is_the_reference_codes():
+    torch.manual_seed(0)
     model = build_model("resnet50", conv_classifier=True, init="reference")
     assert _std(model.conv1.weight) == pytest.approx(math.sqrt(2 / (3 * 49)), rel=0.03)  # fan_in, not fan_out
     assert _std(model.layer1[0].conv3.weight) == pytest.approx(math.sqrt(2 / 64), rel=0.03)
