@@ -356,6 +356,7 @@ def test_config_file_failures_are_one_line(tmp_path):
         f"{twice}: key 'epochs' appears twice in one mapping (lines 2 and 3); keep one")
 
 
+@pytest.mark.slow  # the refusal class runs by default in test_train_into_an_existing_run
 def test_unwritable_out_fails_before_model_and_data(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

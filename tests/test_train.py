@@ -99,10 +99,20 @@ def test_overrides_are_yaml_and_the_resolved_config_round_trips(tmp_path):
     assert load_config(tmp_path / "config.yaml") == config
 
 
+# Recipes with full-width ImageNet or CIFAR models take about a second each to build: slow set.
+HEAVY_RECIPES = [pytest.param(p, marks=pytest.mark.slow) if p.stem.startswith(("imagenet_", "cifar10_")) else p
+                 for p in RECIPES]
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
-def test_every_recipe_validates_and_builds(recipe, tmp_path):
+def test_every_recipe_validates(recipe):
     config = load_config(recipe)
     assert config.description.strip(), "each recipe states its source and reference numbers"
+
+
+@pytest.mark.parametrize("recipe", HEAVY_RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_builds(recipe, tmp_path):
+    config = load_config(recipe)
     trainer = Trainer(config, tmp_path / "run", dry_run=True, quiet=True)
     assert trainer.steps_per_epoch > 0 and trainer.thresholds.last_step == 0
     assert len(trainer.thresholds.layers) >= 3
