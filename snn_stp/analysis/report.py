@@ -61,9 +61,7 @@ def _uses_D(pruning: dict) -> bool:
     from ..pruning import THRESHOLD_SCHEDULERS
 
     cls = THRESHOLD_SCHEDULERS.get(pruning["scheduler"])
-    if cls is None or "final_threshold" not in cls.user_arguments():
-        return False
-    return not any(pruning.get(name) is not None for name in cls.replaces_final_threshold)
+    return cls is not None and cls.uses_final_threshold(pruning)
 
 
 #: The column of the test accuracy at the best-validation epoch.

@@ -119,6 +119,13 @@ class ThresholdScheduler:
         return found
 
     @classmethod
+    def uses_final_threshold(cls, arguments: dict[str, Any]) -> bool:
+        """Whether ``final_threshold`` sets the end of the schedule, given the user's other
+        ``arguments``: the constructor takes it and none of :attr:`replaces_final_threshold` is set."""
+        return "final_threshold" in cls.arguments() and \
+            not any(arguments.get(name) is not None for name in cls.replaces_final_threshold)
+
+    @classmethod
     def sparsify_call(cls) -> str:
         """How to sparsify a model for this scheduler, as code (for error messages and docs)."""
         extra = "".join(f", {name}=..." for name in cls.parametrization_arguments)
@@ -143,7 +150,7 @@ class ThresholdScheduler:
                           f"threshold schedule of {self.name!r} implies no L1 coefficient: l1_coefficient is None. "
                           "Use SGD (with or without momentum) for a run with a known L1 objective",
                           SchedulerWarning, stacklevel=3)
-        self._pending_lr, self._pending_scale = self.lr, self.step_scale
+        self._record_pending()
         # The LR (and momentum factor) of the step about to run, read at optimizer.step() time:
         # correct whether the training loop steps the LR scheduler (which may also cycle the
         # momentum) before or after this scheduler. The hook holds the scheduler weakly, so a
@@ -153,7 +160,7 @@ class ThresholdScheduler:
         def record_lr(optimizer, args, kwargs) -> None:
             scheduler = owner()
             if scheduler is not None:
-                scheduler._pending_lr, scheduler._pending_scale = scheduler.lr, scheduler.step_scale
+                scheduler._record_pending()
         self._hook = optimizer.register_step_pre_hook(record_lr)
 
     # -- learning rate ---------------------------------------------------------------------
@@ -175,6 +182,10 @@ class ThresholdScheduler:
         :func:`~snn_stp.pruning.learning_rates.step_scale`); None for Adam and the like."""
         return step_scale(self.optimizer, self.group_index)
 
+    def _record_pending(self) -> None:
+        """Note the LR and momentum factor the next optimizer step will use."""
+        self._pending_lr, self._pending_scale = self.lr, self.step_scale
+
     # -- stepping --------------------------------------------------------------------------
     def step(self) -> None:
         """Advance one optimizer step: update d, ``l1_coefficient`` and the model's thresholds."""
@@ -185,7 +196,7 @@ class ThresholdScheduler:
         self.last_step += 1
         self.l1_coefficient = self._implied_l1(delta, lr, old)
         self._apply()
-        self._pending_lr, self._pending_scale = self.lr, self.step_scale
+        self._record_pending()
 
     def _advance(self, lr: float) -> tuple[float, float]:
         """``(new threshold, increment)`` for the step with index ``self.last_step`` that used ``lr``."""
@@ -225,8 +236,8 @@ class ThresholdScheduler:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "last_step": self.last_step, "threshold": self.threshold,
-                "l1_coefficient": self.l1_coefficient, "pending_lr": self._pending_lr, "pending_scale": self._pending_scale,
-                "start_step": self.start_step}
+                "l1_coefficient": self.l1_coefficient, "pending_lr": self._pending_lr,
+                "pending_scale": self._pending_scale, "start_step": self.start_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the state of another kind of scheduler is a ValueError."""
@@ -529,7 +540,7 @@ class STR(ThresholdScheduler):
         self._layer_d = new
         self.threshold = _mean(new)
         self.l1_coefficient = None if self._pending_scale is None else _mean(l1)
-        self._pending_lr, self._pending_scale = self.lr, self.step_scale
+        self._record_pending()
 
     def _apply(self) -> None:
         pass  # the thresholds are model parameters
@@ -604,7 +615,7 @@ class GradR(ThresholdScheduler):
         self.last_step = t
         scale = self._pending_scale
         self.l1_coefficient = None if scale is None else (self.alpha / scale if active else 0.0)
-        self._pending_lr, self._pending_scale = self.lr, self.step_scale
+        self._record_pending()
 
     def _apply(self) -> None:
         pass  # no threshold: theta < 0 is pruned
@@ -661,7 +672,7 @@ class GMP(ThresholdScheduler):
         self.last_step += 1
         if self.last_step % self.steps_per_epoch == 0:
             self._update_masks()
-        self._pending_lr, self._pending_scale = self.lr, self.step_scale
+        self._record_pending()
 
     @torch.no_grad()
     def _update_masks(self) -> None:

@@ -376,9 +376,7 @@ def _check_pruning(p: PruningConfig) -> None:
     missing = [name for name, (_, required) in own.items() if required and given.get(name) is None]
     if missing:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs {' and '.join('pruning.' + n for n in missing)}")
-    takes_threshold = cls is not None and "final_threshold" in cls.arguments()
-    if takes_threshold and p.final_threshold is None and \
-            not any(given.get(n) is not None for n in cls.replaces_final_threshold):
+    if cls is not None and cls.uses_final_threshold(given) and p.final_threshold is None:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.final_threshold"
                           + "".join(f" or pruning.{n}" for n in cls.replaces_final_threshold))
     if p.init == "inverse" and not (cls and cls.starts_at_final_threshold):

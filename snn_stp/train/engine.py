@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from .. import pruning, rundir
-from ..data import SeededSamples, dataset_spec, holdout, make_loader
+from ..data import SeededSamples, dataset_spec, make_loader, validation_count
 from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed
@@ -101,8 +101,7 @@ class Trainer:
         self.spiking = bool(getattr(self.model, "spiking", False))
         self.val_set = None
         if dry_run:
-            train_size = spec.train_size - (len(holdout(spec.train_size, d.validation_fraction)[1])
-                                            if d.validation_fraction else 0)
+            train_size = spec.train_size - validation_count(spec.train_size, d.validation_fraction)
             self.train_set = self.test_set = None
         else:
             self.train_set = make_dataset(config, "train", self.model)
