@@ -150,9 +150,13 @@ def final_line(summary: dict, config, run_dir) -> str:
     has no test accuracy yet and says so."""
     l1 = summary["l1_coefficient"]
     implied = "none (an adaptive optimizer)" if l1 is None else f"{l1:.4g}"
-    state = (f"weight sparsity {summary['pruned_layer_sparsity']:.2%} of the pruned layers "
-             f"({summary['all_weight_sparsity']:.2%} of all weights), threshold d = {summary['threshold']:.4g}, implied "
-             f"L1 lambda = {implied}; run directory {run_dir}")
+    target = summary.get("target_sparsity")
+    asked = f" (target {target:.2%})" if target is not None else ""
+    calibrated = f", calibrated D = {summary['final_threshold']:.4g}" \
+        if target is not None and summary.get("final_threshold") is not None else ""
+    state = (f"weight sparsity {summary['pruned_layer_sparsity']:.2%} of the pruned layers{asked} "
+             f"({summary['all_weight_sparsity']:.2%} of all weights), threshold d = {summary['threshold']:.4g}"
+             f"{calibrated}, implied L1 lambda = {implied}; run directory {run_dir}")
     if summary["final_test_acc"] is None:
         return (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) before the "
                 f"first epoch ended, so no test accuracy yet; {state}")

@@ -291,7 +291,7 @@ def build_run(name):
         "pgh": dict(final_threshold=0.1, total_steps=40, beta=0.2),
         "str": {},
         "gradr": dict(alpha=0.5, target_sparsity=0.8),
-        "gmp": dict(final_sparsity=0.7, steps_per_epoch=8, total_steps=40),
+        "gmp": dict(target_sparsity=0.7, steps_per_epoch=8, total_steps=40),
     }[name]
     sched = snn_stp.build_threshold_scheduler(name, model, opt, **kwargs)
     return model, opt, lrs, sched
@@ -424,11 +424,11 @@ def test_gradr_keeps_signs():
         assert torch.all((w == 0) | (torch.sign(w) == s))
 
 
-def test_gmp_reaches_final_sparsity_on_the_cubic_schedule():
+def test_gmp_reaches_target_sparsity_on_the_cubic_schedule():
     model = mlp()
     snn_stp.sparsify(model, rule="magnitude")
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    sched = snn_stp.build_threshold_scheduler("gmp", model, opt, final_sparsity=0.8, steps_per_epoch=10,
+    sched = snn_stp.build_threshold_scheduler("gmp", model, opt, target_sparsity=0.8, steps_per_epoch=10,
                                               total_steps=50)
     per_epoch = []
     for epoch in range(5):
@@ -441,7 +441,7 @@ def test_gmp_reaches_final_sparsity_on_the_cubic_schedule():
     assert final.layers["2.weight"] == pytest.approx(0.8, abs=1 / 128)
     assert sched.l1_coefficient == 0.0  # not an L1 method, under any optimizer
     adam = torch.optim.Adam(model.parameters())
-    assert snn_stp.build_threshold_scheduler("gmp", model, adam, final_sparsity=0.8, steps_per_epoch=10,
+    assert snn_stp.build_threshold_scheduler("gmp", model, adam, target_sparsity=0.8, steps_per_epoch=10,
                                              total_steps=50).l1_coefficient == 0.0
 
 
@@ -511,7 +511,7 @@ def test_gmp_stops_pruning_at_its_end_epoch():
     model = mlp()
     snn_stp.sparsify(model, rule="magnitude")
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    sched = snn_stp.build_threshold_scheduler("gmp", model, opt, final_sparsity=0.8, steps_per_epoch=10,
+    sched = snn_stp.build_threshold_scheduler("gmp", model, opt, target_sparsity=0.8, steps_per_epoch=10,
                                               total_steps=50, end_epoch=3)
     reached = []
     for _ in range(5):
@@ -520,5 +520,5 @@ def test_gmp_stops_pruning_at_its_end_epoch():
     assert reached[1:] == [schedules.gmp_sparsity(e, 0, 2, 0.8) for e in (2, 3, 3, 3)]
     assert reached[-1] == 0.8
     with pytest.raises(ValueError, match="gmp takes end_step or end_epoch"):
-        snn_stp.build_threshold_scheduler("gmp", model, opt, final_sparsity=0.8, steps_per_epoch=10, total_steps=50,
+        snn_stp.build_threshold_scheduler("gmp", model, opt, target_sparsity=0.8, steps_per_epoch=10, total_steps=50,
                                           end_epoch=3, end_step=30)

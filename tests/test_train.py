@@ -57,7 +57,7 @@ def test_the_pruning_section_takes_the_scheduler_s_own_arguments_from_its_class(
     assert saved["beta"] == 0.1 and "scheduler_arguments" not in saved  # written inline, as given
     assert from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['pruning.beta'\] in section 'pruning' for scheduler "
-                                          r"slats; valid: scheduler, rule, final_threshold, start_epoch"):
+                                          r"slats; valid: scheduler, rule, final_threshold, target_sparsity, start_epoch"):
         load_config(overrides=["pruning.scheduler=slats", "pruning.beta=0.1"])
     with pytest.raises(ConfigError, match="'pruning.beta' must be float, got 'high'"):
         load_config(overrides=["pruning.scheduler=pgh", "pruning.beta=high"])
@@ -67,6 +67,19 @@ def test_the_pruning_section_takes_the_scheduler_s_own_arguments_from_its_class(
         load_config(overrides=["pruning.final_threshold=null"])
     assert load_config(overrides=["pruning.final_threshold=null", "pruning.l1=0.01"]).pruning.scheduler_arguments == \
         {"l1": 0.01}
+
+
+def test_target_sparsity_replaces_the_final_threshold_for_every_scheduler_that_has_one():
+    for name in ("lats", "lats_epoch", "slats", "sine", "linear", "fixed"):
+        config = load_config(overrides=[f"pruning.scheduler={name}", "pruning.target_sparsity=0.9"])
+        assert config.pruning.target_sparsity == 0.9 and config.pruning.final_threshold is None  # not the default 0.2
+    config = load_config(overrides=["pruning.scheduler=gmp", "pruning.target_sparsity=0.9"])
+    assert config.to_dict()["pruning"]["target_sparsity"] == 0.9 and config.pruning.scheduler_arguments == {}
+    with pytest.raises(ConfigError, match="pruning.scheduler gmp needs pruning.target_sparsity"):
+        load_config(overrides=["pruning.scheduler=gmp"])
+    with pytest.raises(ConfigError, match="pruning.target_sparsity with pruning.init inverse: the inverse "
+                                          "initialization needs D before training"):
+        load_config(overrides=["pruning.scheduler=fixed", "pruning.init=inverse", "pruning.target_sparsity=0.9"])
 
 
 def test_config_errors_list_what_is_valid(tmp_path):
@@ -166,7 +179,7 @@ def test_weight_decay_skips_batchnorm_unless_asked():
     ["train.label_smoothing=0.1", "schedule.name=step", "schedule.step_size=1", "optim.grad_clip=1.0"],
     ["model.spiking=false", "pruning.scheduler=slats", "schedule.name=constant"],
     ["pruning.scheduler=fixed", "pruning.init=inverse", "pruning.final_threshold=0.05"],
-    ["pruning.scheduler=gmp", "pruning.final_sparsity=0.5"],
+    ["pruning.scheduler=gmp", "pruning.target_sparsity=0.5"],
     ["pruning.scheduler=str", "pruning.trainable_threshold_init=-5", "optim.weight_decay=0.001"],
     ["pruning.scheduler=gradr", "pruning.alpha=0.5", "pruning.target_sparsity=0.6", "optim.name=adam",
      "optim.lr=0.01"],

@@ -12,6 +12,14 @@ objective the optimizer really minimizes. Every scheduler here is therefore a sc
 coefficients, and reports the one it implied in ``l1_coefficient``. Adaptive optimizers (Adam)
 have no such correspondence: ``l1_coefficient`` is then None, with one warning.
 
+Asking for a sparsity instead of a threshold: the schedulers with a final threshold D (lats,
+lats_epoch, slats, pgh, sine, linear, fixed) take ``target_sparsity`` in its place. D is then
+calibrated ``calibrations`` times over the run by feedback: each time, D becomes the threshold at
+which the soft threshold would zero that fraction of the current latent weights, and the rest of
+the schedule keeps the scheduler's own shape, rescaled from where d is to the new D (d stays
+continuous; see :meth:`ShapedThreshold.threshold_at`). There is never a magnitude cut: the
+weights are ``S_d(theta)`` throughout.
+
 Protocol, for every scheduler: build it after ``sparsify(model)`` and the optimizer; call
 ``step()`` once after every ``optimizer.step()`` (after the LR scheduler's step is fine: the LR a
 step really used is recorded by an optimizer hook). The clock is the global optimizer step
@@ -35,6 +43,7 @@ from . import schedules
 from .learning_rates import learning_rate_sum, lr_sequence, param_group_of, step_scale
 from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, check_threshold
 from .sparsify import PrunedLayer, pruned_layers
+from .statistics import threshold_for_sparsity
 
 THRESHOLD_SCHEDULERS: dict[str, type[ThresholdScheduler]] = {}
 
@@ -94,6 +103,9 @@ class ThresholdScheduler:
     parametrization_arguments: dict[str, type] = {}
     #: Arguments that, when given, set the end of the schedule instead of ``final_threshold``.
     replaces_final_threshold: tuple[str, ...] = ()
+    #: The final weight sparsity asked for, or None (GMP reaches it by its masks; the schedulers
+    #: with a final threshold calibrate D to it: :meth:`_start_calibration`).
+    target_sparsity: float | None = None
     #: True when d starts at ``final_threshold`` (pruning at initialization), the one case where
     #: ``sparsify(init="inverse")`` keeps the dense model's function.
     starts_at_final_threshold = False
@@ -144,6 +156,7 @@ class ThresholdScheduler:
         self.start_step = _non_negative_int(start_step, "start_step")
         self.last_step = 0
         self.threshold = 0.0
+        self.calibration_end: int | None = None  # set when D is calibrated to a target sparsity
         self.l1_coefficient = 0.0 if self.step_scale is not None or not self.reports_l1 else None
         if self.step_scale is None and self.reports_l1:
             warnings.warn(f"{type(optimizer).__name__} scales each weight's step by its own gradient history, so the "
@@ -194,6 +207,8 @@ class ThresholdScheduler:
         old = self.threshold
         self.threshold, delta = self._advance(lr)
         self.last_step += 1
+        if self._calibration_due():
+            delta += self._recalibrate()
         self.l1_coefficient = self._implied_l1(delta, lr, old)
         self._apply()
         self._record_pending()
@@ -201,6 +216,58 @@ class ThresholdScheduler:
     def _advance(self, lr: float) -> tuple[float, float]:
         """``(new threshold, increment)`` for the step with index ``self.last_step`` that used ``lr``."""
         raise NotImplementedError
+
+    # -- target sparsity -------------------------------------------------------------------
+    def _start_calibration(self, target_sparsity: float, total_steps: int, calibrations: int) -> float:
+        """Set up the calibration of D for ``target_sparsity`` (a fraction of the pruned layers'
+        weights): every ``(total_steps - start_step) // calibrations`` optimizer steps (at least
+        1) before ``total_steps``. Returns D for the current (initial) weights."""
+        if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) or \
+                not 0 < target_sparsity < 1:
+            raise ValueError(f"target_sparsity must be in (0, 1) (a fraction of the pruned layers' weights), "
+                             f"got {target_sparsity!r}")
+        calibrations = _positive_int(calibrations, "calibrations")
+        self.target_sparsity = float(target_sparsity)
+        self.calibration_end = total_steps
+        self.calibration_interval = max(1, (total_steps - self.start_step) // calibrations)
+        self._observations: list[tuple[float, float]] = []
+        return self.threshold_for_target()
+
+    def threshold_for_target(self) -> float:
+        """The D to aim at for ``target_sparsity``, from the current latent weights.
+
+        The direct reading, ``D_now``, is the threshold at which ``S_D`` would zero the target
+        fraction of the weights as they are now. It lags: the surviving weights' ``|theta|`` grows
+        with d itself (``|theta| = |w| + d`` for a weight that stays non-zero), so ``D_now`` rises as
+        d does. Over the calibrations so far it is close to linear in d, ``D_now ~ a + b d``
+        (least squares; ``b`` in [0, 0.9], 0 until d has spread), and the D the run needs is the
+        fixed point ``D = a + b D``: ``(D_now - b d) / (1 - b)``. Near the end, where d is close to
+        ``D_now``, both agree.
+        """
+        direct = threshold_for_sparsity(self.layers, self.target_sparsity)
+        self._observations.append((self.threshold, direct))
+        slope = _drift_slope(self._observations)
+        return (direct - slope * self.threshold) / (1.0 - slope)
+
+    def _calibration_due(self) -> bool:
+        return self.calibration_end is not None and self.last_step < self.calibration_end and \
+            self.last_step % self.calibration_interval == 0
+
+    def _recalibrate(self) -> float:
+        """Set D from the current weights and re-plan the rest of the schedule from the current d;
+        returns how far d itself jumped (0 for a schedule that stays continuous)."""
+        raise NotImplementedError(f"{self.name} cannot calibrate its threshold to a target sparsity")
+
+    def _calibration_state(self) -> dict[str, Any]:
+        return {"final_threshold": getattr(self, "final_threshold", None), "anchor": list(self._anchor),
+                "observations": [list(pair) for pair in self._observations]} \
+            if self.calibration_end is not None else {}
+
+    def _load_calibration_state(self, state: dict[str, Any]) -> None:
+        if self.calibration_end is not None:
+            self.final_threshold = float(state["final_threshold"])
+            self._anchor = (int(state["anchor"][0]), float(state["anchor"][1]))
+            self._observations = [(float(d), float(y)) for d, y in state["observations"]]
 
     def _implied_l1(self, delta: float, lr: float, old: float) -> float | None:
         """``delta / (lr * step_scale) + wd * old``: the objective's L1 coefficient of one step (the
@@ -269,15 +336,24 @@ class ThresholdScheduler:
 
 
 class ShapedThreshold(ThresholdScheduler):
-    """``d_t = D * f(x)``, ``x = (t - t0) / (T - t0)`` clamped to [0, 1], for a shape ``f``."""
+    """``d_t = D * f(x)``, ``x = (t - t0) / (T - t0)`` clamped to [0, 1], for a shape ``f``.
 
-    def __init__(self, model, optimizer, *, final_threshold: float, total_steps: int, start_step: int = 0):
+    Give ``final_threshold`` D, or ``target_sparsity`` (a fraction of the pruned layers' weights)
+    and D is calibrated ``calibrations`` times during the run (see :meth:`threshold_at`).
+    """
+
+    replaces_final_threshold = ("target_sparsity",)
+    knob = ("final_threshold D (weight units): the threshold d reaches at the end; about the scale of the weights. "
+            "Or target_sparsity (0-1): D is then calibrated during training")
+
+    def __init__(self, model, optimizer, *, final_threshold: float | None = None, total_steps: int,
+                 target_sparsity: float | None = None, calibrations: int = 100, start_step: int = 0):
         super().__init__(model, optimizer, start_step=start_step)
-        check_threshold(final_threshold, "final_threshold")
-        self.final_threshold = float(final_threshold)
         self.total_steps = _positive_int(total_steps, "total_steps")
         if self.total_steps <= self.start_step:
             raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
+        self._anchor = (0, 0.0)  # (step, d) the rest of the schedule starts from
+        self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations)
         self.threshold = self.threshold_at(0)
         self._apply()
 
@@ -288,9 +364,33 @@ class ShapedThreshold(ThresholdScheduler):
     def shape(self, x: float) -> float:
         raise NotImplementedError
 
+    def progress(self, step: int) -> float:
+        """``f(x)`` after ``step`` optimizer steps: the fraction of the way from 0 to D."""
+        return self.shape(self.fraction(step))
+
     def threshold_at(self, step: int) -> float:
-        """d after ``step`` optimizer steps."""
-        return self.final_threshold * self.shape(self.fraction(step))
+        """d after ``step`` optimizer steps: ``D f(x)``. After a calibration at step c, where d was
+        ``d_c``, the rest of the schedule is ``d_c + (D - d_c) (f(x) - f(x_c)) / (1 - f(x_c))``: the
+        same shape, rescaled to end at the new D."""
+        start, d_start = self._anchor
+        if start == 0 and d_start == 0.0:
+            return self.final_threshold * self.progress(step)
+        done = self.progress(start)
+        if done >= 1.0:
+            return self.final_threshold
+        return d_start + (self.final_threshold - d_start) * (self.progress(step) - done) / (1.0 - done)
+
+    def _recalibrate(self) -> float:
+        self.final_threshold = self.threshold_for_target()
+        self._anchor = (self.last_step, self.threshold)
+        return 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self._calibration_state()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self._load_calibration_state(state)
+        super()._load_state(state)
 
     def _advance(self, lr: float) -> tuple[float, float]:
         new = self.threshold_at(self.last_step + 1)
@@ -312,14 +412,15 @@ class SLATS(ShapedThreshold):
 class PGH(ShapedThreshold):
     """Proximal gradient homotopy: implied lambda ~ ``beta^x`` under a cosine LR (beta < 1 prunes early)."""
 
-    knob = "final_threshold D (weight units) and beta (0.1-10, != 1): beta < 1 prunes early, beta > 1 late"
+    knob = ("final_threshold D (weight units) or target_sparsity (0-1, D calibrated), and beta (0.1-10, != 1): "
+            "beta < 1 prunes early, beta > 1 late")
 
-    def __init__(self, model, optimizer, *, final_threshold: float, total_steps: int, beta: float,
-                 start_step: int = 0):
+    def __init__(self, model, optimizer, *, final_threshold: float | None = None, total_steps: int, beta: float,
+                 target_sparsity: float | None = None, calibrations: int = 100, start_step: int = 0):
         schedules.check_beta(beta)
         self.beta = float(beta)
-        super().__init__(model, optimizer, final_threshold=final_threshold, total_steps=total_steps,
-                         start_step=start_step)
+        super().__init__(model, optimizer, total_steps=total_steps, final_threshold=final_threshold,
+                         target_sparsity=target_sparsity, calibrations=calibrations, start_step=start_step)
 
     def shape(self, x: float) -> float:
         return schedules.pgh(x, self.beta)
@@ -348,7 +449,8 @@ class LATSEpoch(ShapedThreshold):
     Needs ``(total_steps - start_step)`` to be a whole number of epochs of ``steps_per_epoch``.
     """
 
-    def __init__(self, model, optimizer, *, final_threshold: float, total_steps: int, steps_per_epoch: int,
+    def __init__(self, model, optimizer, *, final_threshold: float | None = None, total_steps: int,
+                 steps_per_epoch: int, target_sparsity: float | None = None, calibrations: int = 100,
                  start_step: int = 0):
         self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
         epochs, rest = divmod(total_steps - start_step, self.steps_per_epoch)
@@ -356,12 +458,12 @@ class LATSEpoch(ShapedThreshold):
             raise ValueError(f"lats_epoch needs whole epochs: total_steps - start_step = {total_steps - start_step} "
                              f"is not a positive multiple of steps_per_epoch = {steps_per_epoch}")
         self.epochs = epochs
-        super().__init__(model, optimizer, final_threshold=final_threshold, total_steps=total_steps,
-                         start_step=start_step)
+        super().__init__(model, optimizer, total_steps=total_steps, final_threshold=final_threshold,
+                         target_sparsity=target_sparsity, calibrations=calibrations, start_step=start_step)
 
-    def threshold_at(self, step: int) -> float:
+    def progress(self, step: int) -> float:
         relative = min(max(step - self.start_step, 0), self.total_steps - self.start_step)
-        return self.final_threshold * schedules.lats_epoch(relative, self.steps_per_epoch, self.epochs)
+        return schedules.lats_epoch(relative, self.steps_per_epoch, self.epochs)
 
 
 @register_threshold_scheduler("fixed")
@@ -373,18 +475,36 @@ class Fixed(ThresholdScheduler):
     """
 
     starts_at_final_threshold = True
-    knob = "final_threshold D (weight units), held from step 0; pair with pruning.init: inverse"
+    replaces_final_threshold = ("target_sparsity",)
+    knob = ("final_threshold D (weight units), held from step 0; pair with pruning.init: inverse. Or target_sparsity "
+            "(0-1): d is set to the D that prunes it at step 0 and at every calibration (needs total_steps)")
 
-    def __init__(self, model, optimizer, *, final_threshold: float):
+    def __init__(self, model, optimizer, *, final_threshold: float | None = None, target_sparsity: float | None = None,
+                 total_steps: int | None = None, calibrations: int = 100):
         super().__init__(model, optimizer, start_step=0)
-        check_threshold(final_threshold, "final_threshold")
-        self.final_threshold = float(final_threshold)
+        if target_sparsity is not None and total_steps is None:
+            raise ValueError("fixed with target_sparsity needs total_steps (the calibrations are spread over the run)")
+        self._anchor = (0, 0.0)
+        self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations, total_steps)
         self.threshold = self.final_threshold
         self.l1_coefficient = self._implied_l1(0.0, self.lr, self.threshold)
         self._apply()
 
     def _advance(self, lr: float) -> tuple[float, float]:
         return self.threshold, 0.0
+
+    def _recalibrate(self) -> float:
+        """A constant schedule has no rest to rescale: d jumps to the new D."""
+        new = self.threshold_for_target()
+        jump, self.final_threshold, self.threshold = new - self.threshold, new, new
+        return jump
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self._calibration_state()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self._load_calibration_state(state)
+        super()._load_state(state)
 
 
 @register_threshold_scheduler("lats")
@@ -400,6 +520,10 @@ class LATS(ThresholdScheduler):
     without one), and ``l1`` is what that implies. Under Adam only D can be given (there is no L1
     objective to name).
 
+    With ``target_sparsity`` instead, D is calibrated during the run (see the module docstring):
+    at each calibration the increment per unit LR is re-planned so that d reaches the new D over
+    the LRs still to come (compensated: the constant l1 that reaches it).
+
     Weight decay ``wd`` on theta adds ``wd * d_t`` to the implied coefficient, which then grows with
     d. ``compensate_weight_decay=True`` moves d by ``eta_t s (l1 - wd d_t)`` instead, so the
     coefficient stays exactly ``l1`` and SGD converges to the elastic net
@@ -411,18 +535,21 @@ class LATS(ThresholdScheduler):
             (``"epoch"`` needs ``steps_per_epoch``). Only used for the simulation.
     """
 
-    replaces_final_threshold = ("l1",)
+    replaces_final_threshold = ("l1", "target_sparsity")
     knob = ("final_threshold D (weight units, about the weights' scale: 0.2 on the digits MLP, ~0.002 on ImageNet "
-            "ResNet-50), or l1 (lambda, the objective's coefficient) instead")
+            "ResNet-50), or l1 (lambda, the objective's coefficient), or target_sparsity (0-1: D calibrated during "
+            "training)")
 
     def __init__(self, model, optimizer, *, l1: float | None = None, final_threshold: float | None = None,
+                 target_sparsity: float | None = None, calibrations: int = 100,
                  total_steps: int | None = None, lr_scheduler=None, lr_sum: float | None = None,
                  steps_per_epoch: int | None = None, lr_step_interval: str = "step", start_step: int = 0,
                  compensate_weight_decay: bool = False):
         super().__init__(model, optimizer, start_step=start_step)
-        if (l1 is None) == (final_threshold is None):
-            raise ValueError("lats needs exactly one of l1 (lambda) or final_threshold (D)")
+        if sum(value is not None for value in (l1, final_threshold, target_sparsity)) != 1:
+            raise ValueError("lats needs exactly one of l1 (lambda), final_threshold (D) or target_sparsity")
         scale = self.step_scale
+        self._anchor = (0, 0.0)
         self.compensate_weight_decay = bool(compensate_weight_decay)
         if scale is None and (l1 is not None or self.compensate_weight_decay):
             what = "l1=" if l1 is not None else "compensate_weight_decay=True"
@@ -432,9 +559,21 @@ class LATS(ThresholdScheduler):
                 "no threshold increment corresponds to an L1 coefficient. Give final_threshold=D instead")
         self.lr_sum = None
         self._rate = None  # threshold per unit LR when D fixes it; None: l1 * step scale
+        self.final_threshold = None
         if l1 is not None:
             check_threshold(l1, "l1")
             self.l1 = float(l1)
+        elif target_sparsity is not None:
+            if total_steps is None:
+                raise ValueError("lats with target_sparsity needs total_steps (to simulate the LR schedule)")
+            total = _positive_int(total_steps, "total_steps")
+            if total <= self.start_step:
+                raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
+            # The LR of every step, for the LR still to come at each calibration.
+            self._lrs = lr_sequence(optimizer, lr_scheduler, total, self.group_index, lr_step_interval,
+                                    steps_per_epoch)
+            self.final_threshold = self._start_calibration(target_sparsity, total, calibrations)
+            self._aim()
         else:
             check_threshold(final_threshold, "final_threshold")
             if total_steps is None and (lr_sum is None or self.compensate_weight_decay):
@@ -448,7 +587,7 @@ class LATS(ThresholdScheduler):
             if self.compensate_weight_decay:
                 lrs = lr_sequence(optimizer, lr_scheduler, total, self.group_index, lr_step_interval,
                                   steps_per_epoch)[self.start_step:]
-                self.l1 = float(final_threshold) / self._reach_per_unit_l1(lrs)
+                self.l1 = float(final_threshold) / self._reach(lrs)[1]
             else:
                 if lr_sum is None:
                     lr_sum = learning_rate_sum(optimizer, lr_scheduler, total, self.start_step, self.group_index,
@@ -462,15 +601,36 @@ class LATS(ThresholdScheduler):
                 self.l1 = None if scale is None else self._rate / scale
         self._apply()
 
-    def _reach_per_unit_l1(self, lrs: list[float]) -> float:
-        """d after the pruning steps with LRs ``lrs`` for l1 = 1 (d is linear in l1)."""
-        scale, wd, d = self.step_scale, self.weight_decay, 0.0
+    def _reach(self, lrs: list[float]) -> tuple[float, float]:
+        """``(a, b)`` with d after the compensated steps with LRs ``lrs`` equal to ``a d_0 + b l1``
+        (d is linear in its start and in l1): ``b`` is d from 0 with l1 = 1, ``a`` the decay."""
+        scale, wd, d, decay = self.step_scale, self.weight_decay, 0.0, 1.0
         for lr in lrs:
             d += lr * scale * (1.0 - wd * d)
+            decay *= 1.0 - lr * scale * wd
         if not d > 0:
             raise ValueError(f"with these learning rates and weight decay {wd}, the compensated threshold cannot "
                              "grow; lats needs a positive sum of learning rates")
-        return d
+        return decay, d
+
+    def _aim(self) -> None:
+        """Plan the rest of the run so that d goes from its current value to D: the increment per
+        unit LR (or, compensated, the l1) over the LRs still to come."""
+        lrs = self._lrs[max(self.last_step, self.start_step):]
+        if not lrs or not math.fsum(lrs) > 0:
+            return  # nothing left to steer
+        if self.compensate_weight_decay:
+            decay, reach = self._reach(lrs)
+            self.l1 = (self.final_threshold - decay * self.threshold) / reach
+        else:
+            self._rate = (self.final_threshold - self.threshold) / math.fsum(lrs)
+            self.l1 = None if self.step_scale is None else self._rate / self.step_scale
+
+    def _recalibrate(self) -> float:
+        self.final_threshold = self.threshold_for_target()
+        self._anchor = (self.last_step, self.threshold)
+        self._aim()
+        return 0.0
 
     def _advance(self, lr: float) -> tuple[float, float]:
         if self.last_step < self.start_step:
@@ -486,9 +646,11 @@ class LATS(ThresholdScheduler):
         return self.threshold + delta, delta
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "l1": self.l1, "lr_sum": self.lr_sum, "rate": self._rate}
+        return {**super().state_dict(), "l1": self.l1, "lr_sum": self.lr_sum, "rate": self._rate,
+                **self._calibration_state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        self._load_calibration_state(state)
         self.l1 = None if state["l1"] is None else float(state["l1"])
         self.lr_sum = state["lr_sum"]
         self._rate = None if state.get("rate") is None else float(state["rate"])
@@ -641,14 +803,14 @@ class GMP(ThresholdScheduler):
     rules = ("magnitude",)
     parametrization_type = MagnitudeMask
     reports_l1 = False
-    knob = "final_sparsity (0-1), reached exactly per layer at the end epoch"
+    knob = "target_sparsity (0-1), reached exactly per layer at the end epoch"
 
-    def __init__(self, model, optimizer, *, final_sparsity: float, steps_per_epoch: int, total_steps: int,
+    def __init__(self, model, optimizer, *, target_sparsity: float, steps_per_epoch: int, total_steps: int,
                  start_step: int = 0, end_step: int | None = None, end_epoch: int | None = None):
         super().__init__(model, optimizer, start_step=start_step)
-        if not (isinstance(final_sparsity, (int, float)) and 0 <= final_sparsity < 1):
-            raise ValueError(f"gmp needs 0 <= final_sparsity < 1, got {final_sparsity!r}")
-        self.final_sparsity = float(final_sparsity)
+        if not (isinstance(target_sparsity, (int, float)) and 0 <= target_sparsity < 1):
+            raise ValueError(f"gmp needs 0 <= target_sparsity < 1, got {target_sparsity!r}")
+        self.target_sparsity = float(target_sparsity)
         self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
         if end_step is not None and end_epoch is not None:
             raise ValueError("gmp takes end_step or end_epoch (end_epoch * steps_per_epoch), not both")
@@ -665,7 +827,7 @@ class GMP(ThresholdScheduler):
 
     def target_at(self, step: int) -> float:
         epoch = step // self.steps_per_epoch
-        return schedules.gmp_sparsity(epoch, self.start_epoch, self.end_epoch - 1, self.final_sparsity)
+        return schedules.gmp_sparsity(epoch, self.start_epoch, self.end_epoch - 1, self.target_sparsity)
 
     def step(self) -> None:
         self._check_not_baked()
@@ -702,6 +864,32 @@ class GMP(ThresholdScheduler):
     def _load_state(self, state: dict[str, Any]) -> None:
         super()._load_state(state)
         self.sparsity_target = float(state["sparsity_target"])
+
+
+def _final_threshold(scheduler: ThresholdScheduler, final_threshold: float | None, target_sparsity: float | None,
+                     calibrations: int, total_steps: int | None = None) -> float:
+    """D: the user's ``final_threshold``, or the first calibration for ``target_sparsity`` (exactly one)."""
+    if (final_threshold is None) == (target_sparsity is None):
+        raise ValueError(f"{scheduler.name} needs exactly one of final_threshold (D, weight units) or target_sparsity "
+                         f"(the final fraction of pruned weights; D is then calibrated during training)")
+    if target_sparsity is None:
+        check_threshold(final_threshold, "final_threshold")
+        return float(final_threshold)
+    return scheduler._start_calibration(target_sparsity, scheduler.total_steps if total_steps is None else total_steps,
+                                        calibrations)
+
+
+def _drift_slope(observations: list[tuple[float, float]]) -> float:
+    """Least-squares slope of ``D_now`` against d over ``observations`` ``(d, D_now)``, clamped to
+    [0, 0.9]; 0 while d has spread less than a tenth of the latest ``D_now`` (too little to fit)."""
+    ds = [d for d, _ in observations]
+    if max(ds) - min(ds) < 0.1 * observations[-1][1]:
+        return 0.0
+    mean_d = math.fsum(ds) / len(ds)
+    mean_y = math.fsum(y for _, y in observations) / len(observations)
+    covariance = math.fsum((d - mean_d) * (y - mean_y) for d, y in observations)
+    variance = math.fsum((d - mean_d) ** 2 for d in ds)
+    return min(max(covariance / variance, 0.0), 0.9)
 
 
 def _mean(values: list[float]) -> float:

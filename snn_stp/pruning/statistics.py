@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .parametrizations import PruningParametrization
-from .sparsify import NORMALIZATION_TYPES, pruned_layers
+from .sparsify import NORMALIZATION_TYPES, PrunedLayer, pruned_layers
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,27 @@ def weight_sparsity(model: nn.Module) -> SparsityReport:
                 other += q.numel()
     return SparsityReport(zeros / numel, layers, zeros, numel, all_zeros / all_numel, all_zeros, all_numel, bias,
                           norm, other)
+
+
+@torch.no_grad()
+def threshold_for_sparsity(layers: list[PrunedLayer], sparsity: float) -> float:
+    """The smallest global threshold d (weight units) at which the soft threshold zeroes at least a
+    fraction ``sparsity`` of the weights of ``layers``, given their current latent weights: a weight
+    is zero where ``|theta| <= m d`` (``m`` its layer's multiplier), so d is the k-th smallest
+    ``|theta| / m`` over all the layers' weights, ``k = ceil(sparsity * numel)``. A layer with
+    ``m = 0`` is never pruned (its exact zeros still count)."""
+    if not (isinstance(sparsity, (int, float)) and 0 <= sparsity < 1):
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    if not layers:
+        raise ValueError("no pruned layers: call snn_stp.sparsify(model) first")
+    scaled = []
+    for layer in layers:
+        magnitude = layer.theta.detach().abs().flatten().double()
+        ratio = magnitude / layer.parametrization.multiplier.double()
+        scaled.append(torch.nan_to_num(ratio, nan=0.0))  # 0 / 0: an exact zero under m = 0
+    values = torch.cat(scaled)
+    k = math.ceil(sparsity * values.numel())
+    return 0.0 if k == 0 else float(values.kthvalue(k).values)
 
 
 @torch.no_grad()

@@ -173,6 +173,8 @@ def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_sch
     kwargs = {name: value for name, value in context.items() if name in accepted}
     kwargs.update({name: value for name, value in p.scheduler_arguments.items()
                    if name not in cls.parametrization_arguments and value is not None})
+    if p.target_sparsity is not None and "target_sparsity" in accepted:
+        kwargs["target_sparsity"] = p.target_sparsity
     if cls.uses_final_threshold(kwargs):
         kwargs["final_threshold"] = 0.0 if p.scheduler == DENSE else p.final_threshold
     with settings("pruning"):

@@ -63,6 +63,9 @@ class PruningConfig:
     scheduler: str = "lats"  # a threshold scheduler name, or "dense" (identity rule, no pruning)
     rule: str | None = None  # default: the scheduler's first rule (ste; exact for str; gradr; magnitude for gmp)
     final_threshold: float | None = 0.2
+    # The final fraction of zero weights in the pruned layers, in place of final_threshold: the schedulers
+    # with a final threshold calibrate D to it during training; gmp prunes to it; gradr's prior aims at it.
+    target_sparsity: float | None = None
     start_epoch: int = 0
     init: str = "keep"  # "inverse" for a scheduler whose threshold starts at D (fixed)
     include: list | None = None
@@ -364,24 +367,57 @@ def _check_pruning(p: PruningConfig) -> None:
         raise ConfigError(f"pruning.scheduler {p.scheduler!r} is unknown; valid: {', '.join(schedulers)}")
     cls = THRESHOLD_SCHEDULERS.get(p.scheduler)
     own = cls.user_arguments() if cls else {}
-    own.pop("final_threshold", None)  # a key of the section itself
+    takes_target = own.pop("target_sparsity", None) is not None
+    own.pop("final_threshold", None)  # keys of the section itself
     given = p.scheduler_arguments
     unknown = sorted(set(given) - set(own))
     if unknown:
         keys = [f.name for f in dataclasses.fields(PruningConfig) if f.name != PruningConfig.EXTRA_KEYS]
+        renamed = " (pruning.final_sparsity is now pruning.target_sparsity)" if "final_sparsity" in unknown else ""
         raise ConfigError(f"unknown key(s) {['pruning.' + k for k in unknown]} in section 'pruning' for scheduler "
-                          f"{p.scheduler}; valid: {', '.join(keys + list(own))}")
+                          f"{p.scheduler}{renamed}; valid: {', '.join(keys + list(own))}")
+    if p.target_sparsity is not None:
+        _check_target_sparsity(p, cls, takes_target)
     for name, value in given.items():
         given[name] = _check_type(value, own[name][0], f"pruning.{name}")
     missing = [name for name, (_, required) in own.items() if required and given.get(name) is None]
+    if cls is not None and takes_target and p.target_sparsity is None and \
+            "target_sparsity" not in cls.replaces_final_threshold:
+        missing.append("target_sparsity")
     if missing:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs {' and '.join('pruning.' + n for n in missing)}")
-    if cls is not None and cls.uses_final_threshold(given) and p.final_threshold is None:
+    if cls is not None and cls.uses_final_threshold({**given, "target_sparsity": p.target_sparsity}) and \
+            p.final_threshold is None:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.final_threshold"
                           + "".join(f" or pruning.{n}" for n in cls.replaces_final_threshold))
+    if p.target_sparsity is not None and cls is not None and "target_sparsity" in cls.replaces_final_threshold:
+        p.final_threshold = None  # D is calibrated: a final_threshold (the default 0.2 too) is not used
     if p.init == "inverse" and not (cls and cls.starts_at_final_threshold):
         starting = [n for n, c in sorted(THRESHOLD_SCHEDULERS.items()) if c.starts_at_final_threshold]
         raise ConfigError(f"pruning.init inverse is for the {', '.join(starting)} scheduler (pruning at initialization)")
+
+
+def _check_target_sparsity(p: PruningConfig, cls, takes_target: bool) -> None:
+    """``pruning.target_sparsity`` is a fraction, for a scheduler that can aim at it."""
+    if not (math.isfinite(p.target_sparsity) and 0 < p.target_sparsity < 1):
+        raise ConfigError(f"pruning.target_sparsity must be in (0, 1) (the final fraction of zero weights in the "
+                          f"pruned layers), got {p.target_sparsity!r}")
+    if p.scheduler == DENSE:
+        raise ConfigError("pruning.target_sparsity: the dense baseline prunes nothing; choose a pruning scheduler "
+                          "(snn-stp list)")
+    if p.scheduler == "str":
+        raise ConfigError(
+            "pruning.target_sparsity: str cannot aim at a sparsity. Its thresholds are trained parameters, moved "
+            "by the loss and the weight decay on their logits, not a schedule the toolkit could calibrate; "
+            "calibrating the decay would make it another method. Set its sparsity with "
+            "pruning.trainable_threshold_init and optim.threshold_weight_decay, or use lats, slats, pgh or sine "
+            "with pruning.target_sparsity")
+    if not takes_target:
+        raise ConfigError(f"pruning.target_sparsity: {p.scheduler} does not take a target sparsity")
+    if p.init == "inverse":
+        raise ConfigError("pruning.target_sparsity with pruning.init inverse: the inverse initialization needs D "
+                          "before training (it keeps every weight at step 0); give pruning.final_threshold, or use "
+                          "init keep with the target (d then starts at the D that prunes it)")
 
 
 def _check_ranges(config: Config) -> None:

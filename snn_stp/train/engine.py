@@ -33,7 +33,7 @@ from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, m
                        make_threshold_scheduler)
 from .config import Config, save_config
 
-METRIC_KEYS = ("epoch", "step", "lr", "threshold", "l1_coefficient", "train_loss", "train_acc", "val_loss",
+METRIC_KEYS = ("epoch", "step", "lr", "threshold", "final_threshold", "l1_coefficient", "train_loss", "train_acc", "val_loss",
                "val_acc", "test_loss", "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity",
                "all_weight_sparsity", "layer_sparsity", "pruned", "regrown", "epoch_seconds")
 
@@ -276,8 +276,8 @@ class Trainer:
         report = pruning.weight_sparsity(self.model)
         change = pruning.support_change(p["support"], pruning.support(self.model))
         record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": float(self.optimizer.param_groups[0]["lr"]),
-                  "threshold": self.thresholds.threshold, "l1_coefficient": self.thresholds.l1_coefficient,
-                  "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
+                  "threshold": self.thresholds.threshold, "final_threshold": self._final_threshold(),
+                  "l1_coefficient": self.thresholds.l1_coefficient, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
                   "val_acc": val["acc"], "test_loss": test["loss"],
                   "test_acc": test["acc"], "test_top5": test["top5"], **sparsity_figures(report),
                   "layer_sparsity": report.layers, "pruned": change.pruned, "regrown": change.regrown,
@@ -474,6 +474,12 @@ class Trainer:
         from tqdm import tqdm
         return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True, disable=None)  # off without a TTY
 
+    def _final_threshold(self) -> float | None:
+        """D, where d is scheduled toward one: the configured D, or the one calibrated so far for
+        ``pruning.target_sparsity``; None for the methods without one (gmp, gradr, str, lats given l1)."""
+        value = getattr(self.thresholds, "final_threshold", None)
+        return None if value is None else float(value)
+
     def _summary(self, seconds: float, stopped_early: bool) -> dict:
         report = pruning.weight_sparsity(self.model)
         # Every rank's view, to show that they agree (same global step, threshold, sparsity).
@@ -490,6 +496,7 @@ class Trainer:
                 "best_val_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
                 "test_acc_at_best_val": self.test_acc_at_best,
                 **sparsity_figures(report), "parameter_counts": report.counts(), "threshold": self.thresholds.threshold,
+                "final_threshold": self._final_threshold(), "target_sparsity": self.config.pruning.target_sparsity,
                 "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
                 "world_size": self.ctx.world_size,
                 "ranks": ranks}
