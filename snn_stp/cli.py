@@ -64,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare = add("compare", help="Markdown report comparing runs (ANN vs SNN ratios)")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--out", required=True, help="folder for report.md and its figures")
+    sweep = add("sweep", help="a grid of runs over config keys, in parallel, resumable; writes results.csv",
+                description="Train one run per point of a grid over config keys (scheduler x target sparsity x "
+                            "seed x any key), JOBS at a time. Run it again to continue a killed sweep: finished "
+                            "points are skipped, interrupted ones resumed. Writes OUT/results.csv.")
+    sweep.add_argument("sweep_file", nargs="?", metavar="SWEEP_FILE",
+                       help="a YAML file with base, set, grid and variants (see docs/training.md)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="an axis of the grid, e.g. --grid pruning.target_sparsity=0.9,0.95 (repeatable)")
+    sweep.add_argument("--config", help="the base config of every point: a YAML file or a shipped recipe")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every point")
+    sweep.add_argument("--out", required=True, help="the sweep's folder: one run directory per point, results.csv")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1); each gets cores / jobs threads")
+    sweep.add_argument("--dry-run", action="store_true", help="build every point's config and list the points")
+    sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
     add("list", help="list the registered models, data sets, threshold schedulers and recipes",
                    description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
                                "schedulers and the shipped recipes.")
@@ -205,6 +219,8 @@ def dispatch(args) -> int:
     elif args.command == "compare":
         from .analysis.report import compare_runs
         print(f"wrote {compare_runs(args.runs, args.out)}")
+    elif args.command == "sweep":
+        return run_sweep_command(args)
     elif args.command == "eval":
         from .train import evaluate_checkpoint
         result = evaluate_checkpoint(args.path)
@@ -214,6 +230,27 @@ def dispatch(args) -> int:
               f"of all weights; not counted: {_not_counted(result['parameter_counts'])}), threshold d = "
               f"{result['threshold']:.4g}")
         print_analysis(result)
+    return 0
+
+
+def run_sweep_command(args) -> int:
+    from pathlib import Path
+
+    from .sweeps import RESULTS, plan, read_sweep, run_sweep
+
+    sweep = read_sweep(args.sweep_file, args.grid, args.config, args.set)
+    if args.dry_run:
+        planned = plan(sweep, Path(args.out))
+        print(f"{len(planned)} point(s) in {args.out}, every config checked:")
+        for point, state in planned:
+            print(f"  {point.name}: {state}")
+        return 0
+    rows = run_sweep(sweep, args.out, args.jobs, args.quiet)
+    failed = [row["name"] for row in rows if row["status"] == "failed"]
+    print(f"wrote {Path(args.out) / RESULTS} ({len(rows) - len(failed)} of {len(rows)} run(s) finished)")
+    if failed:
+        return _fail("sweep", f"{len(failed)} run(s) failed: {', '.join(failed[:5])}; their logs are in "
+                              f"{Path(args.out) / 'logs'}; fix the cause and run the same command again")
     return 0
 
 
@@ -262,6 +299,9 @@ def _interrupted_hint(args) -> str:
     from pathlib import Path
 
     from . import rundir
+    if args.command == "sweep":
+        return "interrupted; the finished runs are kept and each interrupted run saved a checkpoint: run the same " \
+               "snn-stp sweep command again to continue"
     run_dir = getattr(args, "run_dir", None) or (getattr(args, "out", None) if args.command == "train" else None)
     if run_dir and (Path(run_dir) / rundir.CHECKPOINTS / rundir.LAST).exists():
         return (f"interrupted; the last checkpoint {Path(run_dir) / rundir.CHECKPOINTS / rundir.LAST} is kept: "

@@ -1,0 +1,347 @@
+"""Sweeps: a grid of training runs over any config keys, run one at a time or in parallel, resumable.
+
+A sweep is described by a YAML file, or by ``--grid key=v1,v2`` on the command line, or both::
+
+    base: digits_snn_lats                 # optional: a shipped recipe or a config file (relative to this file)
+    set: {train.epochs: 20}               # optional: settings of every point
+    grid:                                 # axes, crossed with each other
+      train.seed: [0, 1, 2]
+      task:                               # a named axis: each of its values sets several keys
+        snn: {}
+        ann: {model.spiking: false}
+    variants:                             # optional: sub-grids, each crossed with `grid`; the points
+      - {pruning.scheduler: [lats, sine], pruning.target_sparsity: [0.9, 0.95]}     # are their union
+      - {pruning.scheduler: [dense]}
+
+Each point is one run directory under the sweep's folder, named after its values, trained by
+``snn-stp train`` in a child process (``jobs`` of them at a time). Every point's config is built and
+checked before anything runs. Run again, a sweep skips the finished points, resumes the ones a
+kill interrupted (``snn-stp resume``) and starts the rest; a point whose folder holds a run of
+another config is refused, never overwritten. ``results.csv`` (one row per point: the swept values,
+accuracies, both sparsity figures, D, the implied L1 coefficient, firing rate, energy, wall time)
+is rewritten after every finished point; ``sweep.yaml`` keeps the sweep's description.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import rundir
+from .errors import ConfigError, RunDirectoryError
+from .files import read_yaml, write_text_atomic
+from .train.config import RESUME_MUTABLE_KEYS, differences, from_dict, load_config
+
+SWEEP_FILE = "sweep.yaml"
+RESULTS = "results.csv"
+LOGS = "logs"
+SWEEP_KEYS = ("base", "set", "grid", "variants")
+
+#: The numbers of a finished point, from its summary.json and its last metrics record.
+RESULT_COLUMNS = ("final_test_acc", "test_acc_at_best_val", "best_val_acc", "best_epoch", "pruned_layer_sparsity",
+                  "all_weight_sparsity", "target_sparsity", "final_threshold", "threshold", "l1_coefficient",
+                  "mean_firing_rate", "energy_pj_effective", "energy_pj_dense", "seconds")
+
+
+@dataclass
+class Point:
+    """One run of a sweep: its values per axis (a label for a named axis) and its config overrides."""
+
+    values: dict[str, Any]
+    overrides: list[str] = field(default_factory=list)
+    name: str = ""
+
+
+@dataclass
+class Sweep:
+    base: str | None
+    settings: dict[str, Any]
+    grid: dict[str, Any]
+    variants: list[dict[str, Any]]
+
+    @property
+    def axes(self) -> list[str]:
+        """Every axis, the grid's first, in order of appearance."""
+        names = list(self.grid)
+        for variant in self.variants:
+            names += [name for name in variant if name not in names]
+        return names
+
+    def to_dict(self) -> dict:
+        return {"base": self.base, "set": self.settings, "grid": self.grid, "variants": self.variants}
+
+
+def read_sweep(path: str | Path | None = None, grid: list[str] | None = None, base: str | None = None,
+               settings: list[str] | None = None) -> Sweep:
+    """The sweep of a YAML file (optional) with ``--grid key=v1,v2`` axes, a ``--config`` base and
+    ``--set key=value`` settings added (the command line wins over the file)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"sweep file {path} does not exist; give a YAML file with a grid (see docs/training.md)")
+        data = read_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping with {', '.join(SWEEP_KEYS)}")
+        unknown = sorted(set(data) - set(SWEEP_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in sweep file {path}; valid: {', '.join(SWEEP_KEYS)}")
+        if data.get("base") is not None and (path.parent / str(data["base"])).is_file():
+            data["base"] = str((path.parent / str(data["base"])).resolve())
+    sweep = Sweep(base=base or data.get("base"), settings=dict(_mapping(data.get("set"), "set")),
+                  grid=dict(_mapping(data.get("grid"), "grid")), variants=list(data.get("variants") or []))
+    for item in settings or []:
+        key, value = _split(item, "--set")
+        sweep.settings[key] = yaml.safe_load(value) if value.strip() else None
+    for item in grid or []:
+        key, raw = _split(item, "--grid")
+        sweep.grid[key] = [yaml.safe_load(v) for v in raw.split(",")]
+    for name, axis in [*sweep.grid.items(), *(kv for v in sweep.variants for kv in _mapping(v, "variants").items())]:
+        _check_axis(name, axis)
+    if not sweep.grid and not sweep.variants:
+        raise ConfigError("the sweep has no grid: give a sweep file with a grid, or --grid key=v1,v2")
+    return sweep
+
+
+def _mapping(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"the sweep's {what} must be a mapping, got {value!r}")
+    return value
+
+
+def _split(item: str, option: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"{option} {item!r} must look like key=value, e.g. {option} pruning.target_sparsity="
+                          + ("0.9,0.95" if option == "--grid" else "0.9"))
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def _check_axis(name: str, axis) -> None:
+    if isinstance(axis, dict):
+        if not axis or not all(isinstance(v, dict) for v in axis.values()):
+            raise ConfigError(f"sweep axis {name!r}: a named axis maps each label to a mapping of settings, "
+                              f"e.g. {{ann: {{model.spiking: false}}}}")
+    elif not isinstance(axis, list) or not axis:
+        raise ConfigError(f"sweep axis {name!r} must be a non-empty list of values (or a mapping label -> settings)")
+    if "." not in name and not isinstance(axis, dict):
+        raise ConfigError(f"sweep axis {name!r} is not a config key (section.key); a named axis maps labels to "
+                          "settings")
+
+
+def points(sweep: Sweep) -> list[Point]:
+    """Every point of the sweep, each with a unique name made of its values."""
+    found = []
+    for variant in sweep.variants or [{}]:
+        axes = {**sweep.grid, **variant}
+        options = [[(name, label) for label in (axis if isinstance(axis, dict) else axis)] for name, axis in axes.items()]
+        for combination in itertools.product(*options):
+            values, overrides = {}, [f"{k}={json.dumps(v)}" for k, v in sweep.settings.items()]
+            for name, label in combination:
+                values[name] = label
+                axis = axes[name]
+                settings = axis[label] if isinstance(axis, dict) else {name: label}
+                overrides += [f"{k}={json.dumps(v)}" for k, v in settings.items()]
+            found.append(Point(values, overrides))
+    _name(found, sweep.axes)
+    names = [p.name for p in found]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"the sweep has the same point more than once: {duplicated[:3]}; check the variants")
+    return found
+
+
+def _name(found: list[Point], axes: list[str]) -> None:
+    """``seed-0__scheduler-lats``: each axis by its last dotted part (the whole key if that is ambiguous)."""
+    short = {axis: axis.rsplit(".", 1)[-1] for axis in axes}
+    clashes = {s for s in short.values() if list(short.values()).count(s) > 1}
+    short = {axis: (axis if s in clashes else s) for axis, s in short.items()}
+    for point in found:
+        point.name = "__".join(f"{short[a]}-{_label(point.values[a])}" for a in axes if a in point.values)
+
+
+def _label(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in text)
+
+
+def plan(sweep: Sweep, out: Path) -> list[tuple[Point, str]]:
+    """Each point with what a run of the sweep does for it: ``done``, ``resume``, ``start`` or ``restart``
+    (a run killed before its first checkpoint). Every point's config is built (errors name the
+    point) and compared with what its folder already holds."""
+    planned = []
+    for point in points(sweep):
+        try:
+            config = load_config(sweep.base, point.overrides)
+        except ConfigError as error:
+            raise ConfigError(f"sweep point {point.name}: {error}") from None
+        folder = out / point.name
+        state = "start"
+        if rundir.holds_run(folder):
+            _check_same_config(folder, config, point)
+            if (folder / rundir.SUMMARY).is_file():
+                state = "done"
+            elif (folder / rundir.CHECKPOINTS / rundir.LAST).is_file():
+                state = "resume"
+            else:
+                state = "restart"
+        planned.append((point, state))
+    return planned
+
+
+def _check_same_config(folder: Path, config, point: Point) -> None:
+    saved_path = folder / rundir.CONFIG
+    if not saved_path.is_file():
+        return
+    try:
+        saved = from_dict(read_yaml(saved_path))
+    except ConfigError as error:
+        raise RunDirectoryError(f"sweep point {point.name}: {saved_path} is not a readable config ({error})") from None
+    changed = [k for k in differences(saved, config) if k not in RESUME_MUTABLE_KEYS]
+    if changed:
+        raise RunDirectoryError(
+            f"sweep point {point.name}: {folder} holds a run of another config (differs in {', '.join(changed[:6])}); "
+            "the sweep was edited since it ran. Use another --out, or remove that folder to run the point again")
+
+
+def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, quiet: bool = False) -> list[dict]:
+    """Run every point not yet finished, ``jobs`` at a time; returns the rows of ``results.csv``.
+
+    A point that fails is recorded (status ``failed``, its log's last line) and the others go on.
+    Children get ``OMP_NUM_THREADS`` = cores / jobs (at least 1) unless the environment sets it.
+    """
+    out = Path(out)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    planned = plan(sweep, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOGS).mkdir(exist_ok=True)
+    write_text_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    status = {p.name: ("done" if state == "done" else "pending") for p, state in planned}
+    todo = [(p, state) for p, state in planned if state != "done"]
+    environment = dict(os.environ)
+    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
+    say(f"sweep of {len(planned)} run(s) in {out}: {len(planned) - len(todo)} finished already, {len(todo)} to run, "
+        f"{jobs} at a time")
+    running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
+    finished, total = 0, len(todo)
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                point, state = todo.pop(0)
+                log = open(out / LOGS / f"{point.name}.log", "a")
+                running[point.name] = (subprocess.Popen(_command(sweep, point, out, state), stdout=log,
+                                                        stderr=subprocess.STDOUT, env=environment),
+                                       time.perf_counter(), log)
+            time.sleep(0.05)
+            for name, (process, started, log) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                finished += 1
+                status[name] = "done" if process.returncode == 0 else "failed"
+                rows = write_results(planned, out, status)
+                row = next(r for r in rows if r["name"] == name)
+                say(f"[{finished}/{total}] {name}: {_outcome(row, process.returncode, out)} ({time.perf_counter() - started:.0f} s)")
+    except KeyboardInterrupt:
+        for process, _, log in running.values():
+            process.wait()  # the children got the Ctrl-C too and save a checkpoint
+            log.close()
+        write_results(planned, out, status)
+        raise
+    return write_results(planned, out, status)
+
+
+def _command(sweep: Sweep, point: Point, out: Path, state: str) -> list[str]:
+    folder = out / point.name
+    if state == "resume":
+        return [sys.executable, "-m", "snn_stp", "resume", "--quiet", str(folder)]
+    command = [sys.executable, "-m", "snn_stp", "train", "--quiet", "--out", str(folder)]
+    if state == "restart":
+        command.append("--overwrite")
+    if sweep.base:
+        command += ["--config", str(sweep.base)]
+    for item in point.overrides:
+        command += ["--set", item]
+    return command
+
+
+def _outcome(row: dict, code: int, out: Path) -> str:
+    if code != 0:
+        return f"failed (exit {code}): {row.get('error', '')} - see {out / LOGS / (row['name'] + '.log')}"
+    acc, sparsity = row.get("final_test_acc"), row.get("pruned_layer_sparsity")
+    return f"test {_pct(acc)}, sparsity {_pct(sparsity)}"
+
+
+def _pct(value) -> str:
+    return "–" if value in (None, "") else f"{100 * float(value):.2f}%"
+
+
+def write_results(planned: list[tuple[Point, str]], out: Path, status: dict[str, str]) -> list[dict]:
+    """Write ``results.csv`` (atomically): one row per point, finished or not."""
+    axes = []
+    for point, _ in planned:
+        axes += [a for a in point.values if a not in axes]
+    rows = []
+    for point, _ in planned:
+        row = {"name": point.name, "status": status[point.name], **{a: point.values.get(a, "") for a in axes}}
+        row.update(point_results(out / point.name) if status[point.name] == "done" else {})
+        if status[point.name] == "failed":
+            row["error"] = _last_line(out / LOGS / f"{point.name}.log")
+        row["run_dir"] = point.name
+        rows.append(row)
+    columns = ["name", "status", *axes, *RESULT_COLUMNS, "error", "run_dir"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / RESULTS, buffer.getvalue())
+    return rows
+
+
+def point_results(folder: Path) -> dict:
+    """The :data:`RESULT_COLUMNS` of a finished run directory."""
+    summary = rundir.read_summary(folder)
+    metrics = rundir.read_metrics(folder) if (folder / rundir.METRICS).is_file() else []
+    last = metrics[-1] if metrics else {}
+    ops = last.get("ops", {})
+    values = {**summary, "mean_firing_rate": last.get("mean_firing_rate"),
+              "energy_pj_effective": ops.get("energy_pj_effective"), "energy_pj_dense": ops.get("energy_pj_dense")}
+    return {column: values.get(column) for column in RESULT_COLUMNS}
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def read_results(out: str | Path) -> list[dict]:
+    """The rows of a sweep's ``results.csv``, numbers as floats (empty cells None)."""
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        raise RunDirectoryError(f"{path} does not exist: {out} is not a sweep folder (snn-stp sweep --out)")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for column in RESULT_COLUMNS:
+            if column in row:
+                row[column] = float(row[column]) if row[column] not in ("", None) else None
+    return rows
