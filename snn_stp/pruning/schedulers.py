@@ -237,17 +237,20 @@ class ThresholdScheduler:
         """The D to aim at for ``target_sparsity``, from the current latent weights.
 
         The direct reading, ``D_now``, is the threshold at which ``S_D`` would zero the target
-        fraction of the weights as they are now. It lags: the surviving weights' ``|theta|`` grows
-        with d itself (``|theta| = |w| + d`` for a weight that stays non-zero), so ``D_now`` rises as
-        d does. Over the calibrations so far it is close to linear in d, ``D_now ~ a + b d``
-        (least squares; ``b`` in [0, 0.9], 0 until d has spread), and the D the run needs is the
-        fixed point ``D = a + b D``: ``(D_now - b d) / (1 - b)``. Near the end, where d is close to
-        ``D_now``, both agree.
+        fraction of the weights as they are now. While d is below it, it lags: the surviving
+        weights' ``|theta|`` grows with d itself (``|theta| = |w| + d`` for a weight that stays
+        non-zero), so ``D_now`` rises as d does. Over the calibrations so far it is close to linear
+        in d, ``D_now ~ a + b d`` (least squares; ``b`` in [0, 0.5], 0 until d has spread), and the
+        D the run needs is the fixed point ``D = a + b D``: ``d + (D_now - d) / (1 - b)``. Near the
+        end, where d is close to ``D_now``, both agree. Once d is at or above ``D_now`` (the weights
+        are as sparse as asked, or sparser), D is ``D_now`` itself: a correction downward is never
+        extrapolated (it would let weights regrow in bulk).
         """
         direct = threshold_for_sparsity(self.layers, self.target_sparsity)
         self._observations.append((self.threshold, direct))
-        slope = _drift_slope(self._observations)
-        return (direct - slope * self.threshold) / (1.0 - slope)
+        if direct <= self.threshold:
+            return direct
+        return self.threshold + (direct - self.threshold) / (1.0 - _drift_slope(self._observations))
 
     def _calibration_due(self) -> bool:
         return self.calibration_end is not None and self.last_step < self.calibration_end and \
@@ -881,7 +884,8 @@ def _final_threshold(scheduler: ThresholdScheduler, final_threshold: float | Non
 
 def _drift_slope(observations: list[tuple[float, float]]) -> float:
     """Least-squares slope of ``D_now`` against d over ``observations`` ``(d, D_now)``, clamped to
-    [0, 0.9]; 0 while d has spread less than a tenth of the latest ``D_now`` (too little to fit)."""
+    [0, 0.5] (the extrapolation then at most doubles the rise still to come); 0 while d has spread
+    less than a tenth of the latest ``D_now`` (too little to fit)."""
     ds = [d for d, _ in observations]
     if max(ds) - min(ds) < 0.1 * observations[-1][1]:
         return 0.0
@@ -889,7 +893,7 @@ def _drift_slope(observations: list[tuple[float, float]]) -> float:
     mean_y = math.fsum(y for _, y in observations) / len(observations)
     covariance = math.fsum((d - mean_d) * (y - mean_y) for d, y in observations)
     variance = math.fsum((d - mean_d) ** 2 for d in ds)
-    return min(max(covariance / variance, 0.0), 0.9)
+    return min(max(covariance / variance, 0.0), 0.5)
 
 
 def _mean(values: list[float]) -> float:
