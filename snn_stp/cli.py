@@ -56,14 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir")
     resume.add_argument("--quiet", action="store_true")
     plot = add("plot", help="figures (PNG and PDF) of one or more run directories")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's folder (its runs)")
+    plot.add_argument("--per-run", action=argparse.BooleanOptionalAction, default=None,
+                      help="draw each run's own figures (default: yes, unless a sweep or more than 8 runs are given; "
+                           "its histograms and raster load the run's checkpoint)")
     plot.add_argument("--out", help="folder for the figures (default: RUN_DIR/plots)")
     plot.add_argument("--layers", nargs="*", help="pruned weights for the theta/w histograms (default: first three)")
     plot.add_argument("--raster-layer", help="spiking layer for the spike raster (default: the first)")
     plot.add_argument("--sample", type=int, default=0, help="test sample of the spike raster")
     compare = add("compare", help="Markdown report comparing runs (ANN vs SNN ratios)")
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's folder (its runs)")
     compare.add_argument("--out", required=True, help="folder for report.md and its figures")
+    compare.add_argument("--levels", default="90,95,98,99", metavar="PERCENTS",
+                         help="sparsities of the accuracy table, in %% (default 90,95,98,99)")
+    compare.add_argument("--accuracy", choices=("final", "best_val"), default="final",
+                         help="the test accuracy of the final epoch (default) or of the best-validation epoch")
     sweep = add("sweep", help="a grid of runs over config keys, in parallel, resumable; writes results.csv",
                 description="Train one run per point of a grid over config keys (scheduler x target sparsity x "
                             "seed x any key), JOBS at a time. Run it again to continue a killed sweep: finished "
@@ -212,13 +219,13 @@ def dispatch(args) -> int:
         return run_training(args)
     elif args.command == "plot":
         from .analysis.plots import plot_runs
-        files = plot_runs(args.runs, args.out, args.layers, args.raster_layer, args.sample)
+        files = plot_runs(args.runs, args.out, args.layers, args.raster_layer, args.sample, args.per_run)
         print(f"wrote {len(files)} files:")
         for path in files:
             print(f"  {path}")
     elif args.command == "compare":
         from .analysis.report import compare_runs
-        print(f"wrote {compare_runs(args.runs, args.out)}")
+        print(f"wrote {compare_runs(args.runs, args.out, _levels(args.levels), args.accuracy)}")
     elif args.command == "sweep":
         return run_sweep_command(args)
     elif args.command == "eval":
@@ -231,6 +238,17 @@ def dispatch(args) -> int:
               f"{result['threshold']:.4g}")
         print_analysis(result)
     return 0
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    from .errors import UsageError
+    try:
+        levels = tuple(float(v) / 100 for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--levels {text!r} must be sparsities in %, e.g. 90,95,98,99") from None
+    if not all(0 < v < 1 for v in levels):
+        raise UsageError(f"--levels {text!r}: each sparsity must be between 0 and 100 (%)")
+    return levels
 
 
 def run_sweep_command(args) -> int:

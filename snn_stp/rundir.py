@@ -37,6 +37,9 @@ def runs_root() -> Path:
 CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD = (
     "config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard")
 LAST, BEST, LAST_GOOD, DIVERGED = "last.pt", "best.pt", "last_good.pt", "diverged.pt"
+#: What makes a folder a sweep's (``snn-stp sweep --out``): one row per point; the points' run
+#: directories are its subfolders.
+SWEEP_RESULTS = "results.csv"
 #: What makes a folder a run directory (``--overwrite`` removes exactly these).
 RUN_ENTRIES = (CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD)
 #: Files written through a temporary (their leftovers are removed on the next start or resume).

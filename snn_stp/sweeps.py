@@ -44,7 +44,7 @@ from .files import read_yaml, write_text_atomic
 from .train.config import RESUME_MUTABLE_KEYS, differences, from_dict, load_config
 
 SWEEP_FILE = "sweep.yaml"
-RESULTS = "results.csv"
+RESULTS = rundir.SWEEP_RESULTS
 LOGS = "logs"
 SWEEP_KEYS = ("base", "set", "grid", "variants")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure import ENERGY_TABLES
-from .runs import Run, read_run
+from .runs import Run, is_sweep, read_run, run_paths
 
 #: (column title, function of a run's last metrics record); None where a value does not apply.
 COLUMNS = [
@@ -46,13 +46,23 @@ def run_row(run: Run) -> dict:
     last = run.last
     pruning = run.config["pruning"]
     row = {"run": run.name, "model": run.config["model"]["name"], "spiking": run.spiking,
-           "scheduler": pruning["scheduler"], "D": pruning.get("final_threshold") if _uses_D(pruning) else None,
-           "epoch": last["epoch"]}
+           "scheduler": pruning["scheduler"], "D": _D(run), "epoch": last["epoch"]}
     row.update({title: get(last) for title, get in COLUMNS})
     validated = [m for m in run.metrics if m.get("val_acc") is not None]
     chosen = max(validated, key=lambda m: m["val_acc"]) if validated else None
     row[BEST_VALIDATION] = 100 * chosen["test_acc"] if chosen else None
     return row
+
+
+def _D(run: Run):
+    """The D a run's threshold was scheduled toward: calibrated for a target sparsity (logged per
+    epoch), or the configured one; None where no D applies."""
+    pruning = run.config["pruning"]
+    if pruning["scheduler"] == "dense":
+        return None
+    if pruning.get("target_sparsity") is not None and run.last.get("final_threshold") is not None:
+        return run.last["final_threshold"]
+    return pruning.get("final_threshold") if _uses_D(pruning) else None
 
 
 def _uses_D(pruning: dict) -> bool:
@@ -68,29 +78,63 @@ def _uses_D(pruning: dict) -> bool:
 BEST_VALIDATION = "test accuracy at the best-validation epoch (%)"
 
 
+#: Keys in which an SNN run and its ANN twin may differ (what spiking means for the model and its
+#: input), besides the keys that change no number (``RESUME_MUTABLE_KEYS``).
+TWIN_KEYS = ("model.spiking", "model.time_steps", "model.neuron", "model.backend", "data.frames")
+
+
 def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
-    """(SNN, ANN) pairs: twins of the same model, or the only SNN and the only ANN."""
+    """(SNN, ANN) twins: runs whose configs are the same but for :data:`TWIN_KEYS` (same model, data,
+    scheduler, target, seed, ...); each run in one pair at most. With no twins, the only SNN and
+    the only ANN."""
+    from ..train.config import RESUME_MUTABLE_KEYS, flatten
+
+    def key(run: Run) -> tuple:
+        return tuple(sorted((k, repr(v)) for k, v in flatten(run.config).items()
+                            if k not in TWIN_KEYS and k not in RESUME_MUTABLE_KEYS))
+
+    anns: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if not run.spiking:
+            anns.setdefault(key(run), []).append(run)
+    matched = []
+    for run in runs:
+        if run.spiking and anns.get(key(run)):
+            matched.append((run, anns[key(run)].pop(0)))
     snns = [r for r in runs if r.spiking]
-    anns = [r for r in runs if not r.spiking]
-    matched = [(s, a) for s in snns for a in anns if s.config["model"]["name"] == a.config["model"]["name"]]
-    if not matched and len(snns) == 1 and len(anns) == 1:
-        matched = [(snns[0], anns[0])]
+    others = [r for r in runs if not r.spiking]
+    if not matched and len(snns) == 1 and len(others) == 1:
+        matched = [(snns[0], others[0])]
     return matched
 
 
-def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
-    """Write ``out/report.md`` (and its figures) comparing the runs; returns the report's path."""
+#: Beyond this many SNN/ANN twin pairs the report gives one row per pair instead of a section each.
+MAX_PAIR_SECTIONS = 10
+
+
+def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy: str = "final") -> Path:
+    """Write ``out/report.md`` (and its figures) comparing the runs (a sweep folder stands for its
+    finished runs); returns the report's path. Beyond two runs, or for a sweep, the report opens
+    with the Pareto section: accuracy against sparsity per scheduler with the seed spread, and the
+    accuracy at ``levels`` (default 90, 95, 98, 99%)."""
+    from . import pareto
     from .plots import plot_accuracy_vs_energy, plot_accuracy_vs_sparsity, save  # figures only; rows need no plotting
 
-    runs = [read_run(p) for p in paths]
+    runs = [read_run(p) for p in run_paths(paths)]
     out = Path(out)
+    levels = tuple(levels or pareto.DEFAULT_LEVELS)
+    front = []
+    if len(runs) > 2 or any(is_sweep(p) for p in paths):
+        pareto.write_pareto(runs, out, levels, accuracy)
+        front = ["## Accuracy against sparsity", "", "![accuracy vs sparsity per scheduler](pareto.png)", "",
+                 pareto.markdown_tables([pareto.outcome(r) for r in runs], levels, accuracy), "## Runs", ""]
     save(plot_accuracy_vs_sparsity(runs), out, "accuracy_vs_sparsity")
     save(plot_accuracy_vs_energy(runs), out, "accuracy_vs_energy")
     tables = sorted({r.last["ops"]["energy_table"] for r in runs if "ops" in r.last})
     rows = [run_row(r) for r in runs]
     titles = [title for title, _ in COLUMNS] + [BEST_VALIDATION]
     head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + titles
-    lines = ["# ANN vs SNN comparison", "",
+    lines = ["# ANN vs SNN comparison", "", *front,
              "Final epoch of each run. Weight sparsity is given twice: over the pruned layers (the figure of the "
              "paper tables and the reference code) and over all weights, layers left dense included; neither counts "
              "biases or normalization parameters. Operation counts are per sample on the first test samples "
@@ -104,15 +148,25 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
         cells = [str(row["run"]), row["model"], "yes" if row["spiking"] else "no", row["scheduler"],
                  _fmt(row["D"]), str(row["epoch"])] + [_fmt(row[title]) for title in titles]
         lines.append("| " + " | ".join(cells) + " |")
-    for snn, ann in pairs(runs):
+    twins = pairs(runs)
+    if len(twins) > MAX_PAIR_SECTIONS:
+        lines += ["", f"## Ratio SNN / ANN of {len(twins)} twin pairs", "",
+                  "| SNN run | ANN run | test accuracy | weight sparsity, pruned layers | energy effective | "
+                  "operations effective (MACs + SOPs) |", "|---|---|---|---|---|---|"]
+        for snn, ann in twins:
+            s, a = run_row(snn), run_row(ann)
+            cells = [_ratio(s, a, "test accuracy (%)"), _ratio(s, a, "weight sparsity, pruned layers (%)"),
+                     _ratio(s, a, "energy effective (µJ)"), _fmt(_operations(a) and _operations(s) / _operations(a))]
+            lines.append(f"| {snn.name} | {ann.name} | " + " | ".join(cells) + " |")
+        twins = []
+    for snn, ann in twins:
         s, a = run_row(snn), run_row(ann)
         lines += ["", f"## Ratio SNN / ANN: {snn.name} / {ann.name}", "", "| quantity | SNN | ANN | SNN / ANN |",
                   "|---|---|---|---|"]
         for title, _ in COLUMNS:
             ratio = s[title] / a[title] if s[title] is not None and a[title] else None
             lines.append(f"| {title} | {_fmt(s[title])} | {_fmt(a[title])} | {_fmt(ratio)} |")
-        total_s = (s["MACs effective"] or 0) + (s["SOPs effective"] or 0)
-        total_a = (a["MACs effective"] or 0) + (a["SOPs effective"] or 0)
+        total_s, total_a = _operations(s), _operations(a)
         if total_a:
             lines.append(f"| operations effective (MACs + SOPs) | {_fmt(total_s)} | {_fmt(total_a)} | "
                          f"{_fmt(total_s / total_a)} |")
@@ -121,3 +175,11 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _operations(row: dict) -> float:
+    return (row["MACs effective"] or 0) + (row["SOPs effective"] or 0)
+
+
+def _ratio(s: dict, a: dict, title: str) -> str:
+    return _fmt(s[title] / a[title] if s[title] is not None and a[title] else None)

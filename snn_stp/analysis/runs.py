@@ -60,6 +60,25 @@ def read_run(path: str | Path) -> Run:
     return Run(path, config, metrics, rundir.read_summary(path))
 
 
+def is_sweep(path: str | Path) -> bool:
+    """Whether ``path`` is a sweep's folder (``snn-stp sweep --out``)."""
+    return (Path(path) / rundir.SWEEP_RESULTS).is_file()
+
+
+def run_paths(paths: list[str | Path]) -> list[Path]:
+    """``paths`` with each sweep folder replaced by its finished runs (the subfolders with a summary)."""
+    found = []
+    for path in map(Path, paths):
+        if is_sweep(path):
+            runs = sorted(p for p in path.iterdir() if (p / rundir.SUMMARY).is_file())
+            if not runs:
+                raise RunDirectoryError(f"the sweep {path} has no finished run yet; run its snn-stp sweep command")
+            found += runs
+        else:
+            found.append(path)
+    return found
+
+
 def load_model(run: Run, checkpoint: str = "last.pt"):
     """The run's model rebuilt from its config with the checkpoint's weights (CPU, eval mode)."""
     import torch

@@ -59,8 +59,8 @@ class CIFAR10DVSNet(ConvPoolNet):
 
 @register_model("nmnist_net", input_kind="events", description="PLIF conv net for N-MNIST (34x34, T=10)")
 class NMNISTNet(ConvPoolNet):
-    """N-MNIST: 2 conv blocks on 34x34 (-> 8x8), fc 2048, 10 classes."""
+    """N-MNIST: 2 conv blocks on 34x34 (-> 8x8), fc ``hidden`` (2048 in the paper), 10 classes."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 2, spiking: bool = True, time_steps: int = 10,
-                 channels: int = 128, image_size: int = 34, dropout: float = 0.5, neuron=None):
-        super().__init__(num_classes, in_channels, spiking, time_steps, channels, 2, 2048, image_size, dropout, neuron)
+                 channels: int = 128, image_size: int = 34, dropout: float = 0.5, neuron=None, hidden: int = 2048):
+        super().__init__(num_classes, in_channels, spiking, time_steps, channels, 2, hidden, image_size, dropout, neuron)

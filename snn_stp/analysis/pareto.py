@@ -1,0 +1,254 @@
+"""Accuracy against sparsity over many runs: seeds averaged, one curve per scheduler, one panel per task.
+
+Runs that differ only in ``train.seed`` are one *setting*; a setting's point is the mean (and
+standard deviation) over its seeds of the final pruned-layer weight sparsity and of the test
+accuracy. A panel holds one task (data set, model, SNN or ANN), so an SNN and its ANN twin are
+drawn side by side. The dense baseline is a horizontal band (mean ± std), not a point at 0%: on
+the logit sparsity axis 90, 99 and 99.9% are equally far apart. The table gives the accuracy at
+chosen sparsities (a run counts for a level when its sparsity is within ``tolerance`` of it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runs import Run
+
+#: The accuracies a figure or table can show: the last epoch's, or the best-validation epoch's.
+ACCURACIES = {"final": "test accuracy at the final epoch",
+              "best_val": "test accuracy at the best-validation epoch (best.pt)"}
+DEFAULT_LEVELS = (0.90, 0.95, 0.98, 0.99)
+#: Config keys that do not make a different setting (the seed is averaged; the rest do not change
+#: the numbers).
+NOT_A_SETTING = ("train.seed", "description", "data.root", "data.workers", "data.cache", "train.checkpoint_every_steps",
+                 "train.analysis_samples", "train.steady_allocator", "train.divergence_factor", "train.threads")
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One finished run, reduced to what the Pareto figures and tables need (fractions, not %)."""
+
+    run: str
+    task: str
+    scheduler: str
+    setting: tuple
+    seed: int
+    accuracy: dict
+    sparsity: float
+    all_sparsity: float | None
+    final_threshold: float | None
+
+
+def task_of(config: dict) -> str:
+    """``digits · spiking_mlp SNN``: the data set, the model and whether it spikes."""
+    return f"{config['data']['name']} · {config['model']['name']} {'SNN' if config['model']['spiking'] else 'ANN'}"
+
+
+def _task_order(task: str) -> tuple:
+    """Tasks by data set and model, the SNN before its ANN twin."""
+    return task.rsplit(" ", 1)[0], task.endswith("ANN")
+
+
+def outcome(run: Run) -> Outcome:
+    from ..train.config import flatten
+
+    flat = flatten(run.config)
+    setting = tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in NOT_A_SETTING))
+    last = run.last
+    validated = [m for m in run.metrics if m.get("val_acc") is not None]
+    at_best = max(validated, key=lambda m: m["val_acc"])["test_acc"] if validated else None
+    return Outcome(run.name, task_of(run.config), run.config["pruning"]["scheduler"], setting,
+                   int(flat.get("train.seed", 0)), {"final": last["test_acc"], "best_val": at_best},
+                   last["weight_sparsity"], last.get("all_weight_sparsity"), last.get("final_threshold"))
+
+
+@dataclass
+class Point:
+    """A setting's mean and standard deviation over its seeds (sample std; 0 for one seed)."""
+
+    task: str
+    scheduler: str
+    sparsity: float
+    sparsity_std: float
+    accuracy: float
+    accuracy_std: float
+    seeds: int
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def points(outcomes: list[Outcome], accuracy: str = "final") -> list[Point]:
+    """One :class:`Point` per setting, in order of task, scheduler and sparsity."""
+    _check_accuracy(accuracy)
+    settings: dict[tuple, list[Outcome]] = {}
+    for o in outcomes:
+        if o.accuracy[accuracy] is not None:
+            settings.setdefault((o.task, o.scheduler, o.setting), []).append(o)
+    found = []
+    for (task, scheduler, _), group in settings.items():
+        s, s_std = _mean_std([o.sparsity for o in group])
+        a, a_std = _mean_std([o.accuracy[accuracy] for o in group])
+        found.append(Point(task, scheduler, s, s_std, a, a_std, len(group)))
+    return sorted(found, key=lambda p: (p.task, p.scheduler, p.sparsity))
+
+
+def _check_accuracy(accuracy: str) -> None:
+    if accuracy not in ACCURACIES:
+        raise ValueError(f"accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
+
+
+def pareto_figure(outcomes: list[Outcome], accuracy: str = "final"):
+    """Accuracy (%) against weight sparsity of the pruned layers (logit axis), one panel per task,
+    one colour and marker per scheduler (the same in every panel), seed mean with std bars, the
+    dense baseline as a band. Points below the panel's floor are drawn on it as ▼ with their value."""
+    import matplotlib.pyplot as plt
+
+    found = points(outcomes, accuracy)
+    tasks = sorted({p.task for p in found}, key=_task_order)
+    schedulers = sorted({p.scheduler for p in found} - {DENSE})
+    colors = plt.get_cmap("tab10").colors
+    markers = "osD^vP*Xh<>"
+    style = {name: (colors[i % len(colors)], markers[i % len(markers)]) for i, name in enumerate(schedulers)}
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.2 * max(1, len(tasks)), 4.6), squeeze=False,
+                             sharey=False)
+    handles = {}
+    for ax, task in zip(axes[0], tasks):
+        mine = [p for p in found if p.task == task]
+        pruned = [p for p in mine if p.scheduler != DENSE and 0 < p.sparsity < 1]
+        dense = [p for p in mine if p.scheduler == DENSE]
+        shown = [100 * p.accuracy for p in mine] + [100 * (p.accuracy - p.accuracy_std) for p in mine]
+        top = max(shown + [0.0])
+        floor = max(0.0, top - 15.0, min(shown + [top]) - 1.5)  # no lower than needed, nor 15 points below the best
+        for name in schedulers:
+            series = [p for p in pruned if p.scheduler == name]
+            if not series:
+                continue
+            color, marker = style[name]
+            x = [p.sparsity for p in series]
+            y = [max(100 * p.accuracy, floor) for p in series]
+            handles[name] = ax.errorbar(x, y, xerr=[p.sparsity_std for p in series],
+                                        yerr=[100 * p.accuracy_std for p in series], color=color, marker=marker,
+                                        markersize=5, linewidth=1.2, capsize=2, label=name)
+            for p in series:
+                if 100 * p.accuracy < floor:
+                    ax.plot(p.sparsity, floor, "v", color=color, markersize=9)
+                    ax.annotate(f"{100 * p.accuracy:.0f}%", (p.sparsity, floor), textcoords="offset points",
+                                xytext=(3, 4), fontsize="x-small", color=color)
+        for p in dense:
+            band = ax.axhspan(100 * (p.accuracy - p.accuracy_std), 100 * (p.accuracy + p.accuracy_std),
+                              color="0.85", zorder=0)
+            line = ax.axhline(100 * p.accuracy, color="0.3", linestyle="--", linewidth=1, zorder=1)
+            handles["dense (mean ± std)"] = (band, line)
+        ax.set_xscale("logit")
+        levels = [v for v in (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+                  if not pruned or min(p.sparsity for p in pruned) - 0.02 <= v <= max(p.sparsity for p in pruned) + 0.002]
+        if levels:
+            ax.set_xticks(levels)
+            ax.set_xticklabels([f"{100 * v:g}" for v in levels])
+            ax.minorticks_off()
+        ax.set_xlabel("weight sparsity, pruned layers (% zeros; logit axis)")
+        ax.set_ylabel(f"{ACCURACIES[accuracy]} (%)")
+        ax.set_ylim(floor, min(100.5, top + 1.5))
+        ax.grid(alpha=0.3)
+        seeds = sorted({p.seeds for p in mine})
+        ax.set_title(f"{task} (seeds per point: {'/'.join(map(str, seeds))})", fontsize="medium")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6),
+                   fontsize="small", frameon=False)
+    fig.suptitle("Accuracy vs weight sparsity: seed mean, bars one standard deviation", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.1 if len(handles) > 6 else 0.07, 1, 1))
+    return fig
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    seeds: int
+
+
+def level_table(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: str = "final",
+                tolerance: float = 0.005) -> dict[str, dict[str, dict[float, Cell]]]:
+    """``{task: {scheduler: {level: Cell}}}``: the accuracy (%) of the runs whose final sparsity is
+    within ``tolerance`` of each level, mean and std over them (several settings of one scheduler
+    at one level are pooled); ``dense`` under the level 0. A scheduler that hit no level has an
+    empty row."""
+    _check_accuracy(accuracy)
+    table: dict[str, dict[str, dict[float, list[float]]]] = {}
+    for o in outcomes:
+        value = o.accuracy[accuracy]
+        if value is None:
+            continue
+        if o.scheduler == DENSE:
+            table.setdefault(o.task, {}).setdefault(DENSE, {}).setdefault(0.0, []).append(100 * value)
+            continue
+        row = table.setdefault(o.task, {}).setdefault(o.scheduler, {})  # listed even where it hit no level
+        for level in levels:
+            if abs(o.sparsity - level) <= tolerance:
+                row.setdefault(level, []).append(100 * value)
+    return {task: {name: {level: Cell(*_mean_std(values), len(values)) for level, values in cells.items()}
+                   for name, cells in rows.items()} for task, rows in table.items()}
+
+
+def markdown_tables(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: str = "final",
+                    tolerance: float = 0.005) -> str:
+    """One Markdown table per task: schedulers x sparsity levels, ``mean ± std (n)``; the best mean
+    of each column in bold, with ``†`` when its lead over the second best exceeds the sum of their
+    standard deviations (otherwise the lead is within the seed spread)."""
+    table = level_table(outcomes, levels, accuracy, tolerance)
+    lines = [f"{ACCURACIES[accuracy].capitalize()} (%), mean ± standard deviation over the runs (n) whose final "
+             f"weight sparsity of the pruned layers is within ±{100 * tolerance:g} points of each level. **Bold**: the "
+             "best mean of the column; **†**: its lead over the second best exceeds the sum of their standard "
+             "deviations (judged only where both have two runs or more). Without †, the best is not separated from "
+             "the second by more than the seed spread."]
+    for task in sorted(table, key=_task_order):
+        rows = table[task]
+        lines += ["", f"### {task}", ""]
+        if DENSE in rows:
+            d = rows[DENSE][0.0]
+            lines += [f"Dense baseline: {d.mean:.2f} ± {d.std:.2f} ({d.seeds})", ""]
+        lines += ["| scheduler | " + " | ".join(f"{100 * v:g}%" for v in levels) + " |",
+                  "|---|" + "---|" * len(levels)]
+        best = {}
+        for level in levels:
+            ranked = sorted(((cells[level], name) for name, cells in rows.items() if level in cells and name != DENSE),
+                            key=lambda item: -item[0].mean)
+            if ranked:
+                top, name = ranked[0]
+                second = ranked[1][0] if len(ranked) > 1 else None
+                # One run has no spread to judge a lead by.
+                clear = second is not None and min(top.seeds, second.seeds) > 1 and \
+                    top.mean - second.mean > top.std + second.std
+                best[level] = (name, clear)
+        for name in sorted(n for n in rows if n != DENSE):
+            cells = []
+            for level in levels:
+                cell = rows[name].get(level)
+                if cell is None:
+                    cells.append("–")
+                    continue
+                text = f"{cell.mean:.2f} ± {cell.std:.2f} ({cell.seeds})"
+                if best.get(level, (None,))[0] == name:
+                    text = f"**{text}{' †' if best[level][1] else ''}**"
+                cells.append(text)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_pareto(runs: list[Run], out: str | Path, levels=DEFAULT_LEVELS, accuracy: str = "final") -> list[Path]:
+    """``pareto.png``/``.pdf`` and ``pareto.md`` in ``out``; returns the files."""
+    from .plots import save
+
+    out = Path(out)
+    found = [outcome(run) for run in runs]
+    files = save(pareto_figure(found, accuracy), out, "pareto")
+    (out / "pareto.md").write_text(markdown_tables(found, levels, accuracy))
+    return files + [out / "pareto.md"]

@@ -1,0 +1,208 @@
+"""``snn-stp sweep``: grids from a file or the command line, resumable runs, results.csv; Pareto
+figures and tables over many runs."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snn_stp.analysis import pareto
+from snn_stp.analysis.report import pairs
+from snn_stp.analysis.runs import Run
+from snn_stp.errors import ConfigError
+from snn_stp.sweeps import plan, points, read_sweep
+from snn_stp.train.config import load_config, save_config
+
+TINY = ["model.options={hidden: 16}", "train.epochs=1", "data.batch_size=128", "train.analysis_samples=8"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# -- grids ------------------------------------------------------------------------------------
+
+def test_a_sweep_file_crosses_its_grid_with_each_variant(tmp_path):
+    sweep = read_sweep(write(tmp_path / "s.yaml", """
+set: {train.epochs: 3}
+grid:
+  task:
+    snn: {}
+    ann: {model.spiking: false}
+  train.seed: [0, 1]
+variants:
+  - {pruning.scheduler: [lats, sine], pruning.target_sparsity: [0.9, 0.95]}
+  - {pruning.scheduler: [dense]}
+"""))
+    found = points(sweep)
+    assert len(found) == 2 * 2 * (2 * 2 + 1)
+    names = [p.name for p in found]
+    assert "task-ann__seed-1__scheduler-sine__target_sparsity-0.95" in names
+    assert "task-snn__seed-0__scheduler-dense" in names
+    point = found[names.index("task-ann__seed-1__scheduler-sine__target_sparsity-0.95")]
+    assert point.overrides == ["train.epochs=3", "model.spiking=false", "train.seed=1", 'pruning.scheduler="sine"',
+                               "pruning.target_sparsity=0.95"]
+    config = load_config(None, point.overrides)
+    assert (config.model.spiking, config.train.seed, config.pruning.scheduler, config.pruning.target_sparsity) == \
+        (False, 1, "sine", 0.95)
+
+
+def test_grid_on_the_command_line_adds_axes_and_names_clash_free(tmp_path):
+    sweep = read_sweep(grid=["model.name=spiking_mlp", "data.name=digits", "pruning.target_sparsity=0.9,0.98"],
+                       settings=["train.epochs=2"])
+    names = [p.name for p in points(sweep)]
+    # model.name and data.name share their last part: both keep the whole key.
+    assert names == ["model.name-spiking_mlp__data.name-digits__target_sparsity-0.9",
+                     "model.name-spiking_mlp__data.name-digits__target_sparsity-0.98"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {train.seed: 3}", "sweep axis 'train.seed' must be a non-empty list of values"),
+    ("grid: {seed: [1, 2]}", "sweep axis 'seed' is not a config key (section.key)"),
+    ("grid: {task: {a: 1}}", "sweep axis 'task': a named axis maps each label to a mapping of settings"),
+    ("set: {train.epochs: 2}", "the sweep has no grid"),
+    ("grids: {train.seed: [0]}", "unknown key(s) ['grids'] in sweep file"),
+    ("variants: [{pruning.scheduler: [lats]}, {pruning.scheduler: [lats]}]", "the sweep has the same point more than"),
+])
+def test_bad_sweep_files_say_what_is_wrong(tmp_path, text, message):
+    path = write(tmp_path / "s.yaml", text)
+    with pytest.raises(ConfigError) as error:
+        points(read_sweep(path))
+    assert message in str(error.value)
+
+
+def test_every_point_is_checked_before_anything_runs(tmp_path):
+    sweep = read_sweep(grid=["pruning.scheduler=lats,str", "pruning.target_sparsity=0.9"])
+    with pytest.raises(ConfigError, match="sweep point scheduler-str__target_sparsity-0.9: pruning.target_sparsity: "
+                                          "str cannot aim at a sparsity"):
+        plan(sweep, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_point_whose_folder_holds_another_config_is_refused(tmp_path):
+    sweep = read_sweep(grid=["train.seed=0,1"])
+    folder = tmp_path / "out" / "seed-0"
+    folder.mkdir(parents=True)
+    save_config(load_config(None, ["train.seed=0", "optim.lr=0.05"]), folder / "config.yaml")
+    with pytest.raises(Exception, match=r"sweep point seed-0: .* holds a run of another config \(differs in "
+                                        r"optim.lr\); the sweep was edited since it ran"):
+        plan(sweep, tmp_path / "out")
+    save_config(load_config(None, ["train.seed=0"]), folder / "config.yaml")
+    assert [state for _, state in plan(sweep, tmp_path / "out")] == ["restart", "start"]
+
+
+# -- the command, killed and run again ------------------------------------------------------------
+
+def snn_stp(*args, **options):
+    return subprocess.Popen([sys.executable, "-m", "snn_stp", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **options)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
+    out = tmp_path / "sweep"
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    command = ["sweep", "--grid", "pruning.scheduler=lats,sine", "--grid", "pruning.target_sparsity=0.5,0.8",
+               *sets, "--out", out, "--jobs", "1"]
+    process = snn_stp(*command, start_new_session=True)
+    first = out / "scheduler-lats__target_sparsity-0.5" / "summary.json"
+    deadline = time.monotonic() + 240
+    while not first.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling for the file, not waiting a fixed time
+    assert first.is_file(), process.communicate()
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    stamp = first.stat().st_mtime_ns
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in rows][0] == "done" and {r["status"] for r in rows[1:]} <= {"pending", "done"}
+
+    again = snn_stp(*command)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr
+    assert "1 finished already" in stdout or "2 finished already" in stdout
+    assert first.stat().st_mtime_ns == stamp  # skipped, not run again
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in rows] == ["done"] * 4
+    for row in rows:
+        assert abs(float(row["pruned_layer_sparsity"]) - float(row["pruning.target_sparsity"])) <= 0.005
+        for column in ("final_test_acc", "test_acc_at_best_val", "all_weight_sparsity", "final_threshold",
+                       "l1_coefficient", "mean_firing_rate", "energy_pj_effective", "seconds"):
+            assert row[column] != "", column
+    # A third run has nothing left to do.
+    done = snn_stp(*command)
+    stdout, _ = done.communicate(timeout=120)
+    assert done.returncode == 0 and "4 finished already, 0 to run" in stdout
+    # compare and plot read the sweep folder.
+    report = subprocess.run([sys.executable, "-m", "snn_stp", "compare", out, "--out", tmp_path / "report"],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Accuracy against sparsity" in text and "| lats |" in text and "### digits · spiking_mlp SNN" in text
+    figures = subprocess.run([sys.executable, "-m", "snn_stp", "plot", out], capture_output=True, text=True)
+    assert figures.returncode == 0, figures.stderr
+    assert (out / "plots" / "pareto.png").is_file() and not any(out.glob("*/plots"))  # no per-run figures
+
+
+# -- Pareto tables and figures ------------------------------------------------------------------
+
+def outcome(task, scheduler, sparsity, accuracy, seed=0, setting=None):
+    return pareto.Outcome(f"{scheduler}-{sparsity}-{seed}", task, scheduler, setting or (scheduler, sparsity), seed,
+                          {"final": accuracy, "best_val": accuracy}, sparsity, sparsity, None)
+
+
+def study():
+    snn, ann = "digits · spiking_mlp SNN", "digits · spiking_mlp ANN"
+    found = []
+    for seed, noise in enumerate((-0.002, 0.0, 0.002)):
+        found += [outcome(snn, "lats", 0.9001, 0.97 + noise, seed), outcome(snn, "sine", 0.8999, 0.95 + noise, seed),
+                  outcome(snn, "lats", 0.98, 0.96 + noise, seed), outcome(snn, "sine", 0.98, 0.958 + noise, seed),
+                  outcome(snn, "dense", 0.0, 0.98 + noise, seed), outcome(ann, "lats", 0.95, 0.9 + noise, seed)]
+    found.append(outcome(snn, "gradr", 0.93, 0.9))  # lands between levels: in no column
+    return found
+
+
+def test_points_average_the_seeds_of_a_setting():
+    lats = [p for p in pareto.points(study()) if p.scheduler == "lats" and p.task.endswith("SNN")]
+    assert [(round(p.sparsity, 4), round(p.accuracy, 6), p.seeds) for p in lats] == [(0.9001, 0.97, 3), (0.98, 0.96, 3)]
+    assert lats[0].accuracy_std == pytest.approx(0.002)
+
+
+def test_the_table_marks_the_best_and_whether_its_lead_exceeds_the_spread():
+    text = pareto.markdown_tables(study(), levels=(0.9, 0.95, 0.98))
+    snn = text.split("### digits · spiking_mlp SNN")[1].split("###")[0]
+    assert "Dense baseline: 98.00 ± 0.20 (3)" in snn
+    # At 90%: lats leads sine by 2 points with a spread of 0.2 each: a clear lead.
+    assert "| lats | **97.00 ± 0.20 (3) †** | – | **96.00 ± 0.20 (3)** |" in snn
+    # At 98%: 0.2 points ahead with 0.2 + 0.2 of spread: best, but not separated.
+    assert "| sine | 95.00 ± 0.20 (3) | – | 95.80 ± 0.20 (3) |" in snn
+    assert "| gradr | – | – | – |" in snn
+    assert text.index("spiking_mlp SNN") < text.index("spiking_mlp ANN")  # the SNN before its twin
+
+
+def test_the_pareto_figure_has_a_panel_per_task_and_one_legend_entry_per_scheduler():
+    fig = pareto.pareto_figure(study())
+    snn, ann = fig.axes[:2]
+    assert snn.get_title().startswith("digits · spiking_mlp SNN") and ann.get_title().startswith("digits · spiking_mlp ANN")
+    assert snn.get_xscale() == "logit" and snn.get_xlabel() == "weight sparsity, pruned layers (% zeros; logit axis)"
+    assert snn.get_ylabel() == "test accuracy at the final epoch (%)"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["gradr", "lats", "sine", "dense (mean ± std)"]
+    low, high = snn.get_ylim()
+    assert low > 80 and high <= 100.5  # the dense baseline is a band, not a point at 0% that squashes the rest
+
+
+def run(name, spiking, seed=0, scheduler="lats"):
+    config = load_config(None, [f"model.spiking={str(spiking).lower()}", f"train.seed={seed}",
+                                f"pruning.scheduler={scheduler}"]).to_dict()
+    return Run(Path(name), config, [{"epoch": 1}], {})
+
+
+def test_compare_pairs_each_snn_with_its_twin_only():
+    runs = [run(f"snn{s}", True, s) for s in range(3)] + [run(f"ann{s}", False, s) for s in range(3)] + \
+        [run("ann-sine", False, 0, "sine")]
+    assert [(s.name, a.name) for s, a in pairs(runs)] == [("snn0", "ann0"), ("snn1", "ann1"), ("snn2", "ann2")]
