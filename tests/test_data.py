@@ -228,6 +228,26 @@ def test_frame_cache_repeats_and_is_keyed_by_every_parameter(digits_dvs_root, tm
 
 # -- event data sets through Tonic --------------------------------------------------------------
 
+def test_cached_frames_stay_in_memory_within_a_budget(tmp_path, monkeypatch):
+    from snn_stp.data import events
+
+    write_dvs_gesture(tmp_path)
+    ds = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4)  # cached on disk, then in memory
+    frames = ds[5][0]
+    assert set(ds.memory) == {5}
+    frames.zero_()  # the caller's copy: the kept frames are not touched
+    assert torch.equal(ds[5][0], ds._read(5)) and ds[5][0].sum() > 0
+    monkeypatch.setattr(events, "MEMORY_CACHE_BYTES", 2 * frames.nbytes)
+    ds = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4)
+    read = [ds[i][0] for i in range(4)]
+    assert sorted(ds.memory) == [0, 1] and ds.memory_bytes == 2 * frames.nbytes
+    assert all(torch.equal(x, ds[i][0]) for i, x in enumerate(read))
+    plain = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4, cache=False)
+    plain[0]
+    assert plain.memory == {}  # data.cache false: every read from the files
+
+
+
 def test_dvs_gesture(tmp_path):
     counts = write_dvs_gesture(tmp_path)
     ds = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4, cache=False)

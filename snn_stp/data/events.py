@@ -159,6 +159,12 @@ DIGITS_DVS = register_event_source(EventSource(
     reader=DigitsDVS, cache_key={"converter": CONVERTER_VERSION}),
     check_present=lambda root, split: check_digits_file(), bundled=True)
 
+#: Frames kept in memory per split and process, after the first read from the disk cache: opening
+#: one HDF5 file per sample costs about 1 ms, most of an epoch of a small data set (digits_dvs).
+#: Tonic's MemoryCachedDataset has no bound; large sets (CIFAR10-DVS: ~2 MB a sample) fill this
+#: budget and read the rest from disk.
+MEMORY_CACHE_BYTES = 256 * 2**20
+
 #: Fraction of each class used for training where the data set has no official split
 #: (CIFAR10-DVS: the common first 900 of 1000 per class; N-Caltech101 likewise).
 TRAIN_FRACTION = 0.9
@@ -169,7 +175,8 @@ class EventFrames(torch.utils.data.Dataset):
 
     Sample order is deterministic: files sorted by path (Tonic's order can depend on the file
     system). Frames are cached on disk (Tonic's ``DiskCachedDataset``) in a directory named after
-    every frame parameter, unless ``cache_root`` is None.
+    every frame parameter, unless ``cache_root`` is None, and then in memory up to
+    :data:`MEMORY_CACHE_BYTES` per process.
     """
 
     def __init__(self, source: EventSource, root: str | Path, split: str, spec: FrameSpec,
@@ -196,6 +203,8 @@ class EventFrames(torch.utils.data.Dataset):
         self.indices, self.labels = self._order_and_split()
         self._check_labels()
         self.cache = None
+        self.memory: dict[int, torch.Tensor] = {}
+        self.memory_bytes = 0
         if cache_root is not None:
             self.cache = tonic.DiskCachedDataset(self.dataset, cache_path=str(
                 cache_directory(Path(cache_root), source.name, split, spec, source.cache_key)))
@@ -235,6 +244,16 @@ class EventFrames(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        kept = self.memory.get(index)
+        if kept is not None:
+            return kept.clone(), self.labels[index]  # a copy: the caller may change it in place
+        frames = self._read(index)
+        if self.cache is not None and self.memory_bytes + frames.nbytes <= MEMORY_CACHE_BYTES:
+            self.memory[index] = frames.clone()
+            self.memory_bytes += frames.nbytes
+        return frames, self.labels[index]
+
+    def _read(self, index: int) -> torch.Tensor:
         source_index = self.indices[index]
         where = self.files[source_index] if self.files else f"sample {source_index}"
         try:
@@ -248,7 +267,7 @@ class EventFrames(torch.utils.data.Dataset):
         frames = frames_to_tensor(frames)
         if self.source.flat_frames:
             frames = frames.reshape(frames.shape[0], -1)  # [T, 1, N] -> [T, N]
-        return frames, self.labels[index]
+        return frames
 
 
 class EmptyRecording(ValueError):
