@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from ..model_registry import register_model
@@ -52,6 +51,8 @@ def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: boo
     threshold in weight units, this sets the layer-wise sparsity a recipe reaches.
     """
     check_init(init)
+    import torchvision  # on use: importing it costs about a second
+
     model = torchvision.models.resnet50(num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

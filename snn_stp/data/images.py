@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
 import torch
-import torchvision
-from torchvision import transforms as T
 
 from ..errors import DataError, DatasetNotFoundError
 from .registry import DataRequest, register_dataset
@@ -20,12 +19,16 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def cifar_transform(name: str, train: bool, augment: bool = True):
     """Random crop 32 (padding 4) + horizontal flip for training, then the CIFAR normalization."""
+    from torchvision import transforms as T
+
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and augment else []
     return T.Compose(steps + [T.ToTensor(), T.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])])
 
 
 def imagenet_transform(train: bool, augment: bool = True):
     """RandomResizedCrop 224 + flip for training; resize 256 + center crop 224 for evaluation."""
+    from torchvision import transforms as T
+
     steps = ([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] if train and augment
              else [T.Resize(256), T.CenterCrop(224)])
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -92,21 +95,22 @@ class _PresenceCheckedCIFAR:
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
-class CIFAR10(_PresenceCheckedCIFAR, torchvision.datasets.CIFAR10):
-    pass
+@functools.cache
+def cifar_reader(name: str) -> type:
+    """``CIFAR10`` or ``CIFAR100``: torchvision's reader with the presence check. Made on first use:
+    importing torchvision costs about a second, which every run of another data set would pay."""
+    import torchvision
 
-
-class CIFAR100(_PresenceCheckedCIFAR, torchvision.datasets.CIFAR100):
-    pass
+    base = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    return type(base.__name__, (_PresenceCheckedCIFAR, base), {"__module__": __name__})
 
 
 def cifar(name: str, root: str | Path, split: str, augment: bool = True, download: bool = False,
           verify_md5: bool = False) -> torch.utils.data.Dataset:
     """CIFAR-10 or CIFAR-100 from ``root/cifar-10-batches-py`` (``cifar-100-python``): ``[3, 32, 32]``."""
-    readers = {"cifar10": CIFAR10, "cifar100": CIFAR100}
-    if name not in readers:
-        raise ValueError(f"unknown CIFAR set {name!r}; valid: {', '.join(readers)}")
-    cls = readers[name]
+    if name not in CIFAR_MEAN:
+        raise ValueError(f"unknown CIFAR set {name!r}; valid: {', '.join(CIFAR_MEAN)}")
+    cls = cifar_reader(name)
     train = split == "train"
     return cls(str(root), train=train, transform=cifar_transform(name, train, augment), download=download,
                verify_md5=verify_md5)
@@ -125,18 +129,20 @@ def check_imagenet_present(root: str | Path, split: str) -> Path:
 
 def imagenet(root: str | Path, split: str, augment: bool = True) -> torch.utils.data.Dataset:
     """ImageNet as ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (torchvision ImageFolder)."""
+    import torchvision
+
     folder = check_imagenet_present(root, split)
     return torchvision.datasets.ImageFolder(str(folder), transform=imagenet_transform(split == "train", augment))
 
 
 @register_dataset("cifar10", "static", 10, "[3, 32, 32]", "CIFAR-10 (torchvision), crop+flip, normalized", 50000,
-                  check_present=lambda root, split: CIFAR10._raise_if_missing(Path(root)))
+                  check_present=lambda root, split: cifar_reader("cifar10")._raise_if_missing(Path(root)))
 def build_cifar10(request: DataRequest) -> torch.utils.data.Dataset:
     return cifar("cifar10", request.root, request.split, request.augment, request.download)
 
 
 @register_dataset("cifar100", "static", 100, "[3, 32, 32]", "CIFAR-100 (torchvision), crop+flip, normalized", 50000,
-                  check_present=lambda root, split: CIFAR100._raise_if_missing(Path(root)))
+                  check_present=lambda root, split: cifar_reader("cifar100")._raise_if_missing(Path(root)))
 def build_cifar100(request: DataRequest) -> torch.utils.data.Dataset:
     return cifar("cifar100", request.root, request.split, request.augment, request.download)
 
