@@ -14,7 +14,7 @@ A sweep is described by a YAML file, or by ``--grid key=v1,v2`` on the command l
       - {pruning.scheduler: [dense]}
 
 Each point is one run directory under the sweep's folder, named after its values, trained by
-``snn-stp train`` in a child process (``jobs`` of them at a time). Every point's config is built and
+``snn-stp train`` in one of ``jobs`` worker processes. Every point's config is built and
 checked before anything runs. Run again, a sweep skips the finished points, resumes the ones a
 kill interrupted (``snn-stp resume``) and starts the rest; a point whose folder holds a run of
 another config is refused, never overwritten. ``results.csv`` (one row per point: the swept values,
@@ -24,14 +24,17 @@ is rewritten after every finished point; ``sweep.yaml`` keeps the sweep's descri
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import json
+import multiprocessing
 import os
-import subprocess
-import sys
-import time
+import shlex
+import signal
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,8 +223,12 @@ def _check_same_config(folder: Path, config, point: Point) -> None:
 def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, quiet: bool = False) -> list[dict]:
     """Run every point not yet finished, ``jobs`` at a time; returns the rows of ``results.csv``.
 
-    A point that fails is recorded (status ``failed``, its log's last line) and the others go on.
-    Children get ``OMP_NUM_THREADS`` = cores / jobs (at least 1) unless the environment sets it.
+    The points run in ``jobs`` worker processes that each train one point after another (``snn-stp
+    train`` in the worker, its output in ``logs/<point>.log``): a process start costs about 3 s, as
+    much as a digits run. Every run seeds and configures torch itself, so a point's numbers do not
+    depend on what its worker ran before. A point that fails is recorded (status ``failed``, its
+    log's last line) and the others go on. Workers get ``OMP_NUM_THREADS`` = cores / jobs (at
+    least 1) unless the environment sets it.
     """
     out = Path(out)
     if jobs < 1:
@@ -232,46 +239,64 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, quiet: bool = False)
     write_text_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     status = {p.name: ("done" if state == "done" else "pending") for p, state in planned}
     todo = [(p, state) for p, state in planned if state != "done"]
-    environment = dict(os.environ)
-    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     say(f"sweep of {len(planned)} run(s) in {out}: {len(planned) - len(todo)} finished already, {len(todo)} to run, "
         f"{jobs} at a time")
-    running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
-    finished, total = 0, len(todo)
+    if not todo:
+        return write_results(planned, out, status)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(threads,))
     try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                point, state = todo.pop(0)
-                log = open(out / LOGS / f"{point.name}.log", "a")
-                running[point.name] = (subprocess.Popen(_command(sweep, point, out, state), stdout=log,
-                                                        stderr=subprocess.STDOUT, env=environment),
-                                       time.perf_counter(), log)
-            time.sleep(0.05)
-            for name, (process, started, log) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                log.close()
-                del running[name]
-                finished += 1
-                status[name] = "done" if process.returncode == 0 else "failed"
-                rows = write_results(planned, out, status)
-                row = next(r for r in rows if r["name"] == name)
-                say(f"[{finished}/{total}] {name}: {_outcome(row, process.returncode, out)} ({time.perf_counter() - started:.0f} s)")
+        futures = {}
+        for point, state in todo:
+            futures[pool.submit(_run_point, _command(sweep, point, out, state), str(out / LOGS / f"{point.name}.log"))] \
+                = point.name
+        for done, future in enumerate(as_completed(futures), start=1):
+            name = futures[future]
+            code = future.result()
+            status[name] = "done" if code == 0 else "failed"
+            rows = write_results(planned, out, status)
+            row = next(r for r in rows if r["name"] == name)
+            seconds = f" ({row['seconds']:.0f} s of training)" if isinstance(row.get("seconds"), float) else ""
+            say(f"[{done}/{len(todo)}] {name}: {_outcome(row, code, out)}{seconds}")
     except KeyboardInterrupt:
-        for process, _, log in running.values():
-            process.wait()  # the children got the Ctrl-C too and save a checkpoint
-            log.close()
+        # The workers got the Ctrl-C too: a run in progress saves a checkpoint and returns.
+        pool.shutdown(wait=True, cancel_futures=True)
         write_results(planned, out, status)
         raise
+    pool.shutdown()
     return write_results(planned, out, status)
 
 
+def _start_worker(threads: str) -> None:
+    """A worker's setup: its thread count before torch is imported, and Ctrl-C ignored while idle
+    (a run installs its own handler, which saves a checkpoint)."""
+    os.environ["OMP_NUM_THREADS"] = threads
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_point(args: list[str], log_path: str) -> int:
+    """``snn-stp ARGS`` in this worker, its output appended to ``log_path``; the exit status."""
+    from .cli import main
+
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"$ snn-stp {shlex.join(args)}", flush=True)
+        try:
+            return main(args)
+        except SystemExit as error:  # argparse
+            return error.code if isinstance(error.code, int) else 1
+        except Exception:  # a bug: its traceback goes to the log, the sweep goes on
+            traceback.print_exc()
+            return 1
+
+
 def _command(sweep: Sweep, point: Point, out: Path, state: str) -> list[str]:
+    """The ``snn-stp`` arguments that run ``point`` from its ``state``."""
     folder = out / point.name
     if state == "resume":
-        return [sys.executable, "-m", "snn_stp", "resume", "--quiet", str(folder)]
-    command = [sys.executable, "-m", "snn_stp", "train", "--quiet", "--out", str(folder)]
+        return ["resume", "--quiet", str(folder)]
+    command = ["train", "--quiet", "--out", str(folder)]
     if state == "restart":
         command.append("--overwrite")
     if sweep.base:
