@@ -12,6 +12,7 @@ A sweep is described by a YAML file, or by ``--grid key=v1,v2`` on the command l
     variants:                             # optional: sub-grids, each crossed with `grid`; the points
       - {pruning.scheduler: [lats, sine], pruning.target_sparsity: [0.9, 0.95]}     # are their union
       - {pruning.scheduler: [dense]}
+    definitions: {}                       # optional, not read: YAML anchors (&name) for the others (*name)
 
 Each point is one run directory under the sweep's folder, named after its values, trained by
 ``snn-stp train`` in one of ``jobs`` worker processes. Every point's config is built and
@@ -49,7 +50,8 @@ from .train.config import RESUME_MUTABLE_KEYS, differences, from_dict, load_conf
 SWEEP_FILE = "sweep.yaml"
 RESULTS = rundir.SWEEP_RESULTS
 LOGS = "logs"
-SWEEP_KEYS = ("base", "set", "grid", "variants")
+#: The keys of a sweep file; ``definitions`` is not read (it holds YAML anchors the others reuse).
+SWEEP_KEYS = ("base", "set", "grid", "variants", "definitions")
 
 #: The numbers of a finished point, from its summary.json and its last metrics record.
 RESULT_COLUMNS = ("final_test_acc", "test_acc_at_best_val", "best_val_acc", "best_epoch", "pruned_layer_sparsity",
