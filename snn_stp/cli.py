@@ -263,13 +263,31 @@ def run_sweep_command(args) -> int:
         for point, state in planned:
             print(f"  {point.name}: {state}")
         return 0
-    rows = run_sweep(sweep, args.out, args.jobs, args.quiet)
+    rows = run_sweep(sweep, args.out, run_logged, args.jobs, args.quiet)
     failed = [row["name"] for row in rows if row["status"] == "failed"]
     print(f"wrote {Path(args.out) / RESULTS} ({len(rows) - len(failed)} of {len(rows)} run(s) finished)")
     if failed:
         return _fail("sweep", f"{len(failed)} run(s) failed: {', '.join(failed[:5])}; their logs are in "
                               f"{Path(args.out) / 'logs'}; fix the cause and run the same command again")
     return 0
+
+
+def run_logged(args: list[str], log_path: str) -> int:
+    """``snn-stp ARGS`` in this process, its output appended to ``log_path``; the exit status (a sweep
+    worker's job: see :func:`snn_stp.sweeps.run_sweep`)."""
+    import contextlib
+    import shlex
+    import traceback
+
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"$ snn-stp {shlex.join(args)}", flush=True)
+        try:
+            return main(args)
+        except SystemExit as error:  # argparse
+            return error.code if isinstance(error.code, int) else 1
+        except Exception:  # a bug: its traceback goes to the log, the sweep goes on
+            traceback.print_exc()
+            return 1
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -25,20 +25,17 @@ is rewritten after every finished point; ``sweep.yaml`` keeps the sweep's descri
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import itertools
 import json
 import multiprocessing
 import os
-import shlex
 import signal
-import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -222,12 +219,14 @@ def _check_same_config(folder: Path, config, point: Point) -> None:
             "the sweep was edited since it ran. Use another --out, or remove that folder to run the point again")
 
 
-def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, quiet: bool = False) -> list[dict]:
+def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[list[str], str], int], jobs: int = 1,
+              quiet: bool = False) -> list[dict]:
     """Run every point not yet finished, ``jobs`` at a time; returns the rows of ``results.csv``.
 
-    The points run in ``jobs`` worker processes that each train one point after another (``snn-stp
-    train`` in the worker, its output in ``logs/<point>.log``): a process start costs about 3 s, as
-    much as a digits run. Every run seeds and configures torch itself, so a point's numbers do not
+    The points run in ``jobs`` worker processes that each train one point after another:
+    ``runner(args, log_path)`` runs ``snn-stp ARGS`` there with its output in
+    ``logs/<point>.log`` and returns the exit status (the command line's, which sits above this
+    module, passes it in). A process start costs about 3 s, as much as a digits run. Every run seeds and configures torch itself, so a point's numbers do not
     depend on what its worker ran before. A point that fails is recorded (status ``failed``, its
     log's last line) and the others go on. Workers get ``OMP_NUM_THREADS`` = cores / jobs (at
     least 1) unless the environment sets it.
@@ -252,7 +251,7 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, quiet: bool = False)
     try:
         futures = {}
         for point, state in todo:
-            futures[pool.submit(_run_point, _command(sweep, point, out, state), str(out / LOGS / f"{point.name}.log"))] \
+            futures[pool.submit(runner, _command(sweep, point, out, state), str(out / LOGS / f"{point.name}.log"))] \
                 = point.name
         for done, future in enumerate(as_completed(futures), start=1):
             name = futures[future]
@@ -276,21 +275,6 @@ def _start_worker(threads: str) -> None:
     (a run installs its own handler, which saves a checkpoint)."""
     os.environ["OMP_NUM_THREADS"] = threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _run_point(args: list[str], log_path: str) -> int:
-    """``snn-stp ARGS`` in this worker, its output appended to ``log_path``; the exit status."""
-    from .cli import main
-
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ snn-stp {shlex.join(args)}", flush=True)
-        try:
-            return main(args)
-        except SystemExit as error:  # argparse
-            return error.code if isinstance(error.code, int) else 1
-        except Exception:  # a bug: its traceback goes to the log, the sweep goes on
-            traceback.print_exc()
-            return 1
 
 
 def _command(sweep: Sweep, point: Point, out: Path, state: str) -> list[str]:

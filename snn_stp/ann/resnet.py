@@ -78,6 +78,8 @@ def _reference_linear(in_features: int, num_classes: int) -> nn.Linear:
                 description="ResNet-18 with a 3x3 stride-1 stem for 32x32 inputs")
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-18 for 32x32 inputs: torchvision's with a 3x3 stride-1 stem and no max-pool."""
+    import torchvision
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
