@@ -21,8 +21,9 @@ import secrets
 import shutil
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from .errors import RunDirectoryError
 
@@ -131,6 +132,39 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name next to ``path`` for a writer that wants a name, not a file object
+    (h5py); renamed over ``path`` when the block ends, removed if it raises. Readers see the old
+    file or the whole new one, never a part."""
+    path = Path(path)
+    temporary = _temporary_path(path.parent, path.name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) between processes of this
+    machine: for work that two processes must not do at once, such as generating a data set. A
+    no-op where the platform has no ``fcntl`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def link_atomic(source: str | Path, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 """Every data set through its real class, from tiny files written in the real on-disk format."""
 
 import pickle
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -227,6 +228,35 @@ def test_frame_cache_repeats_and_is_keyed_by_every_parameter(digits_dvs_root, tm
 
 
 # -- event data sets through Tonic --------------------------------------------------------------
+
+def test_a_damaged_cache_file_is_written_again_whole(tmp_path):
+    write_dvs_gesture(tmp_path)
+    expected = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4, cache=False)[3][0]
+    ds = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4)
+    ds[3]
+    folder = Path(ds.cache.cache_path)
+    (cached,) = [p for p in folder.iterdir() if p.name == f"{ds.indices[3]}_0.hdf5"]
+    cached.write_bytes(cached.read_bytes()[:100])  # a half-written file, as a killed writer leaves
+    again = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4)
+    assert torch.equal(again[3][0], expected)
+    assert sorted(p.name for p in folder.iterdir()) == [cached.name]  # replaced whole; no temporary left
+
+
+@pytest.mark.slow  # two processes generate digits_dvs (about 15 s)
+def test_processes_that_start_at_once_share_one_digits_dvs_generation(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from snn_stp.data.digits_dvs import ensure_digits_dvs, DigitsDVS; "
+            "root = sys.argv[1]; ensure_digits_dvs(root); ds = DigitsDVS(root, train=True); "
+            "print(sum(len(ds[i][0]) for i in range(len(ds))))")
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in results]
+    assert results[0][0] == results[1][0] and int(results[0][0]) > 0  # both read every event of the same files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".DigitsDVS-")]  # no staging folder left
+
 
 def test_cached_frames_stay_in_memory_within_a_budget(tmp_path, monkeypatch):
     from snn_stp.data import events

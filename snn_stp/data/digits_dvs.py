@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import SnnStpWarning
+from ..files import exclusive_lock
 from .digits import NUM_SAMPLES, load_digits_arrays
 
 CONVERTER_VERSION = 1
@@ -124,9 +125,15 @@ def ensure_digits_dvs(root: str | Path) -> Path:
 
     The manifest lists every file with its size and sha256. A folder whose files no longer match
     it (a file deleted, truncated or edited) is generated again, with a warning naming the files;
-    the generation is deterministic, so the data are the same bytes as before.
+    the generation is deterministic, so the data are the same bytes as before. Processes that
+    start at once (a parallel sweep) take turns: the first generates, the others find it done.
     """
     folder = digits_dvs_folder(root)
+    with exclusive_lock(folder.parent / ".DigitsDVS.lock"):
+        return _check_or_generate(folder)
+
+
+def _check_or_generate(folder: Path) -> Path:
     manifest = folder / "manifest.json"
     if manifest.is_file():
         try:
@@ -139,7 +146,7 @@ def ensure_digits_dvs(root: str | Path) -> Path:
             if not damaged:
                 return folder
             warnings.warn(f"{folder}: {len(damaged)} generated file(s) missing or damaged ({', '.join(damaged[:3])}"
-                          f"{', ...' if len(damaged) > 3 else ''}); generating the data set again", SnnStpWarning, stacklevel=2)
+                          f"{', ...' if len(damaged) > 3 else ''}); generating the data set again", SnnStpWarning, stacklevel=3)
     images, labels = load_digits_arrays()
     streams = convert(images)
     folder.parent.mkdir(parents=True, exist_ok=True)

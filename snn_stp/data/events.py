@@ -7,6 +7,8 @@ error and never a download, unless ``download=True`` is passed.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, DatasetNotFoundError
+from ..files import atomic_path
 from .digits import check_digits_file
 from .digits_dvs import CONVERTER_VERSION, SENSOR_SIZE, DigitsDVS
 from .frames import FrameSpec, cache_directory, frames_to_tensor
@@ -206,7 +209,7 @@ class EventFrames(torch.utils.data.Dataset):
         self.memory: dict[int, torch.Tensor] = {}
         self.memory_bytes = 0
         if cache_root is not None:
-            self.cache = tonic.DiskCachedDataset(self.dataset, cache_path=str(
+            self.cache = _disk_cache_class()(self.dataset, cache_path=str(
                 cache_directory(Path(cache_root), source.name, split, spec, source.cache_key)))
 
     def _order_and_split(self) -> tuple[list[int], list[int]]:
@@ -268,6 +271,30 @@ class EventFrames(torch.utils.data.Dataset):
         if self.source.flat_frames:
             frames = frames.reshape(frames.shape[0], -1)  # [T, 1, N] -> [T, N]
         return frames
+
+
+@functools.cache
+def _disk_cache_class() -> type:
+    import tonic  # on use: `snn-stp list` imports this module without Tonic
+
+    class AtomicDiskCache(tonic.DiskCachedDataset):
+        """Tonic's disk cache, each sample's file written under a temporary name and renamed into
+        place: a run that reads the file while another fills it (a parallel sweep) sees it whole
+        or not at all (Tonic writes the file in place, and a reader of a half-written one fails)."""
+
+        def __getitem__(self, item):
+            from tonic.cached_dataset import load_from_disk_cache, save_to_disk_cache
+
+            path = Path(self.cache_path) / f"{item}_0.hdf5"
+            try:
+                return load_from_disk_cache(path)
+            except OSError:  # not cached yet (FileNotFoundError) or written by an older version
+                data, targets = self.dataset[item]
+                with atomic_path(path) as temporary:
+                    save_to_disk_cache(data, targets, file_path=temporary, compress=self.compress)
+                return load_from_disk_cache(path)
+
+    return AtomicDiskCache
 
 
 class EmptyRecording(ValueError):
