@@ -29,7 +29,9 @@ DENSE = "dense"
 
 @dataclass(frozen=True)
 class Outcome:
-    """One finished run, reduced to what the Pareto figures and tables need (fractions, not %)."""
+    """One finished run, reduced to what the Pareto figures and tables need (fractions, not %).
+    ``accuracy`` and ``sparsity`` are keyed by :data:`ACCURACIES`: the final epoch's, and the
+    best-validation epoch's (best.pt may come from an epoch with less sparsity than the last)."""
 
     run: str
     task: str
@@ -37,7 +39,7 @@ class Outcome:
     setting: tuple
     seed: int
     accuracy: dict
-    sparsity: float
+    sparsity: dict
     all_sparsity: float | None
     final_threshold: float | None
 
@@ -59,10 +61,11 @@ def outcome(run: Run) -> Outcome:
     setting = tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in NOT_A_SETTING))
     last = run.last
     validated = [m for m in run.metrics if m.get("val_acc") is not None]
-    at_best = max(validated, key=lambda m: m["val_acc"])["test_acc"] if validated else None
+    best = max(validated, key=lambda m: m["val_acc"]) if validated else {}
     return Outcome(run.name, task_of(run.config), run.config["pruning"]["scheduler"], setting,
-                   int(flat.get("train.seed", 0)), {"final": last["test_acc"], "best_val": at_best},
-                   last["weight_sparsity"], last.get("all_weight_sparsity"), last.get("final_threshold"))
+                   int(flat.get("train.seed", 0)), {"final": last["test_acc"], "best_val": best.get("test_acc")},
+                   {"final": last["weight_sparsity"], "best_val": best.get("weight_sparsity")},
+                   last.get("all_weight_sparsity"), last.get("final_threshold"))
 
 
 @dataclass
@@ -94,7 +97,7 @@ def points(outcomes: list[Outcome], accuracy: str = "final") -> list[Point]:
             settings.setdefault((o.task, o.scheduler, o.setting), []).append(o)
     found = []
     for (task, scheduler, _), group in settings.items():
-        s, s_std = _mean_std([o.sparsity for o in group])
+        s, s_std = _mean_std([o.sparsity[accuracy] for o in group])
         a, a_std = _mean_std([o.accuracy[accuracy] for o in group])
         found.append(Point(task, scheduler, s, s_std, a, a_std, len(group)))
     return sorted(found, key=lambda p: (p.task, p.scheduler, p.sparsity))
@@ -105,11 +108,17 @@ def _check_accuracy(accuracy: str) -> None:
         raise ValueError(f"accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
 
 
+#: Error axis limits (%): 0.5% (99.5% accuracy) to 100%, on a log scale.
+ERROR_RANGE = (0.5, 100.0)
+
+
 def pareto_figure(outcomes: list[Outcome], accuracy: str = "final"):
-    """Accuracy (%) against weight sparsity of the pruned layers (logit axis), one panel per task,
-    one colour and marker per scheduler (the same in every panel), seed mean with std bars, the
-    dense baseline as a band. Points below the panel's floor are drawn on it as ▼ with their value."""
+    """Test error (%, log axis) against weight sparsity of the pruned layers (logit axis), one panel
+    per task, one colour and marker per scheduler (the same in every panel), seed mean with std
+    bars, the dense baseline as a band. On the log error axis 1% and 2% error are as far apart as
+    20% and 40%: differences near the top stay visible beside runs that collapsed to chance."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     found = points(outcomes, accuracy)
     tasks = sorted({p.task for p in found}, key=_task_order)
@@ -117,53 +126,58 @@ def pareto_figure(outcomes: list[Outcome], accuracy: str = "final"):
     colors = plt.get_cmap("tab10").colors
     markers = "osD^vP*Xh<>"
     style = {name: (colors[i % len(colors)], markers[i % len(markers)]) for i, name in enumerate(schedulers)}
-    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.2 * max(1, len(tasks)), 4.6), squeeze=False,
-                             sharey=False)
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.2 * max(1, len(tasks)), 4.6), squeeze=False)
+    low, high = ERROR_RANGE
+
+    def error(value: float) -> float:
+        return min(max(100.0 * (1.0 - value), low), high)
+
     handles = {}
     for ax, task in zip(axes[0], tasks):
         mine = [p for p in found if p.task == task]
         pruned = [p for p in mine if p.scheduler != DENSE and 0 < p.sparsity < 1]
-        dense = [p for p in mine if p.scheduler == DENSE]
-        shown = [100 * p.accuracy for p in mine] + [100 * (p.accuracy - p.accuracy_std) for p in mine]
-        top = max(shown + [0.0])
-        floor = max(0.0, top - 15.0, min(shown + [top]) - 1.5)  # no lower than needed, nor 15 points below the best
         for name in schedulers:
             series = [p for p in pruned if p.scheduler == name]
             if not series:
                 continue
             color, marker = style[name]
-            x = [p.sparsity for p in series]
-            y = [max(100 * p.accuracy, floor) for p in series]
-            handles[name] = ax.errorbar(x, y, xerr=[p.sparsity_std for p in series],
-                                        yerr=[100 * p.accuracy_std for p in series], color=color, marker=marker,
-                                        markersize=5, linewidth=1.2, capsize=2, label=name)
-            for p in series:
-                if 100 * p.accuracy < floor:
-                    ax.plot(p.sparsity, floor, "v", color=color, markersize=9)
-                    ax.annotate(f"{100 * p.accuracy:.0f}%", (p.sparsity, floor), textcoords="offset points",
-                                xytext=(3, 4), fontsize="x-small", color=color)
-        for p in dense:
-            band = ax.axhspan(100 * (p.accuracy - p.accuracy_std), 100 * (p.accuracy + p.accuracy_std),
-                              color="0.85", zorder=0)
-            line = ax.axhline(100 * p.accuracy, color="0.3", linestyle="--", linewidth=1, zorder=1)
+            y = [error(p.accuracy) for p in series]
+            # Bars: one std of accuracy, clipped to the axis (a log axis has no 0).
+            spread = [[e - error(p.accuracy + p.accuracy_std) for e, p in zip(y, series)],
+                      [error(p.accuracy - p.accuracy_std) - e for e, p in zip(y, series)]]
+            # Sparsity bars stay inside (0, 1): the logit axis has no room beyond (a bar past 1 breaks its limits).
+            across = [[min(p.sparsity_std, p.sparsity / 2) for p in series],
+                      [min(p.sparsity_std, (1 - p.sparsity) / 2) for p in series]]
+            handles[name] = ax.errorbar([p.sparsity for p in series], y, xerr=across, yerr=spread, color=color,
+                                        marker=marker, markersize=5, linewidth=1.2, capsize=2, label=name)
+        for p in (p for p in mine if p.scheduler == DENSE):
+            band = ax.axhspan(error(p.accuracy + p.accuracy_std), error(p.accuracy - p.accuracy_std), color="0.85",
+                              zorder=0)
+            line = ax.axhline(error(p.accuracy), color="0.3", linestyle="--", linewidth=1, zorder=1)
             handles["dense (mean ± std)"] = (band, line)
         ax.set_xscale("logit")
         levels = [v for v in (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
                   if not pruned or min(p.sparsity for p in pruned) - 0.02 <= v <= max(p.sparsity for p in pruned) + 0.002]
         if levels:
-            ax.set_xticks(levels)
+            ax.xaxis.set_major_locator(FixedLocator(levels))
             ax.set_xticklabels([f"{100 * v:g}" for v in levels])
-            ax.minorticks_off()
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_yscale("log")
+        ax.set_ylim(low, high)
+        ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if low <= t <= high]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_yticklabels([f"{t:g}" for t in ticks])
+        ax.yaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("weight sparsity, pruned layers (% zeros; logit axis)")
-        ax.set_ylabel(f"{ACCURACIES[accuracy]} (%)")
-        ax.set_ylim(floor, min(100.5, top + 1.5))
+        ax.set_ylabel(f"test error (%, log axis): 100 − {ACCURACIES[accuracy]}", fontsize="small")
         ax.grid(alpha=0.3)
         seeds = sorted({p.seeds for p in mine})
         ax.set_title(f"{task} (seeds per point: {'/'.join(map(str, seeds))})", fontsize="medium")
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6),
                    fontsize="small", frameon=False)
-    fig.suptitle("Accuracy vs weight sparsity: seed mean, bars one standard deviation", fontsize="medium")
+    fig.suptitle("Test error vs weight sparsity: seed mean, bars one standard deviation (lower is better)",
+                 fontsize="medium")
     fig.tight_layout(rect=(0, 0.1 if len(handles) > 6 else 0.07, 1, 1))
     return fig
 
@@ -177,8 +191,10 @@ class Cell:
 
 def level_table(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: str = "final",
                 tolerance: float = 0.005) -> dict[str, dict[str, dict[float, Cell]]]:
-    """``{task: {scheduler: {level: Cell}}}``: the accuracy (%) of the runs whose final sparsity is
-    within ``tolerance`` of each level, mean and std over them (several settings of one scheduler
+    """``{task: {scheduler: {level: Cell}}}``: the accuracy (%) of the runs whose sparsity (at the
+    epoch the accuracy is taken from) is
+    within ``tolerance`` of each level (the nearest level: a run counts once, even where 99 and
+    99.5% are both within reach), mean and std over them (several settings of one scheduler
     at one level are pooled); ``dense`` under the level 0. A scheduler that hit no level has an
     empty row."""
     _check_accuracy(accuracy)
@@ -191,9 +207,10 @@ def level_table(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: str = 
             table.setdefault(o.task, {}).setdefault(DENSE, {}).setdefault(0.0, []).append(100 * value)
             continue
         row = table.setdefault(o.task, {}).setdefault(o.scheduler, {})  # listed even where it hit no level
-        for level in levels:
-            if abs(o.sparsity - level) <= tolerance:
-                row.setdefault(level, []).append(100 * value)
+        sparsity = o.sparsity[accuracy]
+        nearest = min(levels, key=lambda level: abs(sparsity - level))
+        if abs(sparsity - nearest) <= tolerance:  # one level at most, even where two are within reach
+            row.setdefault(nearest, []).append(100 * value)
     return {task: {name: {level: Cell(*_mean_std(values), len(values)) for level, values in cells.items()}
                    for name, cells in rows.items()} for task, rows in table.items()}
 
@@ -204,7 +221,8 @@ def markdown_tables(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: st
     of each column in bold, with ``†`` when its lead over the second best exceeds the sum of their
     standard deviations (otherwise the lead is within the seed spread)."""
     table = level_table(outcomes, levels, accuracy, tolerance)
-    lines = [f"{ACCURACIES[accuracy].capitalize()} (%), mean ± standard deviation over the runs (n) whose final "
+    epoch = "that epoch's" if accuracy == "best_val" else "final"
+    lines = [f"{ACCURACIES[accuracy].capitalize()} (%), mean ± standard deviation over the runs (n) whose {epoch} "
              f"weight sparsity of the pruned layers is within ±{100 * tolerance:g} points of each level. **Bold**: the "
              "best mean of the column; **†**: its lead over the second best exceeds the sum of their standard "
              "deviations (judged only where both have two runs or more). Without †, the best is not separated from "
