@@ -420,21 +420,21 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(config_file, reference, t
     ("train.device=cuda", "train.device 'cuda' asks for CUDA, but torch sees no CUDA device here"),
     ("model.backend=cupy", "model.backend: neuron backend 'cupy' cannot run: the neurons are on cpu"),
     ("train.max_steps=0", "train.max_steps must be an integer >= 1 (or null: train every epoch), got 0"),
-    ("pruning.scheduler=str pruning.trainable_threshold_init=-5 pruning.target_sparsity=0.9",
+    ("pruning.scheduler=str;pruning.trainable_threshold_init=-5;pruning.target_sparsity=0.9",
      "pruning.target_sparsity: str cannot aim at a sparsity. Its thresholds are trained parameters, moved by the "
      "loss and the weight decay on their logits"),
-    ("pruning.scheduler=dense pruning.target_sparsity=0.9",
+    ("pruning.scheduler=dense;pruning.target_sparsity=0.9",
      "pruning.target_sparsity: the dense baseline prunes nothing; choose a pruning scheduler (snn-stp list)"),
     ("pruning.target_sparsity=95", "pruning.target_sparsity must be in (0, 1) (the final fraction of zero weights "
                                    "in the pruned layers), got 95.0"),
-    ("pruning.scheduler=gmp pruning.final_sparsity=0.9",
+    ("pruning.scheduler=gmp;pruning.final_sparsity=0.9",
      "unknown key(s) ['pruning.final_sparsity'] in section 'pruning' for scheduler gmp (pruning.final_sparsity is "
      "now pruning.target_sparsity); valid: scheduler, rule, final_threshold, target_sparsity"),
 ])
 def test_bad_settings_fail_before_training_through_the_cli(setting, expected, tmp_path):
     if setting == "train.device=cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    sets = [arg for item in setting.split(" ") for arg in ("--set", item)]
+    sets = [arg for item in setting.split(";") for arg in ("--set", item)]  # several settings, ;-separated
     message = error_line(snn_stp("train", "--out", tmp_path / "run", *sets), "train")
     assert message.startswith(expected)
     assert not (tmp_path / "run" / "config.yaml").exists()
