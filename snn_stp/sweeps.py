@@ -342,17 +342,3 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1][:300] if lines else ""
-
-
-def read_results(out: str | Path) -> list[dict]:
-    """The rows of a sweep's ``results.csv``, numbers as floats (empty cells None)."""
-    path = Path(out) / RESULTS
-    if not path.is_file():
-        raise RunDirectoryError(f"{path} does not exist: {out} is not a sweep folder (snn-stp sweep --out)")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for column in RESULT_COLUMNS:
-            if column in row:
-                row[column] = float(row[column]) if row[column] not in ("", None) else None
-    return rows
