@@ -196,46 +196,26 @@ def plot_raster(run: Run, layer: str | None = None, sample: int = 0, max_neurons
     return fig
 
 
-#: Beyond this many runs, cross-run figures name series (task and scheduler), not runs.
+#: Beyond this many runs, one point (and legend entry) per run says nothing: the cross-run figures are
+#: the Pareto figure's seed means per scheduler instead (:mod:`snn_stp.analysis.pareto`).
 MAX_RUN_LEGEND = 8
-
-
-def _run_series(runs: list[Run]) -> list[tuple[str, tuple]]:
-    """A legend label and a colour per run: the run itself for a few runs; beyond
-    :data:`MAX_RUN_LEGEND`, its task and scheduler (one entry and colour per series)."""
-    from .pareto import task_of
-
-    labels = [run.label if len(runs) <= MAX_RUN_LEGEND else f"{task_of(run.config)}, {run.config['pruning']['scheduler']}"
-              for run in runs]
-    distinct = list(dict.fromkeys(labels))
-    palette = plt.get_cmap("tab20" if len(distinct) > 10 else "tab10").colors
-    return [(label, palette[distinct.index(label) % len(palette)]) for label in labels]
-
-
-def _legend_once(ax, **options) -> None:
-    """A legend with each label once (many runs of one series share it), below the axes if long."""
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    if len(unique) > MAX_RUN_LEGEND:
-        options.update(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
-    ax.legend(list(unique.values()), list(unique), **options)
 
 
 def plot_accuracy_vs_sparsity(runs: list[Run]):
     """Final test accuracy against final weight sparsity, one point per run: filled, the sparsity of the
     pruned layers; hollow, of all weights (joined to it). For seed means per scheduler, see
     :func:`snn_stp.analysis.pareto.pareto_figure`."""
-    fig, ax = plt.subplots(figsize=(6.4, 4 if len(runs) <= MAX_RUN_LEGEND else 6))
-    for run, (label, color) in zip(runs, _run_series(runs)):
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for run in runs:
         accuracy, pruned = 100 * run.last["test_acc"], 100 * run.last["weight_sparsity"]
-        ax.plot(pruned, accuracy, "o", markersize=8, color=color, label=label)
+        (point,) = ax.plot(pruned, accuracy, "o", markersize=8, label=run.label)
         if "all_weight_sparsity" in run.last:
             everything = 100 * run.last["all_weight_sparsity"]
-            ax.plot([everything, pruned], [accuracy, accuracy], ":", color=color, linewidth=1)
-            ax.plot(everything, accuracy, "o", markersize=8, markerfacecolor="none", color=color)
+            ax.plot([everything, pruned], [accuracy, accuracy], ":", color=point.get_color(), linewidth=1)
+            ax.plot(everything, accuracy, "o", markersize=8, markerfacecolor="none", color=point.get_color())
     ax.set_xlabel("weight sparsity (% zeros)")
     ax.set_ylabel("test accuracy (%)")
-    _legend_once(ax, fontsize="small")
+    ax.legend(fontsize="small")
     ax.set_title("Accuracy vs weight sparsity (filled: pruned layers, hollow: all weights)", fontsize="medium")
     fig.tight_layout()
     return fig
@@ -243,19 +223,18 @@ def plot_accuracy_vs_sparsity(runs: list[Run]):
 
 def plot_accuracy_vs_energy(runs: list[Run]):
     """Final test accuracy against the estimated energy per sample (effective operations)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4 if len(runs) <= MAX_RUN_LEGEND else 6))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
     tables = set()
-    for run, (label, color) in zip(runs, _run_series(runs)):
+    for run in runs:
         ops = run.last.get("ops")
         if ops is None:
             continue
         tables.add(ops["energy_table"])
-        ax.plot(ops["energy_pj_effective"] / 1e6, 100 * run.last["test_acc"], "o", markersize=8, color=color,
-                label=label)
+        ax.plot(ops["energy_pj_effective"] / 1e6, 100 * run.last["test_acc"], "o", markersize=8, label=run.label)
     ax.set_xscale("log")
     ax.set_xlabel(f"estimated energy per sample (µJ, table {', '.join(sorted(tables)) or 'n/a'})")
     ax.set_ylabel("test accuracy (%)")
-    _legend_once(ax, fontsize="small")
+    ax.legend(fontsize="small")
     ax.set_title("Accuracy vs estimated energy (effective operations)")
     fig.tight_layout()
     return fig
@@ -278,7 +257,8 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, layers: li
               raster_layer: str | None = None, sample: int = 0, per_run: bool | None = None) -> list[Path]:
     """Write the figures of each run (into ``RUN/plots`` or ``out/<run>``; the θ/w histograms and
     the raster load the run's checkpoint) and, for several runs, the cross-run figures (into ``out``,
-    the sweep's ``plots`` or the first run's ``plots``), the Pareto figure and table among them.
+    the sweep's ``plots`` or the first run's ``plots``): one point per run for up to
+    :data:`MAX_RUN_LEGEND` runs, the Pareto figure and table beyond two runs.
     ``per_run`` (default: unless a sweep folder or more than :data:`MAX_RUN_LEGEND` runs are given)
     says whether to draw the per-run figures. Returns the files."""
     from .pareto import write_pareto
@@ -299,8 +279,9 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, layers: li
                 written += save(plot_raster(run, raster_layer, sample), folder, "raster")
     if len(runs) > 1:
         folder = Path(out) if out else (sweeps[0] if sweeps else runs[0].path) / "plots"
-        written += save(plot_accuracy_vs_sparsity(runs), folder, "accuracy_vs_sparsity")
-        written += save(plot_accuracy_vs_energy(runs), folder, "accuracy_vs_energy")
+        if len(runs) <= MAX_RUN_LEGEND:
+            written += save(plot_accuracy_vs_sparsity(runs), folder, "accuracy_vs_sparsity")
+            written += save(plot_accuracy_vs_energy(runs), folder, "accuracy_vs_energy")
         if len(runs) > 2 or sweeps:
             written += write_pareto(runs, folder)
     return written

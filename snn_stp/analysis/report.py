@@ -118,7 +118,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
     with the Pareto section: accuracy against sparsity per scheduler with the seed spread, and the
     accuracy at ``levels`` (default 90, 95, 98, 99%)."""
     from . import pareto
-    from .plots import plot_accuracy_vs_energy, plot_accuracy_vs_sparsity, save  # figures only; rows need no plotting
+    from .plots import MAX_RUN_LEGEND, plot_accuracy_vs_energy, plot_accuracy_vs_sparsity, save  # figures only
 
     runs = [read_run(p) for p in run_paths(paths)]
     out = Path(out)
@@ -128,8 +128,10 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
         pareto.write_pareto(runs, out, levels, accuracy)
         front = ["## Accuracy against sparsity", "", "![accuracy vs sparsity per scheduler](pareto.png)", "",
                  pareto.markdown_tables([pareto.outcome(r) for r in runs], levels, accuracy), "## Runs", ""]
-    save(plot_accuracy_vs_sparsity(runs), out, "accuracy_vs_sparsity")
-    save(plot_accuracy_vs_energy(runs), out, "accuracy_vs_energy")
+    few = len(runs) <= MAX_RUN_LEGEND  # beyond, one point per run says nothing: the Pareto figure instead
+    if few:
+        save(plot_accuracy_vs_sparsity(runs), out, "accuracy_vs_sparsity")
+        save(plot_accuracy_vs_energy(runs), out, "accuracy_vs_energy")
     tables = sorted({r.last["ops"]["energy_table"] for r in runs if "ops" in r.last})
     rows = [run_row(r) for r in runs]
     titles = [title for title, _ in COLUMNS] + [BEST_VALIDATION]
@@ -170,8 +172,9 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
         if total_a:
             lines.append(f"| operations effective (MACs + SOPs) | {_fmt(total_s)} | {_fmt(total_a)} | "
                          f"{_fmt(total_s / total_a)} |")
-    lines += ["", "![accuracy vs weight sparsity](accuracy_vs_sparsity.png)", "",
-              "![accuracy vs estimated energy](accuracy_vs_energy.png)", ""]
+    if few:
+        lines += ["", "![accuracy vs weight sparsity](accuracy_vs_sparsity.png)", "",
+                  "![accuracy vs estimated energy](accuracy_vs_energy.png)", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
