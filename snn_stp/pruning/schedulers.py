@@ -262,14 +262,13 @@ class ThresholdScheduler:
         raise NotImplementedError(f"{self.name} cannot calibrate its threshold to a target sparsity")
 
     def _calibration_state(self) -> dict[str, Any]:
-        return {"final_threshold": getattr(self, "final_threshold", None), "anchor": list(self._anchor),
+        return {"final_threshold": self.final_threshold,
                 "observations": [list(pair) for pair in self._observations]} \
             if self.calibration_end is not None else {}
 
     def _load_calibration_state(self, state: dict[str, Any]) -> None:
         if self.calibration_end is not None:
             self.final_threshold = float(state["final_threshold"])
-            self._anchor = (int(state["anchor"][0]), float(state["anchor"][1]))
             self._observations = [(float(d), float(y)) for d, y in state["observations"]]
 
     def _implied_l1(self, delta: float, lr: float, old: float) -> float | None:
@@ -352,9 +351,7 @@ class ShapedThreshold(ThresholdScheduler):
     def __init__(self, model, optimizer, *, final_threshold: float | None = None, total_steps: int,
                  target_sparsity: float | None = None, calibrations: int = 100, start_step: int = 0):
         super().__init__(model, optimizer, start_step=start_step)
-        self.total_steps = _positive_int(total_steps, "total_steps")
-        if self.total_steps <= self.start_step:
-            raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
+        self.total_steps = _total_steps(total_steps, self.start_step)
         self._anchor = (0, 0.0)  # (step, d) the rest of the schedule starts from
         self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations)
         self.threshold = self.threshold_at(0)
@@ -389,10 +386,11 @@ class ShapedThreshold(ThresholdScheduler):
         return 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **self._calibration_state()}
+        return {**super().state_dict(), **self._calibration_state(), "anchor": list(self._anchor)}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self._load_calibration_state(state)
+        self._anchor = (int(state["anchor"][0]), float(state["anchor"][1]))
         super()._load_state(state)
 
     def _advance(self, lr: float) -> tuple[float, float]:
@@ -487,7 +485,6 @@ class Fixed(ThresholdScheduler):
         super().__init__(model, optimizer, start_step=0)
         if target_sparsity is not None and total_steps is None:
             raise ValueError("fixed with target_sparsity needs total_steps (the calibrations are spread over the run)")
-        self._anchor = (0, 0.0)
         self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations, total_steps)
         self.threshold = self.final_threshold
         self.l1_coefficient = self._implied_l1(0.0, self.lr, self.threshold)
@@ -552,7 +549,6 @@ class LATS(ThresholdScheduler):
         if sum(value is not None for value in (l1, final_threshold, target_sparsity)) != 1:
             raise ValueError("lats needs exactly one of l1 (lambda), final_threshold (D) or target_sparsity")
         scale = self.step_scale
-        self._anchor = (0, 0.0)
         self.compensate_weight_decay = bool(compensate_weight_decay)
         if scale is None and (l1 is not None or self.compensate_weight_decay):
             what = "l1=" if l1 is not None else "compensate_weight_decay=True"
@@ -569,9 +565,7 @@ class LATS(ThresholdScheduler):
         elif target_sparsity is not None:
             if total_steps is None:
                 raise ValueError("lats with target_sparsity needs total_steps (to simulate the LR schedule)")
-            total = _positive_int(total_steps, "total_steps")
-            if total <= self.start_step:
-                raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
+            total = _total_steps(total_steps, self.start_step)
             # The LR of every step, for the LR still to come at each calibration.
             self._lrs = lr_sequence(optimizer, lr_scheduler, total, self.group_index, lr_step_interval,
                                     steps_per_epoch)
@@ -584,9 +578,7 @@ class LATS(ThresholdScheduler):
                                  + ("" if self.compensate_weight_decay else
                                     " or lr_sum (the sum of the LRs of all pruning steps)"))
             if total_steps is not None:
-                total = _positive_int(total_steps, "total_steps")
-                if total <= self.start_step:
-                    raise ValueError(f"total_steps ({total_steps}) must exceed start_step ({start_step})")
+                total = _total_steps(total_steps, self.start_step)
             if self.compensate_weight_decay:
                 lrs = lr_sequence(optimizer, lr_scheduler, total, self.group_index, lr_step_interval,
                                   steps_per_epoch)[self.start_step:]
@@ -631,7 +623,6 @@ class LATS(ThresholdScheduler):
 
     def _recalibrate(self) -> float:
         self.final_threshold = self.threshold_for_target()
-        self._anchor = (self.last_step, self.threshold)
         self._aim()
         return 0.0
 
@@ -904,6 +895,14 @@ def _non_negative_int(value, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{what} must be an integer >= 0 (optimizer steps), got {value!r}")
     return value
+
+
+def _total_steps(value, start_step: int) -> int:
+    """``total_steps``, checked: an integer beyond ``start_step``."""
+    total = _positive_int(value, "total_steps")
+    if total <= start_step:
+        raise ValueError(f"total_steps ({value}) must exceed start_step ({start_step})")
+    return total
 
 
 def _positive_int(value, what: str) -> int:
