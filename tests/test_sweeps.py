@@ -216,9 +216,8 @@ def test_targets_hold_on_the_cpu_tasks(tmp_path):
 # -- Pareto tables and figures ------------------------------------------------------------------
 
 def outcome(task, scheduler, sparsity, accuracy, seed=0, setting=None):
-    return pareto.Outcome(f"{scheduler}-{sparsity}-{seed}", task, scheduler, setting or (scheduler, sparsity), seed,
-                          {"final": accuracy, "best_val": accuracy}, {"final": sparsity, "best_val": sparsity / 2},
-                          sparsity, None)
+    return pareto.Outcome(task, scheduler, setting or (scheduler, sparsity), {"final": accuracy, "best_val": accuracy},
+                          {"final": sparsity, "best_val": sparsity / 2})
 
 
 def study():

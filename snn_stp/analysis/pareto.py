@@ -14,17 +14,16 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runs import Run
+from ..train.config import DENSE, RESUME_MUTABLE_KEYS
+from .runs import Run, config_key
 
 #: The accuracies a figure or table can show: the last epoch's, or the best-validation epoch's.
 ACCURACIES = {"final": "test accuracy at the final epoch",
               "best_val": "test accuracy at the best-validation epoch (best.pt)"}
 DEFAULT_LEVELS = (0.90, 0.95, 0.98, 0.99)
-#: Config keys that do not make a different setting (the seed is averaged; the rest do not change
-#: the numbers).
-NOT_A_SETTING = ("train.seed", "description", "data.root", "data.workers", "data.cache", "train.checkpoint_every_steps",
-                 "train.analysis_samples", "train.steady_allocator", "train.divergence_factor", "train.threads")
-DENSE = "dense"
+#: Config keys that do not make a different setting: the seed (averaged over), the thread count and
+#: the keys a resume may change (they change no number).
+NOT_A_SETTING = ("train.seed", "train.threads") + RESUME_MUTABLE_KEYS
 
 
 @dataclass(frozen=True)
@@ -33,15 +32,11 @@ class Outcome:
     ``accuracy`` and ``sparsity`` are keyed by :data:`ACCURACIES`: the final epoch's, and the
     best-validation epoch's (best.pt may come from an epoch with less sparsity than the last)."""
 
-    run: str
     task: str
     scheduler: str
     setting: tuple
-    seed: int
     accuracy: dict
     sparsity: dict
-    all_sparsity: float | None
-    final_threshold: float | None
 
 
 def task_of(config: dict) -> str:
@@ -55,17 +50,12 @@ def _task_order(task: str) -> tuple:
 
 
 def outcome(run: Run) -> Outcome:
-    from ..train.config import flatten
-
-    flat = flatten(run.config)
-    setting = tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in NOT_A_SETTING))
     last = run.last
     validated = [m for m in run.metrics if m.get("val_acc") is not None]
     best = max(validated, key=lambda m: m["val_acc"]) if validated else {}
-    return Outcome(run.name, task_of(run.config), run.config["pruning"]["scheduler"], setting,
-                   int(flat.get("train.seed", 0)), {"final": last["test_acc"], "best_val": best.get("test_acc")},
-                   {"final": last["weight_sparsity"], "best_val": best.get("weight_sparsity")},
-                   last.get("all_weight_sparsity"), last.get("final_threshold"))
+    return Outcome(task_of(run.config), run.config["pruning"]["scheduler"], config_key(run.config, NOT_A_SETTING),
+                   {"final": last["test_acc"], "best_val": best.get("test_acc")},
+                   {"final": last["weight_sparsity"], "best_val": best.get("weight_sparsity")})
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure import ENERGY_TABLES
-from .runs import Run, is_sweep, read_run, run_paths
+from .runs import Run, config_key, is_sweep, read_run, run_paths
 
 #: (column title, function of a run's last metrics record); None where a value does not apply.
 COLUMNS = [
@@ -87,11 +87,10 @@ def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
     """(SNN, ANN) twins: runs whose configs are the same but for :data:`TWIN_KEYS` (same model, data,
     scheduler, target, seed, ...); each run in one pair at most. With no twins, the only SNN and
     the only ANN."""
-    from ..train.config import RESUME_MUTABLE_KEYS, flatten
+    from ..train.config import RESUME_MUTABLE_KEYS
 
     def key(run: Run) -> tuple:
-        return tuple(sorted((k, repr(v)) for k, v in flatten(run.config).items()
-                            if k not in TWIN_KEYS and k not in RESUME_MUTABLE_KEYS))
+        return config_key(run.config, TWIN_KEYS + RESUME_MUTABLE_KEYS)
 
     anns: dict[tuple, list[Run]] = {}
     for run in runs:

@@ -60,6 +60,14 @@ def read_run(path: str | Path) -> Run:
     return Run(path, config, metrics, rundir.read_summary(path))
 
 
+def config_key(config: dict, ignore) -> tuple:
+    """A run's config as a hashable key, without the keys in ``ignore`` (runs with equal keys are
+    the same setting)."""
+    from ..train.config import flatten
+
+    return tuple(sorted((k, repr(v)) for k, v in flatten(config).items() if k not in ignore))
+
+
 def is_sweep(path: str | Path) -> bool:
     """Whether ``path`` is a sweep's folder (``snn-stp sweep --out``)."""
     return (Path(path) / rundir.SWEEP_RESULTS).is_file()
