@@ -243,8 +243,9 @@ def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[list[str], str], 
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     say(f"sweep of {len(planned)} run(s) in {out}: {len(planned) - len(todo)} finished already, {len(todo)} to run, "
         f"{jobs} at a time")
+    finished: dict[str, dict] = {}
     if not todo:
-        return write_results(planned, out, status)
+        return write_results(planned, out, status, finished)
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(threads,))
@@ -257,17 +258,17 @@ def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[list[str], str], 
             name = futures[future]
             code = future.result()
             status[name] = "done" if code == 0 else "failed"
-            rows = write_results(planned, out, status)
+            rows = write_results(planned, out, status, finished)
             row = next(r for r in rows if r["name"] == name)
             seconds = f" ({row['seconds']:.0f} s of training)" if isinstance(row.get("seconds"), float) else ""
             say(f"[{done}/{len(todo)}] {name}: {_outcome(row, code, out)}{seconds}")
     except KeyboardInterrupt:
         # The workers got the Ctrl-C too: a run in progress saves a checkpoint and returns.
         pool.shutdown(wait=True, cancel_futures=True)
-        write_results(planned, out, status)
+        write_results(planned, out, status, finished)
         raise
     pool.shutdown()
-    return write_results(planned, out, status)
+    return write_results(planned, out, status, finished)
 
 
 def _start_worker(threads: str) -> None:
@@ -303,15 +304,22 @@ def _pct(value) -> str:
     return "–" if value in (None, "") else f"{100 * float(value):.2f}%"
 
 
-def write_results(planned: list[tuple[Point, str]], out: Path, status: dict[str, str]) -> list[dict]:
-    """Write ``results.csv`` (atomically): one row per point, finished or not."""
+def write_results(planned: list[tuple[Point, str]], out: Path, status: dict[str, str],
+                  finished: dict[str, dict] | None = None) -> list[dict]:
+    """Write ``results.csv`` (atomically): one row per point, finished or not. ``finished`` keeps
+    the numbers of the finished points between calls, so each run's files are read once, not
+    again every time another point finishes."""
+    finished = {} if finished is None else finished
     axes = []
     for point, _ in planned:
         axes += [a for a in point.values if a not in axes]
     rows = []
     for point, _ in planned:
         row = {"name": point.name, "status": status[point.name], **{a: point.values.get(a, "") for a in axes}}
-        row.update(point_results(out / point.name) if status[point.name] == "done" else {})
+        if status[point.name] == "done":
+            if point.name not in finished:
+                finished[point.name] = point_results(out / point.name)
+            row.update(finished[point.name])
         if status[point.name] == "failed":
             row["error"] = _last_line(out / LOGS / f"{point.name}.log")
         row["run_dir"] = point.name
