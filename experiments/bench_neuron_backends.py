@@ -58,7 +58,7 @@ def measure(implementation: str, args) -> None:
     x = (torch.rand(args.steps, args.batch, args.neurons, device=device, dtype=dtype) * 1.6).requires_grad_()
     cell = torch.nn.Sequential(make_neuron(args.kind)).to(device)
     try:
-        choice = set_backend(cell, implementation if implementation != "default" else "auto")
+        choice = set_backend(cell, implementation if implementation != "default" else "auto", device)
     except BackendUnavailableError as error:
         print(f"{implementation:<8} unavailable: {error}")
         return

@@ -1,6 +1,6 @@
 """Every GPU-only check in one command, with a Markdown report naming the card.
 
-    python experiments/gpu_check.py [--out gpu_check.md] [--quick]
+    python experiments/gpu_check.py [--out gpu_check.md] [--quick] [--sections 1,2,3,4]
 
 Sections (each skipped, with the reason, where this machine cannot run it):
 
@@ -11,6 +11,9 @@ Sections (each skipped, with the reason, where this machine cannot run it):
    sparsified / dense step time (same process, ABBA order), peak memory, samples per second.
 3. NCCL DDP over every GPU present: a sparsified model trained a few LATS steps under
    DistributedDataParallel; every rank must hold the same threshold and weights.
+4. The training engine on CUDA (``snn-stp train``, AMP on, the bundled digits): every threshold
+   scheduler for a few epochs; the same run twice (repeatable?); and a run killed after its third
+   checkpoint write (SIGKILL, through the ``SNN_STP_FAULT`` hook), resumed, against a straight run.
 
 Meant to finish in well under 15 minutes on one GPU (``--quick``: about a third). On a machine
 without CUDA it writes the report with every section marked skipped and exits 0.
@@ -172,10 +175,89 @@ def ddp_section(args) -> list[str]:
     return lines
 
 
+#: ``--set`` options of each scheduler on the default job (the spiking MLP on the digits).
+ENGINE_METHODS = {
+    "lats": [], "lats_epoch": [], "slats": [], "pgh": ["pruning.beta=0.1"], "sine": [], "linear": [],
+    "fixed": ["pruning.init=inverse", "pruning.final_threshold=0.05"],
+    "lats (target 95%)": ["pruning.scheduler=lats", "pruning.target_sparsity=0.95"],
+    "gmp": ["pruning.target_sparsity=0.9"],
+    "gradr": ["pruning.alpha=0.01", "pruning.target_sparsity=0.95"],
+    "str": ["pruning.trainable_threshold_init=-5", "optim.threshold_weight_decay=0.03"],
+    "dense": [],
+}
+
+
+def _train(out: Path, settings: list[str], environment: dict | None = None, command: str = "train") -> dict:
+    """``snn-stp train`` (or ``resume``) in a child process; its summary (or the exit status and error)."""
+    import json
+
+    args = [sys.executable, "-m", "snn_stp", command, "--quiet"]
+    args += [str(out)] if command == "resume" else ["--out", str(out)]
+    for setting in settings:
+        args += ["--set", setting]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env={**os.environ, **(environment or {})})
+    summary = out / "summary.json"
+    if proc.returncode or not summary.exists():
+        return {"exit": proc.returncode, "error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1]}
+    return json.loads(summary.read_text())
+
+
+def _weights(run: Path) -> dict:
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    return state["model"]
+
+
+def engine_section(args) -> list[str]:
+    import tempfile
+
+    lines = ["## 4. The training engine on CUDA (`snn-stp train`, AMP)", ""]
+    if not torch.cuda.is_available():
+        return lines + ["Skipped: no CUDA device.", ""]
+    epochs = 3 if args.quick else 6
+    common = [f"train.epochs={epochs}", "train.device=cuda", "train.amp=true"]
+    lines += [f"The default job (spiking MLP, T = 4, the bundled digits), {epochs} epochs, each scheduler in its own "
+              "process (process start and data loading included in the seconds).", "",
+              "| scheduler | test accuracy | weight sparsity | final d | seconds |", "|---|---|---|---|---|"]
+    root = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    failures = []
+    for index, (method, extra) in enumerate(ENGINE_METHODS.items()):
+        scheduler = [] if any(s.startswith("pruning.scheduler=") for s in extra) else [f"pruning.scheduler={method}"]
+        summary = _train(root / f"m{index}", common + scheduler + extra)
+        if "error" in summary:
+            failures.append(method)
+            lines.append(f"| {method} | FAILED (exit {summary['exit']}): {summary['error']} | | | |")
+            continue
+        lines.append(f"| {method} | {summary['final_test_acc']:.2%} | {summary['weight_sparsity']:.2%} | "
+                     f"{summary['threshold']:.4g} | {summary['seconds']:.1f} |")
+    # Repeatability and exact resume (checkpoints every 10 steps; the kill lands after the third).
+    resume = common + ["pruning.scheduler=lats", "train.checkpoint_every_steps=10"]
+    straight, again = _train(root / "straight", resume), _train(root / "again", resume)
+    killed = _train(root / "killed", resume, {"SNN_STP_FAULT": "last.pt:after:3"})
+    resumed = _train(root / "killed", [], command="resume")
+    lines.append("")
+    if any("error" in s for s in (straight, again, resumed)):
+        failures.append("resume")
+        lines.append(f"- repeat/resume runs failed: {straight.get('error')}, {again.get('error')}, {resumed.get('error')}")
+    else:
+        reference = _weights(root / "straight")
+        for name, run in (("the same run again", "again"), ("killed after its 3rd checkpoint, then resumed", "killed")):
+            other = _weights(root / run)
+            largest = max((reference[k].double() - other[k].double()).abs().max().item()
+                          for k in reference if reference[k].is_floating_point())
+            lines.append(f"- {name}: test accuracy {straight['final_test_acc']:.4%} vs "
+                         f"{(again if run == 'again' else resumed)['final_test_acc']:.4%}; largest weight "
+                         f"difference {largest:.3g}{' (identical)' if largest == 0 else ''}")
+        lines.append(f"- the killed run's own exit: {killed.get('exit', 0)} (-9: SIGKILL, as planned)")
+    if failures:
+        raise SystemExit("\n".join(lines + ["", f"failed: {', '.join(failures)}"]))
+    return lines + [""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_check.md", help="the Markdown report")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a third of the time)")
+    parser.add_argument("--sections", default="1,2,3,4", help="which sections to run (default: all)")
     args = parser.parse_args()
     from snn_stp.snn import spikingjelly_version
 
@@ -185,16 +267,20 @@ def main() -> int:
             f"- torch {torch.__version__} (CUDA {torch.version.cuda}), spikingjelly {spikingjelly_version()}, "
             f"Python {platform.python_version()}",
             f"- GPUs: {torch.cuda.device_count()}; date {time.strftime('%Y-%m-%d %H:%M %Z')}", ""]
-    body = []
-    for section in (neuron_section, amp_section, ddp_section):
-        part = section(args)
+    body, failed = [], False
+    sections = (neuron_section, amp_section, ddp_section, engine_section)
+    for number in sorted({int(n) for n in args.sections.split(",")}):
+        try:
+            part, outcome = sections[number - 1](args), "done"
+        except SystemExit as failure:  # a failed check: its lines go into the report, the rest still run
+            part, outcome, failed = str(failure).splitlines() + [""], "FAILED", True
         body += part
         skipped = [line for line in part if line.startswith("Skipped")]
-        print(f"{part[0][3:]}: {skipped[0] if skipped else 'done'}", flush=True)
-    body.append(f"Total time {time.perf_counter() - started:.0f} s.")
-    Path(args.out).write_text("\n".join(head + body) + "\n")
+        print(f"{part[0][3:]}: {skipped[0] if skipped else outcome}", flush=True)
+        # Written after every section, so that a run cut short keeps what it measured.
+        Path(args.out).write_text("\n".join(head + body + [f"Total time {time.perf_counter() - started:.0f} s."]) + "\n")
     print(f"report: {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

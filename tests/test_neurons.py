@@ -148,7 +148,9 @@ def test_selected_implementation_matches_the_reference(device, kind):
     spikingjelly 0.0.0.0.14, native CUDA or Triton on 2.x)."""
     torch.manual_seed(0)
     model = nn.Sequential(make_neuron(kind)).to(device)
-    choice = set_backend(model, "auto")
+    choice = set_backend(model, "auto", device)  # neurons hold no tensor to tell their device by
+    if device == "cuda":
+        assert choice.implementation != "torch", choice
     x = (torch.rand(8, 16, 256, device=device) * 1.6).requires_grad_()
     out = model(x)
     (out * torch.linspace(0, 1, 256, device=device)).sum().backward()
@@ -163,3 +165,22 @@ def test_selected_implementation_matches_the_reference(device, kind):
     else:  # fused kernels may round differently right at the threshold
         assert flips < 1e-3, (choice, flips)
         assert torch.allclose(grad, x.grad, rtol=1e-3, atol=1e-5), choice
+
+
+def test_the_numpy_int_alias_spikingjelly_0_0_0_0_14_needs_is_restored_once():
+    """SpikingJelly 0.0.0.0.14's CuPy kernels compare dtypes with ``np.int`` (gone since NumPy 1.24);
+    the probe gives it back as the builtin int and says so. In a child process: numpy stays as is here."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, numpy; from snn_stp.snn.backends import _restore_numpy_int_alias as restore; "
+            "had = hasattr(numpy, 'int'); first = restore(); "
+            "print(json.dumps([had, numpy.int is int, first, restore(), numpy.__version__]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    had, now_int, first, second, version = json.loads(run.stdout)
+    assert now_int and second == ""  # restored once, then nothing more to do
+    if had:  # NumPy < 1.24: nothing to do, nothing said
+        assert first == ""
+    else:
+        assert first == f"; numpy {version} lacks np.int, which spikingjelly 0.0.0.0.14's kernels use: restored as int"

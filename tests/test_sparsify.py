@@ -263,3 +263,18 @@ def test_two_sparsity_figures_and_the_parameters_neither_counts():
     assert report.all_weight_sparsity == (pruned_zeros + 27) / (720 + 108)
     assert report.counts() == {"pruned_weights": 720, "all_weights": 828, "bias": 4 + 5, "normalization": 8,
                                "other": 0}
+
+
+@pytest.mark.parametrize("options", [{"rule": "ste"}, {"rule": "exact", "trainable_threshold_init": -5.0},
+                                     {"rule": "gradr"}, {"rule": "magnitude"}])
+def test_the_threshold_lives_on_the_weights_device(options):
+    """A model moved to an accelerator before sparsify gets its threshold there too (on CUDA a CPU
+    threshold failed the first forward: "Expected all tensors to be on the same device"). The meta
+    device stands in for the accelerator."""
+    model = small_cnn().to("meta")
+    snn_stp.sparsify(model, **options)
+    for module in (model[0], model[4]):
+        parametrization = module.parametrizations.weight[0]
+        tensors = list(parametrization.parameters()) + list(parametrization.buffers())
+        assert tensors and {t.device.type for t in tensors} == {"meta"}
+        assert module.weight.device.type == "meta"  # the forward through the parametrization runs

@@ -103,7 +103,8 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
             original = getattr(module, tensor).detach()
             if rule in GRADIENT_RULES:
                 factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(module_name, p)), 1.0)
-                parametrization = SoftThreshold(rule, threshold, factor, trainable_threshold_init)
+                # On the weight's device: parametrize does not move the parametrization's buffers.
+                parametrization = SoftThreshold(rule, threshold, factor, trainable_threshold_init).to(original.device)
                 parametrize.register_parametrization(module, tensor, parametrization)
                 # Set theta explicitly: parametrize initializes it through right_inverse, which is
                 # the inverse map (right for assignments, not for init="keep").

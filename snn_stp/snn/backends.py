@@ -99,8 +99,10 @@ def probe_cupy() -> CupyStatus:
     return CupyStatus(True, f"cupy {version} runs on {count} CUDA device(s){note}")
 
 
+@lru_cache(maxsize=None)
 def probe_legacy_cupy_kernels() -> CupyStatus:
-    """CuPy usable and SpikingJelly 0.0.0.0.14's kernel modules loaded (they import CuPy themselves)."""
+    """CuPy usable and SpikingJelly 0.0.0.0.14's CuPy kernels really run: one multi-step LIF layer,
+    forward and backward, on the GPU (the result is kept for the process)."""
     status = probe_cupy()
     if not status.usable:
         return status
@@ -108,7 +110,30 @@ def probe_legacy_cupy_kernels() -> CupyStatus:
     if getattr(neuron_module, "neuron_kernel", None) is None:
         return CupyStatus(False, f"{status.reason}, but spikingjelly's CuPy kernel module failed to load "
                                  "(see the spikingjelly.activation_based.neuron log message)")
-    return status
+    reason = status.reason + _restore_numpy_int_alias()
+    try:
+        cell = neuron_module.LIFNode(step_mode="m", backend="cupy")
+        x = torch.rand(2, 1, 8, device="cuda", requires_grad=True)
+        cell(x).sum().backward()
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return CupyStatus(False, f"{reason}, but spikingjelly's CuPy LIF kernel failed: {type(error).__name__}: {first_line}")
+    return CupyStatus(True, reason)
+
+
+def _restore_numpy_int_alias() -> str:
+    """Give NumPy back the ``np.int`` alias if it lacks it; a note for the backend's reason, or "".
+
+    SpikingJelly 0.0.0.0.14's kernel wrapper (``auto_cuda/base.py``) compares dtypes with ``np.int``,
+    which NumPy 1.24 removed, so with any current NumPy every CuPy neuron call raises AttributeError
+    (SpikingJelly issues #583 and #595, fixed after that release; seen here on an H200). The alias
+    always meant the builtin ``int``, so restoring it changes nothing else.
+    """
+    numpy = importlib.import_module("numpy")
+    if hasattr(numpy, "int"):
+        return ""
+    numpy.int = int
+    return f"; numpy {numpy.__version__} lacks np.int, which spikingjelly 0.0.0.0.14's kernels use: restored as int"
 
 
 def resolve_backend(requested: str, device: torch.device | str, neuron_kind: str = "lif") -> BackendChoice:
