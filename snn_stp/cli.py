@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1); each gets cores / jobs threads")
     sweep.add_argument("--dry-run", action="store_true", help="build every point's config and list the points")
     sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
+    export = add("export", help="a run's model as a NIR graph or a compact sparse checkpoint",
+                 description="Export the model of a run directory (or checkpoint file): --format nir writes a NIR "
+                             "graph (BatchNorm folded, pruned zeros kept, neuron parameters and the time step stated) "
+                             "that snnTorch, Norse, Lava and SpikingJelly read; --format sparse writes only the "
+                             "non-zero weights and what rebuilds the model (snn_stp.export.load_sparse).")
+    export.add_argument("run", metavar="RUN", help="a run directory or a checkpoint file")
+    export.add_argument("--format", required=True, choices=("nir", "sparse"))
+    export.add_argument("--out", required=True, help="the file to write")
+    export.add_argument("--checkpoint", default="last.pt", choices=("last.pt", "best.pt"),
+                        help="which checkpoint of a run directory (default last.pt)")
+    export.add_argument("--dt", type=float, default=1e-4,
+                        help="nir: seconds one time step stands for (default 1e-4, what snnTorch's reader assumes)")
     add("list", help="list the registered models, data sets, threshold schedulers and recipes",
                    description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
                                "schedulers and the shipped recipes.")
@@ -228,6 +240,8 @@ def dispatch(args) -> int:
         print(f"wrote {compare_runs(args.runs, args.out, _levels(args.levels), args.accuracy)}")
     elif args.command == "sweep":
         return run_sweep_command(args)
+    elif args.command == "export":
+        return run_export(args)
     elif args.command == "eval":
         from .train import evaluate_checkpoint
         result = evaluate_checkpoint(args.path)
@@ -301,6 +315,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _not_counted(counts: dict) -> str:
     return ", ".join(f"{counts[key]:,} {key}" for key in ("bias", "normalization", "other")) + " parameters"
+
+
+def run_export(args) -> int:
+    from .export import export_run
+
+    result = export_run(args.run, args.format, args.out, args.checkpoint, args.dt)
+    if args.format == "nir":
+        print(f"wrote {result['path']}: NIR graph of {result['nodes']} nodes, weight sparsity "
+              f"{result['weight_sparsity']:.2%}, {result['time_steps']} time steps of {result['dt']:g} s")
+    else:
+        print(f"wrote {result['path']}: {result['file']:,} bytes for {result['nonzeros']:,} non-zero weights "
+              f"(weight sparsity {result['weight_sparsity']:.2%}; non-zeros {result['sparse_payload']:,} bytes, dense "
+              f"parameters {result['dense_payload']:,} bytes, the rest {result['overhead']:,} bytes)")
+    return 0
 
 
 def _fail(command: str, message: str, status: int = 1) -> int:

@@ -89,15 +89,6 @@ def run_paths(paths: list[str | Path]) -> list[Path]:
 
 def load_model(run: Run, checkpoint: str = "last.pt"):
     """The run's model rebuilt from its config with the checkpoint's weights (CPU, eval mode)."""
-    import torch
+    from ..train.builders import model_from_checkpoint
 
-    from ..data import dataset_spec
-    from ..train.builders import make_model
-    from ..train.checkpoint import load
-    from ..train.config import from_dict
-
-    state = load(run.path / rundir.CHECKPOINTS / checkpoint)
-    config = from_dict(state["config"])  # the checkpoint's own config, not a possibly edited config.yaml
-    model = make_model(config, dataset_spec(config.data.name).num_classes, torch.device("cpu"), load_initial_weights=False)
-    model.load_state_dict(state["model"])
-    return model.eval(), config
+    return model_from_checkpoint(run.path / rundir.CHECKPOINTS / checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from contextlib import contextmanager
 
 import torch
@@ -39,16 +40,38 @@ def make_model(config: Config, num_classes: int, device: torch.device, load_init
     return model
 
 
-def _build_sparsified(config: Config, num_classes: int, device: torch.device) -> nn.Module:
-    m, p = config.model, config.pruning
+def model_arguments(config: Config, num_classes: int | None = None) -> dict:
+    """What ``build_model`` needs to rebuild ``config``'s model (name, classes, channels, spiking and
+    its options), without device or backend: the architecture alone. ``num_classes`` defaults to
+    the data set's."""
+    m = config.model
+    num_classes = num_classes or dataset_spec(config.data.name).num_classes
     options = dict(m.options)
     if m.spiking:
         if m.time_steps is not None:
             options["time_steps"] = m.time_steps
         if m.neuron:
             options["neuron"] = dict(m.neuron)
-    model = build_model(m.name, num_classes=m.num_classes or num_classes, in_channels=m.in_channels,
-                        spiking=m.spiking, backend=m.backend, device=device, **options)
+    return {"name": m.name, "num_classes": m.num_classes or num_classes, "in_channels": m.in_channels,
+            "spiking": m.spiking, **options}
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Config]:
+    """The model of an snn-stp checkpoint, rebuilt from the checkpoint's own config (not a possibly
+    edited config.yaml) with its weights and thresholds: CPU, eval mode, still sparsified."""
+    from .config import from_dict
+
+    state = ckpt.load(path)
+    config = from_dict(state["config"])
+    model = make_model(config, dataset_spec(config.data.name).num_classes, torch.device("cpu"),
+                       load_initial_weights=False)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def _build_sparsified(config: Config, num_classes: int, device: torch.device) -> nn.Module:
+    p = config.pruning
+    model = build_model(**model_arguments(config, num_classes), backend=config.model.backend, device=device)
     cls = threshold_scheduler_class(config)
     rules = ("identity",) if p.scheduler == DENSE else cls.rules
     rule = p.rule or rules[0]

@@ -1,0 +1,279 @@
+"""Export a spiking network to NIR, the Neuromorphic Intermediate Representation.
+
+NIR describes neurons in continuous time; SpikingJelly's neurons are discrete. With the time step
+``dt`` (seconds; 1e-4 by default, the value snnTorch's reader assumes) the mapping is exact for an
+Euler step of the NIR equations:
+
+* LIF (``tau dv/dt = (v_leak - v) + r I``): NIR ``tau = tau_sj * dt``, ``v_leak = v_reset``,
+  ``r = 1`` with ``decay_input=True`` (SpikingJelly charges ``(X - (V - V_reset)) / tau``) and
+  ``r = tau_sj`` with ``decay_input=False`` (it charges ``X - (V - V_reset) / tau``).
+* PLIF: the same with its learned ``tau = 1 / sigmoid(w)``.
+* IF (``dv/dt = r I``): ``r = 1 / dt``.
+* Hard reset to ``v_reset`` after a spike; the soft reset (subtract the threshold) has no NIR
+  form and is refused.
+
+Layers: Linear and Conv2d become ``Affine``/``Linear``/``Conv2d`` with the BatchNorm that follows
+them folded in (``w' = w * gamma / sqrt(var + eps)``: a pruned zero stays exactly zero); max
+pooling of spikes, which are 0 or 1, is exactly ``Threshold(SumPool2d, 0.5)`` (the max of 0/1
+values is 1 when their sum is at least 1); the voting readout (mean of groups) is a ``Linear``;
+dropout is the identity at inference. Each weight node's metadata holds its sparsity and the
+modules it came from; the graph's metadata states ``dt``, the number of time steps, the input
+encoding and how the output is read.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SnnStpError, SnnStpWarning
+
+#: snnTorch's NIR reader hard-codes this time step (seconds); Norse takes it as an argument.
+DEFAULT_DT = 1e-4
+
+
+class NotExpressibleError(SnnStpError, ValueError):
+    """The model holds something NIR (or this exporter) cannot express; the message says what."""
+
+
+@dataclass
+class _Step:
+    """One module of the flattened network, with the dotted name it has in the model."""
+
+    name: str
+    module: nn.Module
+
+
+def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFAULT_DT, model_name: str = ""):
+    """The NIR graph of a spiking network of the model zoo (a chain of layers), pruned zeros kept.
+
+    Args:
+        model: a spiking ``TwinNetwork`` (``spiking_mlp``, ``stds_cifarnet``, ``nmnist_net``,
+            ``dvsgesture_net``, ``cifar10dvs_net``), sparsified or baked; not modified.
+        sample_shape: one input sample, without time and batch: ``(64,)`` for the digits MLP,
+            ``(C, H, W)`` for images and event frames.
+        dt: the time step in seconds that one SpikingJelly step stands for.
+        model_name: recorded in the graph's metadata.
+
+    Returns:
+        ``nir.NIRGraph`` whose input takes one sample per time step and whose output is the
+        network's value at that step; the model's prediction is the mean of the outputs over the
+        ``time_steps`` steps (graph metadata).
+
+    Raises:
+        NotExpressibleError: a residual network, a soft reset, max pooling of non-spike values,
+            or a layer type the exporter does not know.
+    """
+    import nir
+
+    if dt <= 0:
+        raise ValueError(f"dt must be > 0 seconds, got {dt}")
+    if not getattr(model, "spiking", False):
+        raise NotExpressibleError(f"{type(model).__name__} is an ANN (spiking=False); NIR export needs the spiking model")
+    if not (isinstance(getattr(model, "encoder", None), nn.Module) and isinstance(getattr(model, "body", None), nn.Module)):
+        raise NotExpressibleError(
+            f"{type(model).__name__} is not a chain of layers: the residual connections of SEW ResNets are not "
+            "exported (NIR sums the edges that enter a node, so ADD could be written, but this exporter writes "
+            "chains; AND and IAND have no NIR form). Exportable: spiking_mlp, stds_cifarnet, nmnist_net, "
+            "dvsgesture_net, cifar10dvs_net")
+    steps = _flatten(model)
+    shapes = _shapes(steps, sample_shape)
+    nodes, edges, previous, spikes = {"input": nir.Input({"input": np.array(sample_shape)})}, [], "input", False
+    index = 0
+    while index < len(steps):
+        step, shape = steps[index], shapes[index]
+        module = step.module
+        made: list[tuple[str, object]] = []
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            norm = steps[index + 1] if index + 1 < len(steps) else None
+            if norm is not None and isinstance(norm.module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                index += 1
+            else:
+                norm = None
+            made.append((step.name, _weight_node(module, norm, shape)))
+            spikes = False
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            raise NotExpressibleError(f"{step.name}: a BatchNorm that does not follow a Linear or Conv2d cannot be folded")
+        elif _is_neuron(module):
+            made.append((step.name, _neuron_node(step.name, module, shape, dt)))
+            spikes = True
+        elif isinstance(module, nn.MaxPool2d):
+            if not spikes:
+                raise NotExpressibleError(f"{step.name}: max pooling of non-spike values has no NIR form "
+                                          "(only max pooling of 0/1 spikes, written as a thresholded sum pool)")
+            made += _max_pool_of_spikes(step.name, module, shapes[index + 1])
+        elif isinstance(module, nn.Flatten):
+            made.append((step.name, nir.Flatten({"input": np.array(shape)}, start_dim=module.start_dim - 1,
+                                                end_dim=module.end_dim if module.end_dim < 0 else module.end_dim - 1)))
+        elif isinstance(module, nn.Dropout) or type(module).__name__ == "Dropout":
+            pass  # the identity at inference
+        elif type(module).__name__ == "Voting":
+            groups, width = module.group, shape[-1]
+            weight = np.kron(np.eye(width // groups), np.full((1, groups), 1.0 / groups)).astype(np.float32)
+            made.append((step.name, nir.Linear(weight, metadata={"source": f"{step.name} (mean of groups of {groups})"})))
+            spikes = False
+        else:
+            raise NotExpressibleError(f"{step.name}: {type(module).__name__} has no NIR mapping in this exporter")
+        for name, node in made:
+            key = name.replace(".", "_")
+            nodes[key] = node
+            edges.append((previous, key))
+            previous = key
+        index += 1
+    nodes["output"] = nir.Output({"output": np.array(shapes[-1])})
+    edges.append((previous, "output"))
+    notes = reader_notes(nodes.values())
+    for note in notes:
+        warnings.warn(note, SnnStpWarning, stacklevel=2)
+    metadata = {
+        "source": "snn_stp", "model": model_name or type(model).__name__, "dt": float(dt),
+        "time_steps": int(model.time_steps),
+        "input_encoding": ("direct: the same sample at every time step" if model.input_kind == "static"
+                           else "events: one frame per time step"),
+        "output": f"the prediction is the mean of the output over the {model.time_steps} time steps",
+        "weight_sparsity": _overall_sparsity(nodes),
+        "reader_notes": " | ".join(notes) or "none",
+    }
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+
+
+def reader_notes(nodes) -> list[str]:
+    """What the framework readers do not run of these nodes (snnTorch 1.0 and Norse 1.1, tested)."""
+    import nir
+
+    kinds = {type(node) for node in nodes}
+    notes = []
+    if nir.Threshold in kinds:
+        notes.append("max pooling of spikes is written as SumPool2d + Threshold: snnTorch 1.0 and Norse 1.1 cannot "
+                     "read the graph (no Threshold node); snn_stp.export.run_nir runs it")
+    if nir.IF in kinds:
+        notes.append("snnTorch 1.0 refuses a NIR IF neuron with r != 1 (IF is written with r = 1/dt) and would read "
+                     "r = 1 as a leaky neuron; Norse and snn_stp.export.run_nir run IF as written")
+    if any(isinstance(node, nir.LIF) and not np.allclose(node.r, 1.0) for node in nodes):
+        notes.append("LIF with decay_input=False is written with r = tau: Norse 1.1 assumes r = 1 (it warns) and "
+                     "snnTorch rescales the threshold; check outputs after import")
+    return notes
+
+
+def _flatten(model: nn.Module) -> list[_Step]:
+    """The model's layers in order, containers opened (``encoder`` first, then ``body``)."""
+    steps: list[_Step] = []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        if isinstance(module, nn.Sequential):
+            for name, child in module.named_children():
+                walk(f"{prefix}.{name}", child)
+        else:
+            steps.append(_Step(prefix, module))
+
+    walk("encoder", model.encoder)
+    walk("body", model.body)
+    return steps
+
+
+def _is_neuron(module: nn.Module) -> bool:
+    from spikingjelly.activation_based import neuron
+
+    return isinstance(module, neuron.BaseNode)
+
+
+def _shapes(steps: list[_Step], sample_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The input shape of every step (one sample, no batch) and, last, the output shape."""
+    x = torch.zeros(1, *sample_shape)
+    shapes = []
+    with torch.no_grad():
+        for step in steps:
+            shapes.append(tuple(x.shape[1:]))
+            if not (_is_neuron(step.module) or isinstance(step.module, nn.Dropout)):
+                x = _stateless(step.module)(x)
+    shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+def _stateless(module: nn.Module) -> nn.Module:
+    """A copy in eval mode (BatchNorm with its running statistics), for shape tracing."""
+    import copy
+
+    return copy.deepcopy(module).eval()
+
+
+def _weight_node(module: nn.Module, norm: _Step | None, shape: tuple[int, ...]):
+    import nir
+
+    weight = module.weight.detach().double()
+    bias = module.bias.detach().double() if module.bias is not None else None
+    source = type(module).__name__
+    if norm is not None:
+        bn = norm.module
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        # Multiplying by the scale keeps every pruned zero exactly zero.
+        weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+        bias = bn.bias.detach().double() - bn.running_mean.double() * scale + (0 if bias is None else bias * scale)
+        source += f" + {norm.name} (BatchNorm folded)"
+    w = weight.float().numpy()
+    metadata = {"source": source, "sparsity": float((w == 0).mean()), "nonzeros": int((w != 0).sum()),
+                "weights": int(w.size)}
+    if isinstance(module, nn.Linear):
+        if bias is None:
+            return nir.Linear(w, metadata=metadata)
+        return nir.Affine(w, bias.float().numpy(), metadata=metadata)
+    if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+        raise NotExpressibleError(f"{type(module).__name__}: only zero-padded, ungrouped convolutions with "
+                                  "numeric padding are exported")
+    b = bias.float().numpy() if bias is not None else np.zeros(w.shape[0], dtype=np.float32)
+    return nir.Conv2d(input_shape=tuple(shape[-2:]), weight=w, stride=module.stride, padding=module.padding,
+                      dilation=module.dilation, groups=1, bias=b, metadata=metadata)
+
+
+def _neuron_node(name: str, module: nn.Module, shape: tuple[int, ...], dt: float):
+    import nir
+    from spikingjelly.activation_based import neuron
+
+    if module.v_reset is None:
+        raise NotExpressibleError(f"{name}: soft reset (v_reset=None: subtract the threshold) has no NIR form; "
+                                  "NIR neurons reset to v_reset (train with a hard reset to export)")
+    full = lambda value: np.full(shape, float(value), dtype=np.float32)  # noqa: E731
+    if isinstance(module, neuron.ParametricLIFNode):
+        tau = 1.0 / torch.sigmoid(module.w.detach()).item()
+        kind = f"PLIF (learned tau {tau:.6g} steps)"
+    elif isinstance(module, neuron.LIFNode):
+        tau = float(module.tau)
+        kind = f"LIF (tau {tau:.6g} steps)"
+    elif isinstance(module, neuron.IFNode):
+        return nir.IF(r=full(1.0 / dt), v_threshold=full(module.v_threshold), v_reset=full(module.v_reset),
+                      metadata={"source": f"IF, time step {dt} s"})
+    else:
+        raise NotExpressibleError(f"{name}: {type(module).__name__} has no NIR mapping in this exporter")
+    decay_input = bool(getattr(module, "decay_input", True))
+    return nir.LIF(tau=full(tau * dt), r=full(1.0 if decay_input else tau), v_leak=full(module.v_reset),
+                   v_threshold=full(module.v_threshold), v_reset=full(module.v_reset),
+                   metadata={"source": f"{kind}, decay_input={decay_input}, hard reset, time step {dt} s"})
+
+
+def _max_pool_of_spikes(name: str, module: nn.MaxPool2d, out_shape: tuple[int, ...]):
+    import nir
+
+    pair = lambda v: np.array(v if isinstance(v, (tuple, list)) else (v, v))  # noqa: E731
+    if module.dilation not in (1, (1, 1)) or module.ceil_mode:
+        raise NotExpressibleError(f"{name}: max pooling with dilation or ceil_mode has no NIR form")
+    stride = module.stride if module.stride is not None else module.kernel_size
+    pool = nir.SumPool2d(kernel_size=pair(module.kernel_size), stride=pair(stride), padding=pair(module.padding),
+                         metadata={"source": f"{name}: MaxPool2d of spikes = Threshold(SumPool2d, 0.5)"})
+    threshold = nir.Threshold(np.full(out_shape, 0.5, dtype=np.float32),
+                              metadata={"source": f"{name}: 1 where any input spiked"})
+    return [(f"{name}.sum", pool), (f"{name}.any", threshold)]
+
+
+def _overall_sparsity(nodes: dict) -> float:
+    zeros = total = 0
+    for node in nodes.values():
+        weight = getattr(node, "weight", None)
+        if weight is not None and "weights" in getattr(node, "metadata", {}):
+            zeros += int((np.asarray(weight) == 0).sum())
+            total += int(np.asarray(weight).size)
+    return zeros / total if total else math.nan
