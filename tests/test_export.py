@@ -303,3 +303,65 @@ def test_export_command_failures_are_one_line(tmp_path):
     assert ann.returncode == 1
     assert ann.stderr == ("snn-stp export: SpikingMLP is an ANN (spiking=False); NIR export needs the spiking model\n")
     assert not (tmp_path / "m.nir").exists()
+
+
+# -- sparse inference -----------------------------------------------------------------------------
+
+def test_sparse_inference_gives_the_dense_outputs_through_sparse_layers():
+    from snn_stp.export import SparseConv2d, SparseLinear, to_sparse_inference
+
+    model = pruned("nmnist_net", threshold=0.05, channels=8, hidden=32, image_size=17, time_steps=T)
+    sparse = to_sparse_inference(model, min_sparsity=0.0)  # every layer, whatever its sparsity
+    kinds = [type(m) for m in sparse.modules()]
+    assert SparseConv2d in kinds and SparseLinear in kinds
+    assert not any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in sparse.modules())
+    steps = inputs_for(model, (2, 17, 17))
+    expected, spikes = ours(model, steps)
+    got, sparse_spikes = ours(sparse, steps)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(spikes, sparse_spikes)) and spikes[0].mean() > 0.01
+    # Strided, padded convolutions and an ANN (ResNet's stem: 7x7 stride 2 padding 3), chunked im2col.
+    from snn_stp.export import sparse_inference
+
+    resnet = build_model("cifar_resnet20").eval()
+    with torch.no_grad():
+        for m in resnet.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight[torch.rand_like(m.weight) < 0.9] = 0
+    x = torch.randn(3, 3, 32, 32)
+    chunk, sparse_inference.UNFOLD_CHUNK_VALUES = sparse_inference.UNFOLD_CHUNK_VALUES, 20_000  # several chunks
+    try:
+        with torch.no_grad():
+            assert torch.allclose(to_sparse_inference(resnet)(x), resnet(x), atol=1e-4)
+    finally:
+        sparse_inference.UNFOLD_CHUNK_VALUES = chunk
+
+
+def test_sparse_inference_keeps_dense_layers_and_refuses_an_unbaked_model():
+    from snn_stp.export import SparseLinear, to_sparse_inference
+
+    torch.manual_seed(0)
+    model = build_model("spiking_mlp", in_channels=64, time_steps=T).eval()
+    snn_stp.sparsify(model, initial_threshold=0.08)  # the encoder about 64% sparse, the hidden layer empty
+    with pytest.raises(ValueError, match=r"snn_stp.bake\(model\) first"):
+        to_sparse_inference(model)
+    snn_stp.bake(model)
+    with torch.no_grad():
+        model.body[3][0].weight.normal_()  # the readout dense again
+    sparse = to_sparse_inference(model, min_sparsity=0.5)
+    assert isinstance(sparse.encoder[0], SparseLinear) and isinstance(sparse.body[3][0], nn.Linear)
+    x = torch.rand(5, 64) * 4
+    with torch.no_grad():
+        assert torch.allclose(sparse(x), model(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_sparse_inference_benchmark_prints_its_table():
+    run = subprocess.run([sys.executable, "experiments/bench_sparse_inference.py", "--quick", "--repeats", "1",
+                          "--levels", "95"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == 5  # MLP, its Linear layers, STDS fc part, STDS net, ResNet-50
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == "95%" and float(cells[4]) > 0 and float(cells[5]) < 1e-3

@@ -14,6 +14,15 @@ weights ``w`` the layer really uses (``module.weight``, i.e. after the soft thre
 
 Counts are per sample (divided by the batch size). Energy is an estimate for neuromorphic or
 accelerator hardware from a named table of per-operation energies, never a GPU measurement.
+
+NeuroBench's ``SynapticOperations`` counts the same pairs under two other conventions, and
+:meth:`OperationReport.neurobench` gives its three figures exactly (tests/test_neurobench.py):
+its ``Effective_MACs`` skip zero inputs (an ANN's ReLU zeros, a digit's blank pixels), where the
+MACs here count every input, as dense hardware computes them; its ``Dense`` counts every synapse
+at every step (all-ones inputs and weights) for spiking layers too, where the dense synaptic
+operations here count the spikes that arrived times every weight. Its ``ConnectionSparsity`` is
+the zero fraction of the conv/linear weights of a baked model (a parametrized layer is not a leaf
+module, which NeuroBench does not count: bake first).
 """
 
 from __future__ import annotations
@@ -44,6 +53,12 @@ class LayerOps:
     dense: float = 0.0
     effective: float = 0.0
     input_spikes: float = 0.0
+    #: every (input position, weight) pair: all-ones inputs and weights (NeuroBench's Dense).
+    possible: float = 0.0
+    #: MAC layers: only non-zero inputs times non-zero weights (NeuroBench's Effective_MACs).
+    effective_nonzero_inputs: float = 0.0
+    weights: int = 0
+    zero_weights: int = 0
 
 
 @dataclass
@@ -61,11 +76,25 @@ class OperationReport:
         table = ENERGY_TABLES[self.energy_table]
         return self.total("mac", which) * table["mac_pj"] + self.total("sop", which) * table["ac_pj"]
 
+    @property
+    def connection_sparsity(self) -> float:
+        """Zero fraction of the counted layers' weights (NeuroBench's ``ConnectionSparsity``, unrounded)."""
+        weights = sum(layer.weights for layer in self.layers)
+        return sum(layer.zero_weights for layer in self.layers) / weights if weights else float("nan")
+
+    def neurobench(self) -> dict:
+        """NeuroBench's ``SynapticOperations`` figures under its conventions (module docstring), and
+        its ``ConnectionSparsity`` (which it rounds to 4 decimals)."""
+        return {"Effective_MACs": sum(layer.effective_nonzero_inputs for layer in self.layers if layer.kind == "mac"),
+                "Effective_ACs": self.total("sop"), "Dense": sum(layer.possible for layer in self.layers),
+                "ConnectionSparsity": self.connection_sparsity}
+
     def as_dict(self) -> dict:
         return {"energy_table": self.energy_table,
                 "macs_dense": self.total("mac", "dense"), "macs_effective": self.total("mac"),
                 "sops_dense": self.total("sop", "dense"), "sops_effective": self.total("sop"),
                 "energy_pj_dense": self.energy_pj("dense"), "energy_pj_effective": self.energy_pj(),
+                "connection_sparsity": self.connection_sparsity,
                 "layers": {layer.name: {"kind": layer.kind, "dense": layer.dense, "effective": layer.effective}
                            for layer in self.layers}}
 
@@ -109,10 +138,16 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
             binary = spiking and bool(((inp == 0) | (inp == 1)).all())
             entry = layers.setdefault(name, LayerOps(name, "sop" if binary else "mac"))
             source = inp.to(weight.dtype) if binary else torch.ones_like(inp, dtype=weight.dtype)
+            mask = (weight != 0).to(weight.dtype)
+            entry.weights, entry.zero_weights = weight.numel(), int((weight == 0).sum())
             entry.dense += _operation_count(module, source, torch.ones_like(weight)) / batch
-            entry.effective += _operation_count(module, source, (weight != 0).to(weight.dtype)) / batch
+            entry.effective += _operation_count(module, source, mask) / batch
             if binary:
                 entry.input_spikes += float(inp.sum()) / batch
+                entry.possible += _operation_count(module, torch.ones_like(source), torch.ones_like(weight)) / batch
+            else:  # the dense MACs already count every pair
+                entry.possible = entry.dense
+                entry.effective_nonzero_inputs += _operation_count(module, (inp != 0).to(weight.dtype), mask) / batch
         return record
 
     for name, module in model.named_modules():
