@@ -16,9 +16,10 @@ def test_gpu_check_without_a_gpu_writes_a_report_that_says_what_it_skipped(tmp_p
     report = tmp_path / "gpu.md"
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu_check.py"), "--out", str(report)],
                           capture_output=True, text=True, check=True)
-    assert proc.stdout.splitlines()[:3] == [
+    assert proc.stdout.splitlines()[:4] == [
         "1. Neurons: GPU implementations against the PyTorch loop: Skipped: no CUDA device (torch sees none).",
         "2. AMP training steps: sparsified against dense: Skipped: no CUDA device.",
-        "3. NCCL DistributedDataParallel: Skipped: no CUDA device."]
+        "3. NCCL DistributedDataParallel: Skipped: no CUDA device.",
+        "4. The training engine on CUDA (`snn-stp train`, AMP): Skipped: no CUDA device."]
     text = report.read_text()
-    assert text.startswith("# GPU check: no CUDA device\n") and text.count("Skipped:") == 3
+    assert text.startswith("# GPU check: no CUDA device\n") and text.count("Skipped:") == 4
