@@ -131,7 +131,7 @@ def test_lif_without_input_decay_is_written_with_r_tau_and_runs_in_snntorch(tmp_
     for module in model.modules():
         if isinstance(module, neuron.LIFNode):
             module.decay_input = False
-    with pytest.warns(SnnStpWarning, match="Norse 1.1 assumes r = 1"):
+    with pytest.warns(SnnStpWarning, match="Norse 1.1 assumes r = 1 \\(it warns\\), so its outputs differ"):
         graph = written(export_nir(model, (64,)), tmp_path)
     assert np.allclose(graph.nodes["body_0"].r, 3.0) and np.allclose(graph.nodes["body_0"].tau, 3e-4)
     steps = inputs_for(model, (64,))
@@ -147,7 +147,7 @@ def test_plif_exports_its_learned_tau(tmp_path):
     plif = next(m for m in model.modules() if isinstance(m, neuron.ParametricLIFNode))
     with torch.no_grad():
         plif.w.fill_(0.3)  # tau = 1 / sigmoid(0.3)
-    with pytest.warns(SnnStpWarning, match="SumPool2d"):
+    with pytest.warns(SnnStpWarning, match="Norse 1.1 cannot read this graph \\(no Threshold node"):
         graph = export_nir(model, (2, 9, 9))
     lif = next(node for node in graph.nodes.values() if isinstance(node, nir.LIF))
     assert np.allclose(lif.tau, 1e-4 / torch.sigmoid(torch.tensor(0.3)).item())
@@ -170,12 +170,13 @@ def test_if_neurons_run_as_written_in_norse_and_run_nir_and_snntorch_refuses_the
     (lambda: build_model("spiking_mlp", in_channels=64, neuron={"kind": "lif", "reset": "soft"}),
      "soft reset (v_reset=None: subtract the threshold) has no NIR form"),
     (lambda: build_model("spiking_mlp", in_channels=64, spiking=False), "is an ANN (spiking=False)"),
-    (lambda: build_model("sew_resnet18", stem="cifar", num_classes=10),
-     "the residual connections of SEW ResNets are not exported"),
+    (lambda: build_model("sew_resnet18", stem="cifar", num_classes=10, cnf="AND"),
+     "SEW connection AND: AND and IAND are logic on spikes and have no NIR form; ADD (a sum of spikes) is exported"),
 ])
 def test_what_nir_cannot_express_is_refused_by_name(model, message):
+    model = model()
     with pytest.raises(NotExpressibleError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        export_nir(model(), (64,) if "mlp" in message or "ANN" in message or "soft" in message else (3, 32, 32))
+        export_nir(model, (3, 32, 32) if hasattr(model, "cnf") else (64,))
 
 
 # -- the convolutional networks ---------------------------------------------------------------------
@@ -191,7 +192,7 @@ CONV_NETS = [
 @pytest.mark.parametrize("name, options, shape", CONV_NETS, ids=[c[0] for c in CONV_NETS])
 def test_conv_nets_run_the_same_under_the_nir_reference(name, options, shape, tmp_path):
     model = pruned(name, time_steps=T, **options)
-    with pytest.warns(SnnStpWarning, match="SumPool2d"):
+    with pytest.warns(SnnStpWarning, match="snnTorch 1.0 cannot read this graph \\(no SumPool2d, Threshold node"):
         graph = written(export_nir(model, shape, model_name=name), tmp_path)
     steps = inputs_for(model, shape)
     expected, spikes = ours(model, steps)
@@ -203,6 +204,37 @@ def test_conv_nets_run_the_same_under_the_nir_reference(name, options, shape, tm
     for mine, other in zip(spikes, theirs):
         assert torch.equal(mine.reshape(other.shape), other)
     assert spikes[0].mean() > 0.01  # the first layers fire
+
+
+@pytest.mark.parametrize("depth, stem, shape", [
+    (18, "cifar", (3, 32, 32)),
+    pytest.param(50, "imagenet", (3, 64, 64), marks=pytest.mark.slow),  # bottlenecks, the max-pooled stem
+    pytest.param(18, "dvs", (2, 64, 64), marks=pytest.mark.slow)])
+def test_sew_resnets_with_add_run_the_same_under_the_nir_reference(depth, stem, shape, tmp_path):
+    """The residual graph: each block's spikes and its shortcut enter one node (NIR sums them)."""
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(0)
+    model = build_model(f"sew_resnet{depth}", stem=stem, num_classes=10, time_steps=T)
+    snn_stp.sparsify(model, initial_threshold=0.01)
+    steps = inputs_for(model, shape)
+    for norm in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        norm.momentum = None  # statistics of this batch: every layer fires
+    with torch.no_grad():
+        functional.reset_net(model)
+        model(steps[0] if model.input_kind == "static" else steps)
+    snn_stp.bake(model.eval())
+    with pytest.warns(SnnStpWarning, match="cannot read this graph \\(no Scale"):
+        graph = written(export_nir(model, shape), tmp_path)
+    adds = [node for node in graph.nodes.values() if isinstance(node, nir.Scale)]
+    assert len(adds) == (8 if depth == 18 else 16)  # one per residual block
+    assert all(sum(1 for _, b in graph.edges if graph.nodes[b] is node) == 2 for node in adds)
+    expected, spikes = ours(model, steps)
+    got, nodes = run_nir(graph, steps, record=True)
+    assert torch.allclose(got, expected, atol=1e-5)
+    theirs = [values for key, values in nodes.items() if isinstance(graph.nodes[key], nir.IF)]
+    assert len(theirs) == len(spikes) and all(0 < s.mean() < 1 for s in spikes)
+    assert sorted(float(s.sum()) for s in spikes) == sorted(float(t.sum()) for t in theirs)
 
 
 def test_the_framework_readers_stop_at_max_pooling_as_the_export_says(tmp_path):

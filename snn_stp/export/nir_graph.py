@@ -75,12 +75,36 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
         raise ValueError(f"dt must be > 0 seconds, got {dt}")
     if not getattr(model, "spiking", False):
         raise NotExpressibleError(f"{type(model).__name__} is an ANN (spiking=False); NIR export needs the spiking model")
-    if not (isinstance(getattr(model, "encoder", None), nn.Module) and isinstance(getattr(model, "body", None), nn.Module)):
-        raise NotExpressibleError(
-            f"{type(model).__name__} is not a chain of layers: the residual connections of SEW ResNets are not "
-            "exported (NIR sums the edges that enter a node, so ADD could be written, but this exporter writes "
-            "chains; AND and IAND have no NIR form). Exportable: spiking_mlp, stds_cifarnet, nmnist_net, "
-            "dvsgesture_net, cifar10dvs_net")
+    if hasattr(model, "cnf") and hasattr(model, "net"):  # SEW ResNet: a residual graph
+        nodes, edges = _sew_resnet_graph(model, sample_shape, dt)
+    elif isinstance(getattr(model, "encoder", None), nn.Module) and isinstance(getattr(model, "body", None), nn.Module):
+        nodes, edges = _chain_graph(model, sample_shape, dt)
+    else:
+        raise NotExpressibleError(f"{type(model).__name__} has no NIR mapping in this exporter; exportable: "
+                                  "spiking_mlp, stds_cifarnet, nmnist_net, dvsgesture_net, cifar10dvs_net, "
+                                  "sew_resnet18/34/50 (cnf ADD)")
+    notes = reader_notes(nodes.values())
+    for note in notes:
+        warnings.warn(note, SnnStpWarning, stacklevel=2)
+    metadata = {
+        "source": "snn_stp", "model": model_name or type(model).__name__, "dt": float(dt),
+        "time_steps": int(model.time_steps),
+        "input_encoding": ("direct: the same sample at every time step" if model.input_kind == "static"
+                           else "events: one frame per time step"),
+        "output": f"the prediction is the mean of the output over the {model.time_steps} time steps",
+        "weight_sparsity": _overall_sparsity(nodes),
+        "reader_notes": " | ".join(notes) or "none",
+    }
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+
+
+def _chain_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float) -> tuple[dict, list]:
+    """Nodes and edges of a chain of layers (``encoder``, then ``body``)."""
+    import nir
+    from spikingjelly.activation_based import layer
+
+    from ..snn.twin import Voting
+
     steps = _flatten(model)
     shapes = _shapes(steps, sample_shape)
     nodes, edges, previous, spikes = {"input": nir.Input({"input": np.array(sample_shape)})}, [], "input", False
@@ -110,9 +134,9 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
         elif isinstance(module, nn.Flatten):
             made.append((step.name, nir.Flatten({"input": np.array(shape)}, start_dim=module.start_dim - 1,
                                                 end_dim=module.end_dim if module.end_dim < 0 else module.end_dim - 1)))
-        elif isinstance(module, nn.Dropout) or type(module).__name__ == "Dropout":
+        elif isinstance(module, (nn.Dropout, layer.Dropout)):
             pass  # the identity at inference
-        elif type(module).__name__ == "Voting":
+        elif isinstance(module, Voting):
             groups, width = module.group, shape[-1]
             weight = np.kron(np.eye(width // groups), np.full((1, groups), 1.0 / groups)).astype(np.float32)
             made.append((step.name, nir.Linear(weight, metadata={"source": f"{step.name} (mean of groups of {groups})"})))
@@ -127,36 +151,118 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
         index += 1
     nodes["output"] = nir.Output({"output": np.array(shapes[-1])})
     edges.append((previous, "output"))
-    notes = reader_notes(nodes.values())
-    for note in notes:
-        warnings.warn(note, SnnStpWarning, stacklevel=2)
-    metadata = {
-        "source": "snn_stp", "model": model_name or type(model).__name__, "dt": float(dt),
-        "time_steps": int(model.time_steps),
-        "input_encoding": ("direct: the same sample at every time step" if model.input_kind == "static"
-                           else "events: one frame per time step"),
-        "output": f"the prediction is the mean of the output over the {model.time_steps} time steps",
-        "weight_sparsity": _overall_sparsity(nodes),
-        "reader_notes": " | ".join(notes) or "none",
-    }
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+    return nodes, edges
+
+
+def _sew_resnet_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float) -> tuple[dict, list]:
+    """Nodes and edges of a SEW ResNet with ADD connections: each block's output spikes and its
+    shortcut enter a NIR ``Scale`` node of ones, whose input is their sum (NIR sums the edges
+    entering a node), and that sum feeds the next block and its shortcut."""
+    import nir
+
+    if model.cnf != "ADD":
+        raise NotExpressibleError(f"SEW connection {model.cnf}: AND and IAND are logic on spikes and have no NIR "
+                                  "form; ADD (a sum of spikes) is exported")
+    net = model.net
+    shapes = _module_shapes(model, sample_shape)
+    nodes, edges = {"input": nir.Input({"input": np.array(sample_shape)})}, []
+
+    def add(name: str, node, *sources: str) -> str:
+        key = name.replace(".", "_")
+        nodes[key] = node
+        edges.extend((source, key) for source in sources)
+        return key
+
+    def weighted(name: str, conv: nn.Module, norm: nn.Module, source: str) -> str:
+        folded = _weight_node(conv, _Step(f"{name} norm", norm), shapes[conv][0])
+        return add(name, folded, source)
+
+    def spiking(name: str, cell: nn.Module, source: str) -> str:
+        return add(name, _neuron_node(name, cell, shapes[cell][0], dt), source)
+
+    x = weighted("net.conv1", net.conv1, net.bn1, "input")
+    x = spiking("net.sn1", net.sn1, x)
+    if isinstance(net.maxpool, nn.MaxPool2d):
+        (sum_name, pool), (any_name, threshold) = _max_pool_of_spikes("net.maxpool", net.maxpool, shapes[net.maxpool][1])
+        x = add(any_name, threshold, add(sum_name, pool, x))
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for index, block in enumerate(getattr(net, stage)):
+            prefix = f"net.{stage}.{index}"
+            block_input, out = x, x
+            parts = (1, 2, 3) if hasattr(block, "conv3") else (1, 2)
+            for part in parts:
+                out = weighted(f"{prefix}.conv{part}", getattr(block, f"conv{part}"), getattr(block, f"bn{part}"), out)
+                out = spiking(f"{prefix}.sn{part}", getattr(block, f"sn{part}"), out)
+            shortcut = block_input
+            if block.downsample is not None:
+                conv, norm = [m for m in block.downsample.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+                shortcut = weighted(f"{prefix}.downsample", conv, norm, block_input)
+                shortcut = spiking(f"{prefix}.downsample_sn", block.downsample_sn, shortcut)
+            x = add(f"{prefix}.add", nir.Scale(np.ones(shapes[block][1], dtype=np.float32), metadata={
+                "source": f"{prefix}: SEW ADD, the block's spikes plus its shortcut (a Scale of 1 on their sum)"}),
+                out, shortcut)
+    size = shapes[net.avgpool][0][-2:]
+    x = add("net.avgpool", nir.AvgPool2d(kernel_size=np.array(size), stride=np.array(size), padding=np.array((0, 0)),
+                                         metadata={"source": "AdaptiveAvgPool2d((1, 1))"}), x)
+    x = add("net.flatten", nir.Flatten({"input": np.array(shapes[net.avgpool][1])}, start_dim=0, end_dim=-1), x)
+    x = add("net.fc", _weight_node(net.fc, None, shapes[net.fc][0]), x)
+    add("output", nir.Output({"output": np.array(shapes[net.fc][1])}), x)
+    return nodes, edges
+
+
+def _module_shapes(model: nn.Module, sample_shape: tuple[int, ...]) -> dict:
+    """``{module: (input shape, output shape)}`` of one sample (no time or batch dimension), from one
+    time step of the model on zeros."""
+    from spikingjelly.activation_based import functional
+
+    shapes, handles = {}, []
+
+    def record(module, inputs, output) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            shapes.setdefault(module, (tuple(inputs[0].shape[2:]), tuple(output.shape[2:])))
+
+    for module in model.modules():
+        handles.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            functional.reset_net(model)
+            was_training = model.training
+            model.eval()
+            model.body(model.encoder(torch.zeros(1, 1, *sample_shape)))
+            model.train(was_training)
+            functional.reset_net(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+#: The NIR node types each framework reader maps (snnTorch 1.0 ``import_from_nir``, Norse 1.1
+#: ``from_nir``; read from their sources, the refusals shown in tests/test_export.py).
+READER_NODE_TYPES = {
+    "snnTorch 1.0": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "AvgPool2d", "IF", "LIF", "CubaLIF"},
+    "Norse 1.1": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "IF", "LIF", "CubaLIF"},
+}
 
 
 def reader_notes(nodes) -> list[str]:
-    """What the framework readers do not run of these nodes (snnTorch 1.0 and Norse 1.1, tested)."""
+    """What the framework readers cannot run of these nodes, one sentence each."""
     import nir
 
-    kinds = {type(node) for node in nodes}
+    nodes = list(nodes)
+    kinds = {type(node).__name__ for node in nodes}
     notes = []
-    if nir.Threshold in kinds:
-        notes.append("max pooling of spikes is written as SumPool2d + Threshold: snnTorch 1.0 and Norse 1.1 cannot "
-                     "read the graph (no Threshold node); snn_stp.export.run_nir runs it")
-    if nir.IF in kinds:
-        notes.append("snnTorch 1.0 refuses a NIR IF neuron with r != 1 (IF is written with r = 1/dt) and would read "
-                     "r = 1 as a leaky neuron; Norse and snn_stp.export.run_nir run IF as written")
+    for reader, known in READER_NODE_TYPES.items():
+        missing = sorted(kinds - known)
+        if missing:
+            notes.append(f"{reader} cannot read this graph (no {', '.join(missing)} node; max pooling of spikes is "
+                         "SumPool2d + Threshold, a SEW ADD is a Scale); snn_stp.export.run_nir runs it")
+    if "IF" in kinds:
+        notes.append("snnTorch 1.0 refuses a NIR IF neuron with r != 1 (IF is written with r = 1/dt); Norse and "
+                     "snn_stp.export.run_nir run IF as written")
     if any(isinstance(node, nir.LIF) and not np.allclose(node.r, 1.0) for node in nodes):
-        notes.append("LIF with decay_input=False is written with r = tau: Norse 1.1 assumes r = 1 (it warns) and "
-                     "snnTorch rescales the threshold; check outputs after import")
+        notes.append("LIF with decay_input=False is written with r = tau: Norse 1.1 assumes r = 1 (it warns), so its "
+                     "outputs differ; snnTorch and snn_stp.export.run_nir run it as written")
     return notes
 
 

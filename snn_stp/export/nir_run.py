@@ -3,8 +3,9 @@
 A reader independent of the model code, for checking an exported graph where the framework
 readers stop (snnTorch and Norse read no ``SumPool2d`` + ``Threshold``, which is how max pooling of
 spikes is written). It runs the node types :func:`snn_stp.export.export_nir` writes: ``Input``,
-``Output``, ``Affine``, ``Linear``, ``Conv2d``, ``Flatten``, ``SumPool2d``, ``Threshold``, ``LIF``
-and ``IF``; a node with several incoming edges receives their sum, as NIR specifies.
+``Output``, ``Affine``, ``Linear``, ``Scale``, ``Conv2d``, ``Flatten``, ``SumPool2d``, ``AvgPool2d``,
+``Threshold``, ``LIF`` and ``IF``; a node with several incoming edges receives their sum, as NIR
+specifies (the SEW ResNets' ADD connections rely on it).
 
 Neuron step (NIR's ODEs, Euler): LIF ``v += dt / tau * ((v_leak - v) + r * I)``, IF
 ``v += dt * r * I``; a spike where ``v >= v_threshold`` (SpikingJelly's convention), then
@@ -73,6 +74,11 @@ def _step(node, p: dict, x: torch.Tensor, name: str, voltage: dict, dt: float) -
         return F.conv2d(x, p["weight"], p["bias"], stride=tuple(int(s) for s in node.stride),
                         padding=tuple(int(s) for s in node.padding), dilation=tuple(int(s) for s in node.dilation),
                         groups=int(node.groups))
+    if isinstance(node, nir.Scale):
+        return x * p["scale"]
+    if isinstance(node, nir.AvgPool2d):
+        return F.avg_pool2d(x, tuple(int(k) for k in node.kernel_size), tuple(int(s) for s in node.stride),
+                            tuple(int(q) for q in node.padding))
     if isinstance(node, nir.Flatten):
         return x.flatten(int(node.start_dim) + 1, int(node.end_dim) + 1 if int(node.end_dim) >= 0 else int(node.end_dim))
     if isinstance(node, nir.SumPool2d):
