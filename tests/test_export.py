@@ -303,6 +303,7 @@ def snn_stp_command(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "snn_stp", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow  # three child processes (train, two exports)
 def test_export_command_writes_a_graph_snntorch_runs_and_a_sparse_checkpoint(tmp_path):
     run = tmp_path / "run"
     trained = snn_stp_command("train", "--quiet", "--out", str(run), "--set", "train.epochs=2",
