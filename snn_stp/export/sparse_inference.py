@@ -3,7 +3,8 @@
 A baked model still multiplies by its zeros. :func:`to_sparse_inference` replaces each Linear and
 Conv2d whose weight is at least ``min_sparsity`` zeros by a module that keeps only the non-zeros
 (CSR) and multiplies with ``torch.sparse.mm``: a Linear directly, a convolution as a sparse
-matrix product over the unfolded input (im2col). Outputs equal the dense model's within float
+matrix product over the unfolded input (im2col). Given an example input, it keeps a layer dense
+where the sparse product measured slower on this machine. Outputs equal the dense model's within float
 rounding (the sums run in another order). Time it with ``experiments/bench_sparse_inference.py``:
 whether this is faster depends on sparsity, layer shape and batch (docs/benchmarks.md).
 """
@@ -29,13 +30,15 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", _csr(linear.weight.detach()))
-        bias = linear.bias.detach() if linear.bias is not None else torch.zeros(linear.out_features)
-        self.register_buffer("bias_column", bias.clone().view(-1, 1))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        # W [out, in] @ x^T [in, N], the bias added in the same call: the fastest form measured here.
-        out = torch.addmm(self.bias_column, self.weight, flat.t()).t()  # [N, out]
+        # W [out, in] @ x^T [in, N], turned back to [N, out] in memory order: the layers that follow
+        # (BatchNorm, the neurons) run several times slower on a transposed view.
+        out = torch.sparse.mm(self.weight, flat.t()).t().contiguous()
+        if self.bias is not None:
+            out += self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -81,9 +84,15 @@ class SparseConv2d(nn.Module):
                 f"nonzeros={nnz} ({1 - nnz / total:.2%} sparse)")
 
 
-def to_sparse_inference(model: nn.Module, min_sparsity: float = 0.5) -> nn.Module:
+def to_sparse_inference(model: nn.Module, min_sparsity: float = 0.5, example_input: torch.Tensor | None = None,
+                        repeats: int = 7) -> nn.Module:
     """A copy of a baked ``model`` (eval mode) whose Linear and Conv2d layers with at least
     ``min_sparsity`` zero weights run through sparse kernels; the others stay dense.
+
+    With ``example_input`` (a batch as the model will see it), each candidate layer is timed on the
+    input it really receives, dense and sparse (median of ``repeats``, on this machine), and made
+    sparse only where that is faster: small layers, convolutions and moderate sparsity often are
+    not. The copy's ``sparse_inference`` attribute then holds ``{layer: (dense s, sparse s)}``.
 
     Raises ``ValueError`` if the model still holds pruning parametrizations (bake it first).
     """
@@ -92,17 +101,55 @@ def to_sparse_inference(model: nn.Module, min_sparsity: float = 0.5) -> nn.Modul
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise ValueError("the model still computes its weights through parametrizations; snn_stp.bake(model) first")
     copied = copy.deepcopy(model).eval()
-    replacements = []
+    candidates = {}
     for name, module in copied.named_modules():
         for child_name, child in module.named_children():
             if isinstance(child, (nn.Linear, nn.Conv2d)) and (child.weight == 0).float().mean() >= min_sparsity:
                 if isinstance(child, nn.Conv2d) and (child.groups != 1 or isinstance(child.padding, str)):
                     continue  # depthwise/grouped convolutions stay dense
-                replacements.append((module, child_name, SparseLinear(child) if isinstance(child, nn.Linear)
-                                     else SparseConv2d(child)))
-    for module, child_name, sparse in replacements:
-        setattr(module, child_name, sparse)
+                sparse = SparseLinear(child) if isinstance(child, nn.Linear) else SparseConv2d(child)
+                candidates[f"{name}.{child_name}" if name else child_name] = (module, child_name, child, sparse)
+    timings = _time_layers(copied, candidates, example_input, repeats) if example_input is not None else {}
+    for key, (module, child_name, _, sparse) in candidates.items():
+        if key not in timings or timings[key][1] < timings[key][0]:
+            setattr(module, child_name, sparse)
+    if example_input is not None:
+        copied.sparse_inference = timings
     return copied
+
+
+def _time_layers(model: nn.Module, candidates: dict, example_input: torch.Tensor, repeats: int) -> dict:
+    """``{layer: (dense seconds, sparse seconds)}`` on the input each layer receives from ``example_input``."""
+    import statistics
+    import time
+
+    inputs, handles = {}, []
+
+    def capture(key):
+        def hook(_module, args) -> None:
+            inputs.setdefault(key, args[0].detach().clone())
+        return hook
+
+    for key, (_, _, dense, _) in candidates.items():
+        handles.append(dense.register_forward_pre_hook(capture(key)))
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def median_time(layer, x):
+        times = []
+        with torch.no_grad():
+            layer(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                layer(x)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return {key: (median_time(candidates[key][2], x), median_time(candidates[key][3], x)) for key, x in inputs.items()}
 
 
 def _csr(weight: torch.Tensor) -> torch.Tensor:
