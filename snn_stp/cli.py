@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
     export = add("export", help="a run's model as a NIR graph or a compact sparse checkpoint",
                  description="Export the model of a run directory (or checkpoint file): --format nir writes a NIR "
-                             "graph (BatchNorm folded, pruned zeros kept, neuron parameters and the time step stated) "
-                             "that snnTorch, Norse, Lava and SpikingJelly read; --format sparse writes only the "
+                             "graph (BatchNorm folded, pruned zeros kept, neuron parameters and the time step stated; "
+                             "read back by snnTorch and Norse in the tests, see docs/deployment.md); --format sparse "
+                             "writes only the "
                              "non-zero weights and what rebuilds the model (snn_stp.export.load_sparse).")
     export.add_argument("run", metavar="RUN", help="a run directory or a checkpoint file")
     export.add_argument("--format", required=True, choices=("nir", "sparse"))

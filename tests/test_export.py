@@ -328,6 +328,10 @@ def test_export_command_failures_are_one_line(tmp_path):
     missing = snn_stp_command("export", str(tmp_path / "nothing"), "--format", "nir", "--out", str(tmp_path / "m.nir"))
     assert missing.returncode == 1
     assert missing.stderr == f"snn-stp export: no checkpoint at {tmp_path / 'nothing'}\n"
+    negative = snn_stp_command("export", str(tmp_path), "--format", "nir", "--out", "m.nir", "--dt", "-1")
+    assert negative.returncode == 1
+    assert negative.stderr == ("snn-stp export: the time step dt must be > 0 seconds (one network step in NIR's "
+                               "continuous time), got -1.0\n")
     run = tmp_path / "ann"
     trained = snn_stp_command("train", "--quiet", "--config", "digits_ann_lats", "--out", str(run),
                               "--set", "train.epochs=1", "--set", "train.analysis_samples=0")

@@ -33,6 +33,8 @@ def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = 
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
+    if not dt > 0:
+        raise UsageError(f"the time step dt must be > 0 seconds (one network step in NIR's continuous time), got {dt}")
     run = Path(run)
     path = run / rundir.CHECKPOINTS / checkpoint if run.is_dir() else run
     model, config = model_from_checkpoint(path)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
