@@ -19,10 +19,14 @@ baked model (the same numbers reach the same layers).
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..errors import SnnStpWarning
 
 FORMAT = "snn-stp sparse 1"
 
@@ -74,6 +78,12 @@ def save_sparse(model: nn.Module, model_arguments: dict, path: str | Path, spars
     file_bytes = Path(path).stat().st_size
     sparse_bytes = payload["values"].numel() * 4 + payload["indices"].numel() * payload["indices"].element_size()
     dense_bytes = payload["dense"].numel() * 4
+    stored_dense = sum(math.prod(shape) for _, shape, kind, _, _ in layout if kind == "sparse") * 4
+    if sparse_bytes > stored_dense:
+        warnings.warn(f"the pruned tensors are {1 - value_count / max(1, stored_dense // 4):.1%} zeros: their "
+                      f"non-zeros with indices take {sparse_bytes:,} bytes, more than the {stored_dense:,} bytes of "
+                      "the dense tensors (below 50% zeros the index bytes outweigh the skipped zeros)",
+                      SnnStpWarning, stacklevel=2)
     return {"file": file_bytes, "nonzeros": value_count, "sparse_payload": sparse_bytes, "dense_payload": dense_bytes,
             "overhead": file_bytes - sparse_bytes - dense_bytes}
 
