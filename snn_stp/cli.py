@@ -170,10 +170,12 @@ def run_training(args) -> int:
               f"(data files present)")
         return 0
     from .train import distributed
+    finished = False
     try:
         summary = trainer.fit()
+        finished = True
     finally:
-        distributed.teardown(trainer.ctx)
+        distributed.teardown(trainer.ctx, finished)
     if trainer.ctx.is_main:
         print(final_line(summary, config, run_dir))
     return 0

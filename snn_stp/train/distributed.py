@@ -45,8 +45,15 @@ def setup(device_request: str = "auto") -> DistContext:
     return DistContext(rank, world, local, device)
 
 
-def teardown(context: DistContext) -> None:
+def teardown(context: DistContext, finished: bool = False) -> None:
+    """Leave the process group. After a run that ``finished`` on every rank, wait for all ranks
+    first: a rank that destroys its group and exits while another still works (rank 0 writes the
+    summary) closes the connections under that rank's gloo threads, which once aborted it
+    ("terminate called without an active exception"). After a failure, no wait: the other ranks
+    may never arrive."""
     if context.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
