@@ -28,7 +28,6 @@ import time
 import torch
 from torch import nn
 
-import snn_stp
 from snn_stp.export import to_sparse_inference
 from snn_stp.models import build_model
 
@@ -168,7 +167,6 @@ def main() -> None:
     for batch in ((8,) if args.quick else (1, 32)):
         compare(f"ResNet-50 (ANN), batch {batch}", lambda: build_model("resnet50"), torch.randn(batch, 3, 224, 224),
                 levels, heavy)
-    _ = snn_stp  # the package is imported for its model registrations
 
 
 if __name__ == "__main__":

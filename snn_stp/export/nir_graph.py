@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SnnStpError, SnnStpWarning
+from ..errors import SnnStpError, SnnStpWarning, UsageError
 
 #: snnTorch's NIR reader hard-codes this time step (seconds); Norse takes it as an argument.
 DEFAULT_DT = 1e-4
@@ -39,6 +39,12 @@ DEFAULT_DT = 1e-4
 
 class NotExpressibleError(SnnStpError, ValueError):
     """The model holds something NIR (or this exporter) cannot express; the message says what."""
+
+
+def check_time_step(dt: float) -> None:
+    """A NIR time step must be a positive number of seconds."""
+    if not dt > 0:
+        raise UsageError(f"the time step dt must be > 0 seconds (one network step in NIR's continuous time), got {dt}")
 
 
 @dataclass
@@ -71,18 +77,23 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
     """
     import nir
 
-    if dt <= 0:
-        raise ValueError(f"dt must be > 0 seconds, got {dt}")
+    check_time_step(dt)
     if not getattr(model, "spiking", False):
         raise NotExpressibleError(f"{type(model).__name__} is an ANN (spiking=False); NIR export needs the spiking model")
     if hasattr(model, "cnf") and hasattr(model, "net"):  # SEW ResNet: a residual graph
-        nodes, edges = _sew_resnet_graph(model, sample_shape, dt)
+        build = _sew_resnet_graph
     elif isinstance(getattr(model, "encoder", None), nn.Module) and isinstance(getattr(model, "body", None), nn.Module):
-        nodes, edges = _chain_graph(model, sample_shape, dt)
+        build = _chain_graph
     else:
         raise NotExpressibleError(f"{type(model).__name__} has no NIR mapping in this exporter; exportable: "
                                   "spiking_mlp, stds_cifarnet, nmnist_net, dvsgesture_net, cifar10dvs_net, "
                                   "sew_resnet18/34/50 (cnf ADD)")
+    was_training = model.training
+    model.eval()  # the shapes are traced through BatchNorm with its running statistics
+    try:
+        nodes, edges = build(model, sample_shape, dt)
+    finally:
+        model.train(was_training)
     notes = reader_notes(nodes.values())
     for note in notes:
         warnings.warn(note, SnnStpWarning, stacklevel=2)
@@ -226,10 +237,7 @@ def _module_shapes(model: nn.Module, sample_shape: tuple[int, ...]) -> dict:
     try:
         with torch.no_grad():
             functional.reset_net(model)
-            was_training = model.training
-            model.eval()
             model.body(model.encoder(torch.zeros(1, 1, *sample_shape)))
-            model.train(was_training)
             functional.reset_net(model)
     finally:
         for handle in handles:
@@ -289,23 +297,17 @@ def _is_neuron(module: nn.Module) -> bool:
 
 
 def _shapes(steps: list[_Step], sample_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """The input shape of every step (one sample, no batch) and, last, the output shape."""
+    """The input shape of every step (one sample, no batch) and, last, the output shape. The
+    model is in eval mode (see :func:`export_nir`); the neurons, which hold state, are skipped."""
     x = torch.zeros(1, *sample_shape)
     shapes = []
     with torch.no_grad():
         for step in steps:
             shapes.append(tuple(x.shape[1:]))
-            if not (_is_neuron(step.module) or isinstance(step.module, nn.Dropout)):
-                x = _stateless(step.module)(x)
+            if not _is_neuron(step.module):
+                x = step.module(x)
     shapes.append(tuple(x.shape[1:]))
     return shapes
-
-
-def _stateless(module: nn.Module) -> nn.Module:
-    """A copy in eval mode (BatchNorm with its running statistics), for shape tracing."""
-    import copy
-
-    return copy.deepcopy(module).eval()
 
 
 def _weight_node(module: nn.Module, norm: _Step | None, shape: tuple[int, ...]):
@@ -376,10 +378,7 @@ def _max_pool_of_spikes(name: str, module: nn.MaxPool2d, out_shape: tuple[int, .
 
 
 def _overall_sparsity(nodes: dict) -> float:
-    zeros = total = 0
-    for node in nodes.values():
-        weight = getattr(node, "weight", None)
-        if weight is not None and "weights" in getattr(node, "metadata", {}):
-            zeros += int((np.asarray(weight) == 0).sum())
-            total += int(np.asarray(weight).size)
-    return zeros / total if total else math.nan
+    """Zero fraction over the weight nodes, from the counts in their metadata."""
+    counted = [node.metadata for node in nodes.values() if "weights" in node.metadata]
+    total = sum(m["weights"] for m in counted)
+    return sum(m["weights"] - m["nonzeros"] for m in counted) / total if total else math.nan

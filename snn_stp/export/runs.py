@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..files import atomic_path
 from ..model_registry import MODELS
 from ..train.builders import model_arguments, model_from_checkpoint
-from .nir_graph import DEFAULT_DT, export_nir
+from .nir_graph import DEFAULT_DT, check_time_step, export_nir
 from .sparse_checkpoint import save_sparse
 
 FORMATS = ("nir", "sparse")
@@ -33,8 +33,7 @@ def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = 
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
-    if not dt > 0:
-        raise UsageError(f"the time step dt must be > 0 seconds (one network step in NIR's continuous time), got {dt}")
+    check_time_step(dt)  # before the checkpoint is read
     run = Path(run)
     path = run / rundir.CHECKPOINTS / checkpoint if run.is_dir() else run
     model, config = model_from_checkpoint(path)

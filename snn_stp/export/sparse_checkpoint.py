@@ -19,7 +19,6 @@ baked model (the same numbers reach the same layers).
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import SnnStpWarning
+from ..pruning.sparsify import DEFAULT_PRUNABLE_TYPES
 
 FORMAT = "snn-stp sparse 1"
 
@@ -46,29 +46,28 @@ def save_sparse(model: nn.Module, model_arguments: dict, path: str | Path, spars
     """
     from ..files import atomic_path
 
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     names = set(sparse if sparse is not None else _prunable_weights(model))
     values, indices, dense, layout = [], [], [], []
-    value_count = dense_count = 0
+    value_count = dense_count = stored_weights = 0
     for name, tensor in state.items():
-        tensor = tensor.detach().cpu()
         if name in names:
             coo = tensor.float().to_sparse().coalesce()  # torch's COO: [dims, nnz] indices, ascending
-            flat = _ravel(coo.indices(), tensor.shape)
-            index_type = torch.int32 if tensor.numel() < 2**31 else torch.int64
             values.append(coo.values())
-            indices.append(flat.to(index_type))
-            layout.append((name, tuple(tensor.shape), "sparse", value_count, int(flat.numel())))
-            value_count += int(flat.numel())
+            indices.append(_ravel(coo.indices(), tensor.shape))
+            layout.append((name, tuple(tensor.shape), "sparse", value_count, coo.values().numel()))
+            value_count += coo.values().numel()
+            stored_weights += tensor.numel()
         else:
             dense.append(tensor.float().flatten())
             layout.append((name, tuple(tensor.shape), "dense", dense_count, tensor.numel()))
             dense_count += tensor.numel()
-    index_type = torch.int64 if any(i.dtype == torch.int64 for i in indices) else torch.int32
+    # int32 positions unless a tensor has 2**31 values or more.
+    index_type = torch.int64 if any(state[name].numel() >= 2**31 for name in names if name in state) else torch.int32
     payload = {
         "format": FORMAT, "model": dict(model_arguments), "layout": layout,
         "values": torch.cat(values) if values else torch.zeros(0),
-        "indices": torch.cat([i.to(index_type) for i in indices]) if indices else torch.zeros(0, dtype=torch.int32),
+        "indices": torch.cat(indices).to(index_type) if indices else torch.zeros(0, dtype=torch.int32),
         "dense": torch.cat(dense) if dense else torch.zeros(0),
     }
     with atomic_path(Path(path)) as temporary:
@@ -78,12 +77,10 @@ def save_sparse(model: nn.Module, model_arguments: dict, path: str | Path, spars
     file_bytes = Path(path).stat().st_size
     sparse_bytes = payload["values"].numel() * 4 + payload["indices"].numel() * payload["indices"].element_size()
     dense_bytes = payload["dense"].numel() * 4
-    stored_dense = sum(math.prod(shape) for _, shape, kind, _, _ in layout if kind == "sparse") * 4
-    if sparse_bytes > stored_dense:
-        warnings.warn(f"the pruned tensors are {1 - value_count / max(1, stored_dense // 4):.1%} zeros: their "
-                      f"non-zeros with indices take {sparse_bytes:,} bytes, more than the {stored_dense:,} bytes of "
-                      "the dense tensors (below 50% zeros the index bytes outweigh the skipped zeros)",
-                      SnnStpWarning, stacklevel=2)
+    if sparse_bytes > stored_weights * 4:
+        warnings.warn(f"the pruned tensors are {1 - value_count / stored_weights:.1%} zeros: their non-zeros with "
+                      f"indices take {sparse_bytes:,} bytes, more than the {stored_weights * 4:,} bytes of the dense "
+                      "tensors (below 50% zeros the index bytes outweigh the skipped zeros)", SnnStpWarning, stacklevel=2)
     return {"file": file_bytes, "nonzeros": value_count, "sparse_payload": sparse_bytes, "dense_payload": dense_bytes,
             "overhead": file_bytes - sparse_bytes - dense_bytes}
 
@@ -113,8 +110,9 @@ def load_sparse(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
 
 
 def _prunable_weights(model: nn.Module) -> list[str]:
+    """The weights of every layer type sparsify prunes by default (convolutions and Linear)."""
     return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+            if isinstance(module, DEFAULT_PRUNABLE_TYPES)]
 
 
 def _ravel(indices: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -47,12 +47,20 @@ class SparseLinear(nn.Module):
                 f"nonzeros={nnz} ({1 - nnz / (self.in_features * self.out_features):.2%} sparse)")
 
 
+def runs_sparse(layer: nn.Module) -> bool:
+    """Whether :class:`SparseLinear` or :class:`SparseConv2d` can stand in for ``layer``."""
+    if isinstance(layer, nn.Linear):
+        return True
+    return (isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str))
+
+
 class SparseConv2d(nn.Module):
     """A Conv2d as ``W_csr [out, in * kh * kw] @ unfold(x)``. Input ``[N, C, H, W]``."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        if not runs_sparse(conv):
             raise ValueError("sparse inference runs ungrouped, zero-padded convolutions with numeric padding")
         self.out_channels, self.kernel_size = conv.out_channels, conv.kernel_size
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
@@ -104,9 +112,8 @@ def to_sparse_inference(model: nn.Module, min_sparsity: float = 0.5, example_inp
     candidates = {}
     for name, module in copied.named_modules():
         for child_name, child in module.named_children():
-            if isinstance(child, (nn.Linear, nn.Conv2d)) and (child.weight == 0).float().mean() >= min_sparsity:
-                if isinstance(child, nn.Conv2d) and (child.groups != 1 or isinstance(child.padding, str)):
-                    continue  # depthwise/grouped convolutions stay dense
+            # Depthwise/grouped convolutions (and other layers) stay dense.
+            if runs_sparse(child) and (child.weight == 0).float().mean() >= min_sparsity:
                 sparse = SparseLinear(child) if isinstance(child, nn.Linear) else SparseConv2d(child)
                 candidates[f"{name}.{child_name}" if name else child_name] = (module, child_name, child, sparse)
     timings = _time_layers(copied, candidates, example_input, repeats) if example_input is not None else {}

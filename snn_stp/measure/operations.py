@@ -53,7 +53,8 @@ class LayerOps:
     dense: float = 0.0
     effective: float = 0.0
     input_spikes: float = 0.0
-    #: every (input position, weight) pair: all-ones inputs and weights (NeuroBench's Dense).
+    #: SOP layers: every (input position, weight) pair, all-ones inputs and weights (NeuroBench's
+    #: Dense; for a MAC layer that is ``dense``).
     possible: float = 0.0
     #: MAC layers: only non-zero inputs times non-zero weights (NeuroBench's Effective_MACs).
     effective_nonzero_inputs: float = 0.0
@@ -86,7 +87,8 @@ class OperationReport:
         """NeuroBench's ``SynapticOperations`` figures under its conventions (module docstring), and
         its ``ConnectionSparsity`` (which it rounds to 4 decimals)."""
         return {"Effective_MACs": sum(layer.effective_nonzero_inputs for layer in self.layers if layer.kind == "mac"),
-                "Effective_ACs": self.total("sop"), "Dense": sum(layer.possible for layer in self.layers),
+                "Effective_ACs": self.total("sop"),
+                "Dense": sum(layer.possible if layer.kind == "sop" else layer.dense for layer in self.layers),
                 "ConnectionSparsity": self.connection_sparsity}
 
     def as_dict(self) -> dict:
@@ -145,8 +147,7 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
             if binary:
                 entry.input_spikes += float(inp.sum()) / batch
                 entry.possible += _operation_count(module, torch.ones_like(source), torch.ones_like(weight)) / batch
-            else:  # the dense MACs already count every pair
-                entry.possible = entry.dense
+            else:
                 entry.effective_nonzero_inputs += _operation_count(module, (inp != 0).to(weight.dtype), mask) / batch
         return record
 
