@@ -182,27 +182,45 @@ def run_training(args) -> int:
 
 
 def final_line(summary: dict, config, run_dir) -> str:
-    """The run's outcome in one line; a run stopped by ``train.max_steps`` before an epoch ended
-    has no test accuracy yet and says so."""
-    l1 = summary["l1_coefficient"]
-    implied = "none (an adaptive optimizer)" if l1 is None else f"{l1:.4g}"
+    """The run's outcome in one line: every accuracy with the epoch, checkpoint and sparsity it
+    belongs to. A run stopped by ``train.max_steps`` before an epoch ended has no test accuracy yet."""
     target = summary.get("target_sparsity")
     asked = f" (target {target:.2%})" if target is not None else ""
     calibrated = f", calibrated D = {summary['final_threshold']:.4g}" \
         if target is not None and summary.get("final_threshold") is not None else ""
-    state = (f"weight sparsity {summary['pruned_layer_sparsity']:.2%} of the pruned layers{asked} "
-             f"({summary['all_weight_sparsity']:.2%} of all weights), threshold d = {summary['threshold']:.4g}"
-             f"{calibrated}, implied L1 lambda = {implied}; run directory {run_dir}")
+    state = (f"threshold d = {summary['threshold']:.4g}{calibrated}, implied L1 lambda = "
+             f"{describe_l1(summary, config)}; run directory {run_dir}")
+    sparsity = (f"weight sparsity {summary['pruned_layer_sparsity']:.2%} of the pruned layers{asked} "
+                f"({summary['all_weight_sparsity']:.2%} of all weights)")
     if summary["final_test_acc"] is None:
         return (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) before the "
-                f"first epoch ended, so no test accuracy yet; {state}")
+                f"first epoch ended, so no test accuracy yet; {sparsity}, {state}")
     stopped = (f"stopped at step {summary['global_step']} (train.max_steps = {config.train.max_steps}) after "
-               f"{summary['epochs_done']} epoch(s); last " if summary["stopped_early"] else "")
-    selected = ""
-    if summary.get("best_epoch") is not None:
-        selected = (f" (at the best-validation epoch {summary['best_epoch']}, the one best.pt holds: "
-                    f"{summary['test_acc_at_best_val']:.2%})")
-    return f"{stopped}final test accuracy {summary['final_test_acc']:.2%}{selected}, {state}"
+               f"{summary['epochs_done']} epoch(s); " if summary["stopped_early"] else "")
+    final = f"final test accuracy {summary['final_test_acc']:.2%} at {sparsity} (epoch {summary['epochs_done']}, last.pt)"
+    return f"{stopped}{final}; {describe_best(summary, config)}; {state}"
+
+
+def describe_best(summary: dict, config) -> str:
+    """best.pt in words: its epoch, test accuracy and sparsity, and which epochs it was chosen among."""
+    if not config.data.validation_fraction:
+        return "no best.pt (data.validation_fraction is 0: no validation split to choose on)"
+    rule = summary.get("best_rule") or "every epoch"
+    if summary.get("best_epoch") is None:
+        return f"no best.pt: no epoch was among {rule}"
+    sparsity = summary.get("best_weight_sparsity")
+    return (f"best.pt: epoch {summary['best_epoch']}, the best validation accuracy among {rule}: test accuracy "
+            f"{summary['test_acc_at_best_val']:.2%} at weight sparsity "
+            f"{'unknown' if sparsity is None else format(sparsity, '.2%')} of the pruned layers")
+
+
+def describe_l1(summary: dict, config) -> str:
+    """The run's L1 coefficient and what it is (LATS: its constant lambda; others: the LR-weighted mean)."""
+    l1 = summary["l1_coefficient"]
+    if l1 is None:
+        return "none (an adaptive optimizer)"
+    constant = config.pruning.scheduler == "lats"
+    return f"{l1:.4g} ({'constant' if constant else 'LR-weighted mean over the run'})"
 
 
 def pruning_names(model) -> list[str]:

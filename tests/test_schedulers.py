@@ -435,7 +435,7 @@ def test_gmp_reaches_target_sparsity_on_the_cubic_schedule():
         per_epoch.append(snn_stp.weight_sparsity(model).layers["0.weight"])
         train(model, opt, sched, 10)
     final = snn_stp.weight_sparsity(model)
-    expected = [schedules.gmp_sparsity(e, 0, 4, 0.8) for e in range(5)]
+    expected = [schedules.gmp_sparsity(10 * e, 50, 0.8) for e in range(5)]
     assert per_epoch == pytest.approx(expected, abs=1 / 512)
     assert final.layers["0.weight"] == pytest.approx(0.8, abs=1 / 512)
     assert final.layers["2.weight"] == pytest.approx(0.8, abs=1 / 128)
@@ -443,6 +443,43 @@ def test_gmp_reaches_target_sparsity_on_the_cubic_schedule():
     adam = torch.optim.Adam(model.parameters())
     assert snn_stp.build_threshold_scheduler("gmp", model, adam, target_sparsity=0.8, steps_per_epoch=10,
                                              total_steps=50).l1_coefficient == 0.0
+
+
+def test_gmp_with_a_pruning_frequency_follows_the_paper_step_by_step():
+    """Zhu & Gupta with t0 = 6, dt = 4, n = 5: the masks change only at t0 + k dt, each layer then
+    has exactly round(s_t numel) zeros of its smallest effective weights, and s_f holds from t0 + n dt."""
+    model = mlp()
+    snn_stp.sparsify(model, rule="magnitude")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    t0, dt, n, s_f = 6, 4, 5, 0.75
+    sched = snn_stp.build_threshold_scheduler("gmp", model, opt, target_sparsity=s_f, steps_per_epoch=10,
+                                              total_steps=40, begin_step=t0, frequency=dt, end_step=t0 + n * dt)
+    x, y = blobs(256)
+    mask = model[0].parametrizations.weight[0].mask
+    for t in range(1, 40):
+        weight, previous_mask = model[0].weight.detach().clone(), mask.clone()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
+        opt.step()
+        before_update = model[0].weight.detach().abs()
+        sched.step()
+        k = (t - t0) // dt
+        paper = 0.0 if t < t0 else s_f * (1 - (1 - min(k * dt, n * dt) / (n * dt)) ** 3)
+        assert sched.sparsity_target == pytest.approx(paper, abs=1e-15), t
+        zeros = int((model[0].weight == 0).sum())
+        if t >= t0 and (t - t0) % dt == 0 and t <= t0 + n * dt:
+            assert zeros == round(paper * weight.numel()), t
+            # The cut is on the effective weight: every pruned |w| <= every kept one.
+            pruned = before_update[model[0].weight == 0]
+            kept = before_update[model[0].weight != 0]
+            assert pruned.numel() == zeros and (zeros == 0 or pruned.max() <= kept.min()), t
+        else:
+            assert torch.equal(mask, previous_mask), t  # no update between t0 + k dt
+    assert sched.sparsity_target == s_f and sched.pruning_end_step == t0 + n * dt
+    with pytest.raises(ValueError, match=r"whole number of frequency .* 19 is not a multiple of 4; end at step 19 "
+                                         r"or 23"):
+        snn_stp.build_threshold_scheduler("gmp", model, opt, target_sparsity=s_f, steps_per_epoch=10,
+                                          total_steps=40, begin_step=3, frequency=4, end_step=22)
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -517,8 +554,9 @@ def test_gmp_stops_pruning_at_its_end_epoch():
     for _ in range(5):
         train(model, opt, sched, 10)
         reached.append(sched.sparsity_target)
-    assert reached[1:] == [schedules.gmp_sparsity(e, 0, 2, 0.8) for e in (2, 3, 3, 3)]
-    assert reached[-1] == 0.8
+    # s_f is set after 3 epochs (t0 + n dt = 30 steps), not one epoch later.
+    assert reached == [schedules.gmp_sparsity(e, 3, 0.8) for e in (1, 2, 3, 3, 3)]
+    assert reached[2] == 0.8
     with pytest.raises(ValueError, match="gmp takes end_step or end_epoch"):
         snn_stp.build_threshold_scheduler("gmp", model, opt, target_sparsity=0.8, steps_per_epoch=10, total_steps=50,
                                           end_epoch=3, end_step=30)

@@ -68,7 +68,9 @@ def test_lats_epoch_reaches_exactly_one_and_is_monotone():
 
 
 def test_gmp_cubic_sparsity():
-    assert schedules.gmp_sparsity(0, 0, 9, 0.9) == 0.0
-    assert schedules.gmp_sparsity(5, 0, 9, 0.9) == pytest.approx(0.9 * (1 - 0.5 ** 3))
-    assert schedules.gmp_sparsity(10, 0, 9, 0.9) == pytest.approx(0.9)
-    assert schedules.gmp_sparsity(50, 0, 9, 0.9) == pytest.approx(0.9)
+    """Zhu & Gupta: s_t = s_f (1 - (1 - (t - t0) / (n dt))^3), s_f exactly at t0 + n dt."""
+    assert schedules.gmp_sparsity(0, 10, 0.9) == 0.0
+    assert schedules.gmp_sparsity(5, 10, 0.9) == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    assert schedules.gmp_sparsity(10, 10, 0.9) == 0.9
+    assert schedules.gmp_sparsity(50, 10, 0.9) == 0.9
+    assert schedules.gmp_sparsity(-3, 10, 0.9) == 0.0

@@ -13,12 +13,13 @@ coefficients, and reports the one it implied in ``l1_coefficient``. Adaptive opt
 have no such correspondence: ``l1_coefficient`` is then None, with one warning.
 
 Asking for a sparsity instead of a threshold: the schedulers with a final threshold D (lats,
-lats_epoch, slats, pgh, sine, linear, fixed) take ``target_sparsity`` in its place. D is then
-calibrated ``calibrations`` times over the run by feedback: each time, D becomes the threshold at
-which the soft threshold would zero that fraction of the current latent weights, and the rest of
-the schedule keeps the scheduler's own shape, rescaled from where d is to the new D (d stays
-continuous; see :meth:`ShapedThreshold.threshold_at`). There is never a magnitude cut: the
-weights are ``S_d(theta)`` throughout.
+lats_epoch, slats, pgh, sine, linear, fixed) take ``target_sparsity`` in its place. The L1
+schedules (lats, lats_epoch, slats, pgh, fixed) steer their one scale (lambda, or D) from the
+measured sparsity in the first part of the run and then freeze it, so the rest of the run has the
+scheduler's own shape (:mod:`~snn_stp.pruning.calibration`); the STDS shapes (sine, linear) move
+most of d late, so their D is re-aimed from the weights until the end, which bends their shape
+(:meth:`ThresholdScheduler.threshold_for_target`). There is never a magnitude cut: the weights are
+``S_d(theta)`` throughout.
 
 Protocol, for every scheduler: build it after ``sparsify(model)`` and the optimizer; call
 ``step()`` once after every ``optimizer.step()`` (after the LR scheduler's step is fine: the LR a
@@ -43,7 +44,8 @@ from . import schedules
 from .learning_rates import learning_rate_sum, lr_sequence, param_group_of, step_scale
 from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, check_threshold
 from .sparsify import PrunedLayer, pruned_layers
-from .statistics import threshold_for_sparsity
+from .calibration import SparsityController
+from .statistics import pruned_fraction, threshold_for_sparsity
 
 THRESHOLD_SCHEDULERS: dict[str, type[ThresholdScheduler]] = {}
 
@@ -88,7 +90,8 @@ class ThresholdScheduler:
         threshold: current global threshold d (weight units).
         l1_coefficient: implied lambda of the last step in the objective's units,
             ``delta d / (lr * step_scale) + wd * d``; None under an optimizer without a fixed
-            step per unit gradient (Adam).
+            step per unit gradient (Adam). :meth:`mean_l1_coefficient` gives the LR-weighted mean
+            over a stretch of steps, :attr:`run_l1_coefficient` the run's value.
         last_step: optimizer steps completed (the clock; identical on every DDP rank).
         start_step: the threshold stays at its initial value before this step.
     """
@@ -106,6 +109,13 @@ class ThresholdScheduler:
     #: The final weight sparsity asked for, or None (GMP reaches it by its masks; the schedulers
     #: with a final threshold calibrate D to it: :meth:`_start_calibration`).
     target_sparsity: float | None = None
+    #: How ``target_sparsity`` is reached: ``"early"`` (a :class:`SparsityController` steers the
+    #: scale in the first part of the run, then the scale is frozen: the shape is kept) or
+    #: ``"throughout"`` (D re-aimed from the weights until the end: the shape is bent).
+    calibration_style = "early"
+    #: True when ``target_sparsity`` is a promise about the final sparsity (the calibrated schedulers,
+    #: gmp); gradr's only centres its prior.
+    reaches_target_sparsity = False
     #: True when d starts at ``final_threshold`` (pruning at initialization), the one case where
     #: ``sparsify(init="inverse")`` keeps the dense model's function.
     starts_at_final_threshold = False
@@ -157,6 +167,11 @@ class ThresholdScheduler:
         self.last_step = 0
         self.threshold = 0.0
         self.calibration_end: int | None = None  # set when D is calibrated to a target sparsity
+        self.controller: SparsityController | None = None  # the "early" calibration's state
+        # LR-weighted sums of the implied lambda over the pruning steps: (sum lambda_t w_t, sum w_t),
+        # w_t = eta_t * step scale; for the run and since the last mean_l1_coefficient(reset=True).
+        self._l1_run = [0.0, 0.0]
+        self._l1_window = [0.0, 0.0]
         self.l1_coefficient = 0.0 if self.step_scale is not None or not self.reports_l1 else None
         if self.step_scale is None and self.reports_l1:
             warnings.warn(f"{type(optimizer).__name__} scales each weight's step by its own gradient history, so the "
@@ -175,6 +190,12 @@ class ThresholdScheduler:
             if scheduler is not None:
                 scheduler._record_pending()
         self._hook = optimizer.register_step_pre_hook(record_lr)
+
+    @property
+    def pruning_end_step(self) -> int | None:
+        """The optimizer step from which the schedule no longer moves the thresholds or masks by
+        design (the end of its pruning phase); None for a method that never stops (str, gradr)."""
+        return None
 
     # -- learning rate ---------------------------------------------------------------------
     @property
@@ -209,19 +230,53 @@ class ThresholdScheduler:
         self.last_step += 1
         if self._calibration_due():
             delta += self._recalibrate()
-        self.l1_coefficient = self._implied_l1(delta, lr, old)
+        self._set_l1(self._implied_l1(delta, lr, old), lr)
         self._apply()
         self._record_pending()
+
+    def _set_l1(self, value: float | None, lr: float) -> None:
+        """The implied lambda of the step that just ran (with ``lr``), added to the LR-weighted sums."""
+        self.l1_coefficient = value
+        if value is None or self.last_step <= self.start_step or not math.isfinite(value):
+            return
+        weight = lr * (self._pending_scale or 0.0)
+        if weight > 0:
+            for sums in (self._l1_run, self._l1_window):
+                sums[0] += value * weight
+                sums[1] += weight
+
+    def mean_l1_coefficient(self, reset: bool = False) -> float | None:
+        """The LR-weighted mean of the implied lambda over the steps since the last ``reset``
+        (the objective's average L1 coefficient over them: ``sum lambda_t eta_t / sum eta_t``);
+        the last step's value when no step with a positive LR ran; None where there is none (Adam)."""
+        total, weight = self._l1_window
+        if reset:
+            self._l1_window = [0.0, 0.0]
+        if self.l1_coefficient is None:
+            return None
+        return total / weight if weight > 0 else self.l1_coefficient
+
+    @property
+    def run_l1_coefficient(self) -> float | None:
+        """The run's L1 coefficient: the LR-weighted mean of the implied lambda over all pruning
+        steps so far (LATS: its constant lambda)."""
+        total, weight = self._l1_run
+        if self.l1_coefficient is None:
+            return None
+        return total / weight if weight > 0 else self.l1_coefficient
 
     def _advance(self, lr: float) -> tuple[float, float]:
         """``(new threshold, increment)`` for the step with index ``self.last_step`` that used ``lr``."""
         raise NotImplementedError
 
     # -- target sparsity -------------------------------------------------------------------
-    def _start_calibration(self, target_sparsity: float, total_steps: int, calibrations: int) -> float:
-        """Set up the calibration of D for ``target_sparsity`` (a fraction of the pruned layers'
-        weights): every ``(total_steps - start_step) // calibrations`` optimizer steps (at least
-        1) before ``total_steps``. Returns D for the current (initial) weights."""
+    def _start_calibration(self, target_sparsity: float, total_steps: int, calibrations: int,
+                           calibration_fraction: float, trim_fraction: float) -> float:
+        """Set up the calibration of the schedule for ``target_sparsity`` (a fraction of the pruned
+        layers' weights) over the steps ``start_step .. total_steps``: a :class:`SparsityController`
+        (style ``"early"``) or re-aiming every ``(total_steps - start_step) // calibrations`` steps
+        (``"throughout"``). Returns the first D: the threshold that prunes the target fraction of the
+        initial weights (exact at step 0 for ``fixed``; the others start from there)."""
         if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) or \
                 not 0 < target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1) (a fraction of the pruned layers' weights), "
@@ -231,10 +286,19 @@ class ThresholdScheduler:
         self.calibration_end = total_steps
         self.calibration_interval = max(1, (total_steps - self.start_step) // calibrations)
         self._observations: list[tuple[float, float]] = []
-        return self.threshold_for_target()
+        if self.calibration_style == "throughout":
+            return self.threshold_for_target()
+        first = threshold_for_sparsity(self.layers, self.target_sparsity)
+        start = first if self.starts_at_final_threshold else 0.0
+        self.controller = SparsityController(
+            self.target_sparsity, self.start_step, total_steps, calibrations,
+            initial_density=1.0 - pruned_fraction(self.layers, start), free_fraction=calibration_fraction,
+            trim_fraction=trim_fraction)
+        return first
 
     def threshold_for_target(self) -> float:
-        """The D to aim at for ``target_sparsity``, from the current latent weights.
+        """The D to aim at for ``target_sparsity``, from the current latent weights (the
+        ``"throughout"`` style: sine and linear).
 
         The direct reading, ``D_now``, is the threshold at which ``S_D`` would zero the target
         fraction of the weights as they are now. While d is below it, it lags: the surviving
@@ -253,23 +317,41 @@ class ThresholdScheduler:
         return self.threshold + (direct - self.threshold) / (1.0 - _drift_slope(self._observations))
 
     def _calibration_due(self) -> bool:
+        if self.controller is not None:
+            return self.controller.due(self.last_step)
         return self.calibration_end is not None and self.last_step < self.calibration_end and \
             self.last_step % self.calibration_interval == 0
 
     def _recalibrate(self) -> float:
-        """Set D from the current weights and re-plan the rest of the schedule from the current d;
-        returns how far d itself jumped (0 for a schedule that stays continuous)."""
+        """One calibration after the step just taken; returns how far d itself jumped (0 for a
+        schedule that stays continuous)."""
+        if self.controller is None:
+            return self._reaim(self.threshold_for_target())
+        factor = self.controller.update(self.last_step, pruned_fraction(self.layers, self.threshold))
+        return self._rescale(factor) if factor != 1.0 else 0.0
+
+    def _rescale(self, factor: float) -> float:
+        """Multiply the schedule's scale (lambda, or the threshold travel still to come) by
+        ``factor``; returns how far d itself jumped."""
+        raise NotImplementedError(f"{self.name} cannot calibrate its threshold to a target sparsity")
+
+    def _reaim(self, final_threshold: float) -> float:
+        """Re-plan the rest of the schedule from the current d to end at ``final_threshold``."""
         raise NotImplementedError(f"{self.name} cannot calibrate its threshold to a target sparsity")
 
     def _calibration_state(self) -> dict[str, Any]:
+        if self.calibration_end is None:
+            return {}
         return {"final_threshold": self.final_threshold,
-                "observations": [list(pair) for pair in self._observations]} \
-            if self.calibration_end is not None else {}
+                "observations": [list(pair) for pair in self._observations],
+                "controller": None if self.controller is None else self.controller.state_dict()}
 
     def _load_calibration_state(self, state: dict[str, Any]) -> None:
         if self.calibration_end is not None:
             self.final_threshold = float(state["final_threshold"])
             self._observations = [(float(d), float(y)) for d, y in state["observations"]]
+            if self.controller is not None:
+                self.controller.load_state_dict(state["controller"])
 
     def _implied_l1(self, delta: float, lr: float, old: float) -> float | None:
         """``delta / (lr * step_scale) + wd * old``: the objective's L1 coefficient of one step (the
@@ -306,7 +388,8 @@ class ThresholdScheduler:
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "last_step": self.last_step, "threshold": self.threshold,
                 "l1_coefficient": self.l1_coefficient, "pending_lr": self._pending_lr,
-                "pending_scale": self._pending_scale, "start_step": self.start_step}
+                "pending_scale": self._pending_scale, "start_step": self.start_step,
+                "l1_sums": {"run": list(self._l1_run), "window": list(self._l1_window)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the state of another kind of scheduler is a ValueError."""
@@ -326,6 +409,8 @@ class ThresholdScheduler:
         self._pending_lr = float(state["pending_lr"])
         self._pending_scale = state.get("pending_scale", self.step_scale)
         self.start_step = int(state["start_step"])
+        sums = state.get("l1_sums", {"run": [0.0, 0.0], "window": [0.0, 0.0]})  # older checkpoints: none kept
+        self._l1_run, self._l1_window = [float(v) for v in sums["run"]], [float(v) for v in sums["window"]]
         self._apply()
 
     def close(self) -> None:
@@ -341,19 +426,29 @@ class ShapedThreshold(ThresholdScheduler):
     """``d_t = D * f(x)``, ``x = (t - t0) / (T - t0)`` clamped to [0, 1], for a shape ``f``.
 
     Give ``final_threshold`` D, or ``target_sparsity`` (a fraction of the pruned layers' weights)
-    and D is calibrated ``calibrations`` times during the run (see :meth:`threshold_at`).
+    and D is calibrated during the run: in its first ``calibration_fraction`` freely, up to
+    ``trim_fraction`` within a factor sqrt(2), then frozen (see :mod:`~snn_stp.pruning.calibration`;
+    each calibration rescales the rest of the schedule, :meth:`threshold_at`). ``calibrations``
+    measurements are spread over the pruning steps.
     """
 
     replaces_final_threshold = ("target_sparsity",)
+    reaches_target_sparsity = True
     knob = ("final_threshold D (weight units): the threshold d reaches at the end; about the scale of the weights. "
-            "Or target_sparsity (0-1): D is then calibrated during training")
+            "Or target_sparsity (0-1): D is calibrated in the first half of the run, then frozen (the shape is kept)")
+
+    @property
+    def pruning_end_step(self) -> int:
+        return self.total_steps
 
     def __init__(self, model, optimizer, *, final_threshold: float | None = None, total_steps: int,
-                 target_sparsity: float | None = None, calibrations: int = 100, start_step: int = 0):
+                 target_sparsity: float | None = None, calibrations: int = 100, calibration_fraction: float = 0.2,
+                 trim_fraction: float = 0.5, start_step: int = 0):
         super().__init__(model, optimizer, start_step=start_step)
         self.total_steps = _total_steps(total_steps, self.start_step)
         self._anchor = (0, 0.0)  # (step, d) the rest of the schedule starts from
-        self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations)
+        self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations,
+                                                calibration_fraction, trim_fraction)
         self.threshold = self.threshold_at(0)
         self._apply()
 
@@ -380,10 +475,15 @@ class ShapedThreshold(ThresholdScheduler):
             return self.final_threshold
         return d_start + (self.final_threshold - d_start) * (self.progress(step) - done) / (1.0 - done)
 
-    def _recalibrate(self) -> float:
-        self.final_threshold = self.threshold_for_target()
+    def _reaim(self, final_threshold: float) -> float:
+        self.final_threshold = final_threshold
         self._anchor = (self.last_step, self.threshold)
         return 0.0
+
+    def _rescale(self, factor: float) -> float:
+        """The travel still to come, ``D - d``, times ``factor``: the implied lambda of every step
+        from here on is ``factor`` times what it would have been, so the shape is kept."""
+        return self._reaim(self.threshold + (self.final_threshold - self.threshold) * factor)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **self._calibration_state(), "anchor": list(self._anchor)}
@@ -417,11 +517,13 @@ class PGH(ShapedThreshold):
             "beta < 1 prunes early, beta > 1 late")
 
     def __init__(self, model, optimizer, *, final_threshold: float | None = None, total_steps: int, beta: float,
-                 target_sparsity: float | None = None, calibrations: int = 100, start_step: int = 0):
+                 target_sparsity: float | None = None, calibrations: int = 100, calibration_fraction: float = 0.2,
+                 trim_fraction: float = 0.5, start_step: int = 0):
         schedules.check_beta(beta)
         self.beta = float(beta)
         super().__init__(model, optimizer, total_steps=total_steps, final_threshold=final_threshold,
-                         target_sparsity=target_sparsity, calibrations=calibrations, start_step=start_step)
+                         target_sparsity=target_sparsity, calibrations=calibrations,
+                         calibration_fraction=calibration_fraction, trim_fraction=trim_fraction, start_step=start_step)
 
     def shape(self, x: float) -> float:
         return schedules.pgh(x, self.beta)
@@ -429,7 +531,17 @@ class PGH(ShapedThreshold):
 
 @register_threshold_scheduler("sine")
 class Sine(ShapedThreshold):
-    """STDS sine schedule ``(1 - cos(pi x)) / 2``."""
+    """STDS sine schedule ``(1 - cos(pi x)) / 2``.
+
+    It moves half of d in the last half of the run, so the sparsity at mid-run says little about
+    the end: with ``target_sparsity`` D is re-aimed from the weights until the end
+    (``calibration_style = "throughout"``), which bends the shape (the last steps carry what the
+    re-aiming adds).
+    """
+
+    calibration_style = "throughout"
+    knob = ("final_threshold D (weight units). Or target_sparsity (0-1): D is re-aimed from the weights until the "
+            "end, which bends the sine shape (a late pruning schedule cannot be calibrated early)")
 
     def shape(self, x: float) -> float:
         return schedules.sine(x)
@@ -437,7 +549,10 @@ class Sine(ShapedThreshold):
 
 @register_threshold_scheduler("linear")
 class Linear(ShapedThreshold):
-    """STDS linear schedule ``f(x) = x``."""
+    """STDS linear schedule ``f(x) = x`` (with ``target_sparsity``: re-aimed until the end, as sine)."""
+
+    calibration_style = "throughout"
+    knob = Sine.knob.replace("sine", "linear")
 
     def shape(self, x: float) -> float:
         return schedules.linear(x)
@@ -452,7 +567,7 @@ class LATSEpoch(ShapedThreshold):
 
     def __init__(self, model, optimizer, *, final_threshold: float | None = None, total_steps: int,
                  steps_per_epoch: int, target_sparsity: float | None = None, calibrations: int = 100,
-                 start_step: int = 0):
+                 calibration_fraction: float = 0.2, trim_fraction: float = 0.5, start_step: int = 0):
         self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
         epochs, rest = divmod(total_steps - start_step, self.steps_per_epoch)
         if rest or epochs < 1:
@@ -460,7 +575,8 @@ class LATSEpoch(ShapedThreshold):
                              f"is not a positive multiple of steps_per_epoch = {steps_per_epoch}")
         self.epochs = epochs
         super().__init__(model, optimizer, total_steps=total_steps, final_threshold=final_threshold,
-                         target_sparsity=target_sparsity, calibrations=calibrations, start_step=start_step)
+                         target_sparsity=target_sparsity, calibrations=calibrations,
+                         calibration_fraction=calibration_fraction, trim_fraction=trim_fraction, start_step=start_step)
 
     def progress(self, step: int) -> float:
         relative = min(max(step - self.start_step, 0), self.total_steps - self.start_step)
@@ -477,15 +593,19 @@ class Fixed(ThresholdScheduler):
 
     starts_at_final_threshold = True
     replaces_final_threshold = ("target_sparsity",)
+    reaches_target_sparsity = True
     knob = ("final_threshold D (weight units), held from step 0; pair with pruning.init: inverse. Or target_sparsity "
-            "(0-1): d is set to the D that prunes it at step 0 and at every calibration (needs total_steps)")
+            "(0-1): d starts at the D that prunes it at step 0 and is adjusted (in jumps) in the first half of the "
+            "run, then held (needs total_steps)")
 
     def __init__(self, model, optimizer, *, final_threshold: float | None = None, target_sparsity: float | None = None,
-                 total_steps: int | None = None, calibrations: int = 100):
+                 total_steps: int | None = None, calibrations: int = 100, calibration_fraction: float = 0.2,
+                 trim_fraction: float = 0.5):
         super().__init__(model, optimizer, start_step=0)
         if target_sparsity is not None and total_steps is None:
             raise ValueError("fixed with target_sparsity needs total_steps (the calibrations are spread over the run)")
-        self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations, total_steps)
+        self.final_threshold = _final_threshold(self, final_threshold, target_sparsity, calibrations,
+                                                calibration_fraction, trim_fraction, total_steps)
         self.threshold = self.final_threshold
         self.l1_coefficient = self._implied_l1(0.0, self.lr, self.threshold)
         self._apply()
@@ -493,9 +613,23 @@ class Fixed(ThresholdScheduler):
     def _advance(self, lr: float) -> tuple[float, float]:
         return self.threshold, 0.0
 
+    @property
+    def pruning_end_step(self) -> int:
+        """Step 0, or the end of the calibration's trim phase (d may jump until then)."""
+        return 0 if self.controller is None else self.controller.trim_end
+
     def _recalibrate(self) -> float:
-        """A constant schedule has no rest to rescale: d jumps to the new D."""
-        new = self.threshold_for_target()
+        """d changes the sparsity at once (no schedule in between): the proposal is the threshold
+        that prunes the target fraction of the weights as they are now, bounded by the phase."""
+        proposal = threshold_for_sparsity(self.layers, self.target_sparsity) / self.final_threshold \
+            if self.final_threshold > 0 else 1.0
+        sparsity = pruned_fraction(self.layers, self.threshold)
+        factor = self.controller.bound(self.last_step, proposal, sparsity)
+        return self._rescale(factor) if factor != 1.0 else 0.0
+
+    def _rescale(self, factor: float) -> float:
+        """A constant schedule has no rest to rescale: d jumps to ``factor`` times D."""
+        new = self.final_threshold * factor
         jump, self.final_threshold, self.threshold = new - self.threshold, new, new
         return jump
 
@@ -520,9 +654,11 @@ class LATS(ThresholdScheduler):
     without one), and ``l1`` is what that implies. Under Adam only D can be given (there is no L1
     objective to name).
 
-    With ``target_sparsity`` instead, D is calibrated during the run (see the module docstring):
-    at each calibration the increment per unit LR is re-planned so that d reaches the new D over
-    the LRs still to come (compensated: the constant l1 that reaches it).
+    With ``target_sparsity`` instead, lambda is calibrated from the measured sparsity in the first
+    ``calibration_fraction`` of the pruning steps (freely) and up to ``trim_fraction`` (within a
+    factor sqrt(2)), then frozen: from there on every step adds ``l1 * eta_t * s`` with one l1, the
+    LATS rule (:mod:`~snn_stp.pruning.calibration`). ``final_threshold`` then reports where that
+    plan ends (d after the remaining LRs).
 
     Weight decay ``wd`` on theta adds ``wd * d_t`` to the implied coefficient, which then grows with
     d. ``compensate_weight_decay=True`` moves d by ``eta_t s (l1 - wd d_t)`` instead, so the
@@ -536,13 +672,14 @@ class LATS(ThresholdScheduler):
     """
 
     replaces_final_threshold = ("l1", "target_sparsity")
+    reaches_target_sparsity = True
     knob = ("final_threshold D (weight units, about the weights' scale: 0.2 on the digits MLP, ~0.002 on ImageNet "
-            "ResNet-50), or l1 (lambda, the objective's coefficient), or target_sparsity (0-1: D calibrated during "
-            "training)")
+            "ResNet-50), or l1 (lambda, the objective's coefficient), or target_sparsity (0-1: lambda calibrated in "
+            "the first half of the run, then constant)")
 
     def __init__(self, model, optimizer, *, l1: float | None = None, final_threshold: float | None = None,
-                 target_sparsity: float | None = None, calibrations: int = 100,
-                 total_steps: int | None = None, lr_scheduler=None, lr_sum: float | None = None,
+                 target_sparsity: float | None = None, calibrations: int = 100, calibration_fraction: float = 0.2,
+                 trim_fraction: float = 0.5, total_steps: int | None = None, lr_scheduler=None, lr_sum: float | None = None,
                  steps_per_epoch: int | None = None, lr_step_interval: str = "step", start_step: int = 0,
                  compensate_weight_decay: bool = False):
         super().__init__(model, optimizer, start_step=start_step)
@@ -557,6 +694,7 @@ class LATS(ThresholdScheduler):
                 f"without momentum): {type(optimizer).__name__} scales each weight by its own gradient history, so "
                 "no threshold increment corresponds to an L1 coefficient. Give final_threshold=D instead")
         self.lr_sum = None
+        self.total_steps = total_steps  # the end of the pruning phase (None: given l1 without a length)
         self._rate = None  # threshold per unit LR when D fixes it; None: l1 * step scale
         self.final_threshold = None
         if l1 is not None:
@@ -569,7 +707,9 @@ class LATS(ThresholdScheduler):
             # The LR of every step, for the LR still to come at each calibration.
             self._lrs = lr_sequence(optimizer, lr_scheduler, total, self.group_index, lr_step_interval,
                                     steps_per_epoch)
-            self.final_threshold = self._start_calibration(target_sparsity, total, calibrations)
+            first = self._start_calibration(target_sparsity, total, calibrations, calibration_fraction,
+                                            trim_fraction)
+            self.final_threshold = first
             self._aim()
         else:
             check_threshold(final_threshold, "final_threshold")
@@ -621,10 +761,32 @@ class LATS(ThresholdScheduler):
             self._rate = (self.final_threshold - self.threshold) / math.fsum(lrs)
             self.l1 = None if self.step_scale is None else self._rate / self.step_scale
 
-    def _recalibrate(self) -> float:
-        self.final_threshold = self.threshold_for_target()
-        self._aim()
+    @property
+    def pruning_end_step(self) -> int | None:
+        return self.total_steps
+
+    def _rescale(self, factor: float) -> float:
+        """lambda (the increment per unit LR) times ``factor``; d stays where it is."""
+        if self.compensate_weight_decay:
+            self.l1 *= factor
+        else:
+            self._rate *= factor
+            self.l1 = None if self.step_scale is None else self._rate / self.step_scale
+        self.final_threshold = self._planned_end()
         return 0.0
+
+    def _planned_end(self) -> float:
+        """Where d ends if the current lambda holds over the LRs still to come."""
+        lrs = self._lrs[max(self.last_step, self.start_step):]
+        if self.compensate_weight_decay:
+            decay, reach = self._reach(lrs) if lrs else (1.0, 0.0)
+            return decay * self.threshold + reach * self.l1
+        return self.threshold + self._rate * math.fsum(lrs)
+
+    @property
+    def run_l1_coefficient(self) -> float | None:
+        """LATS's lambda: constant by construction (the part from weight decay, ``wd * d_t``, aside)."""
+        return self.l1 if self.l1 is not None and self.step_scale is not None else super().run_l1_coefficient
 
     def _advance(self, lr: float) -> tuple[float, float]:
         if self.last_step < self.start_step:
@@ -695,7 +857,7 @@ class STR(ThresholdScheduler):
         self.last_step += 1
         self._layer_d = new
         self.threshold = _mean(new)
-        self.l1_coefficient = None if self._pending_scale is None else _mean(l1)
+        self._set_l1(None if self._pending_scale is None else _mean(l1), lr)
         self._record_pending()
 
     def _apply(self) -> None:
@@ -770,7 +932,7 @@ class GradR(ThresholdScheduler):
         self._signs = None
         self.last_step = t
         scale = self._pending_scale
-        self.l1_coefficient = None if scale is None else (self.alpha / scale if active else 0.0)
+        self._set_l1(None if scale is None else (self.alpha / scale if active else 0.0), lr)
         self._record_pending()
 
     def _apply(self) -> None:
@@ -783,50 +945,73 @@ class GradR(ThresholdScheduler):
 
 @register_threshold_scheduler("gmp")
 class GMP(ThresholdScheduler):
-    """Gradual magnitude pruning baseline (needs ``sparsify(rule="magnitude")``); not an L1 method.
+    """Gradual magnitude pruning (Zhu & Gupta 2017), the baseline; needs ``sparsify(rule="magnitude")``.
 
-    At every epoch boundary each layer's mask keeps its largest ``|w|`` so that the layer's
-    sparsity is ``s_f (1 - (1 - (e - e0) / (e_end - e0))^3)`` (the reference formula with last
-    pruning epoch ``e_end - 1``): ``e0 = start_step // steps_per_epoch``, ``e_end = end_step //
-    steps_per_epoch`` (``end_step``, or ``end_epoch`` in epochs: the reference stops at epoch 79 of
-    100; default ``total_steps``, so the final weights have exactly ``s_f``). The cut is taken over
-    ``|theta * mask|``, so a masked weight stays pruned, as in the reference (``abs(weight * mask)``).
-    ``threshold`` reports the mean per-layer magnitude cut; ``l1_coefficient`` is 0.
+    Every ``frequency`` optimizer steps (the paper's Delta t) from ``begin_step`` (t0) to
+    ``end_step`` (``t0 + n Delta t``), each layer's mask keeps its largest effective weights
+    ``|w|`` (the masked weight the model computes with) so that the layer's sparsity is
+
+        s_t = s_f (1 - (1 - (t - t0) / (n Delta t))^3)
+
+    and ``s_f`` exactly from ``end_step`` on (the fine-tuning phase). A masked weight is 0 in ``w``,
+    so it stays pruned. ``begin_step`` defaults to the run's pruning start (``start_step``),
+    ``frequency`` to one epoch, ``end_step`` to ``end_epoch * steps_per_epoch`` or ``total_steps``;
+    ``end_step - begin_step`` must be a whole number of ``frequency``. (The reference code's
+    per-epoch formula ``(e - e0) / (e1 - e0 + 1)`` reaches s_f only one epoch after its last pruning
+    epoch e1; this follows the paper.) ``threshold`` reports the mean per-layer magnitude cut;
+    ``l1_coefficient`` is 0.
     """
 
     rules = ("magnitude",)
     parametrization_type = MagnitudeMask
     reports_l1 = False
-    knob = "target_sparsity (0-1), reached exactly per layer at the end epoch"
+    reaches_target_sparsity = True
+    knob = ("target_sparsity (0-1), reached exactly per layer at end_step (or end_epoch); frequency (steps between "
+            "mask updates, default one epoch) and begin_step as in Zhu & Gupta")
 
     def __init__(self, model, optimizer, *, target_sparsity: float, steps_per_epoch: int, total_steps: int,
-                 start_step: int = 0, end_step: int | None = None, end_epoch: int | None = None):
-        super().__init__(model, optimizer, start_step=start_step)
+                 start_step: int = 0, end_step: int | None = None, end_epoch: int | None = None,
+                 frequency: int | None = None, begin_step: int | None = None):
+        super().__init__(model, optimizer, start_step=start_step if begin_step is None else
+                         _non_negative_int(begin_step, "begin_step"))
         if not (isinstance(target_sparsity, (int, float)) and 0 <= target_sparsity < 1):
             raise ValueError(f"gmp needs 0 <= target_sparsity < 1, got {target_sparsity!r}")
         self.target_sparsity = float(target_sparsity)
         self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
+        self.frequency = self.steps_per_epoch if frequency is None else _positive_int(frequency, "frequency")
         if end_step is not None and end_epoch is not None:
             raise ValueError("gmp takes end_step or end_epoch (end_epoch * steps_per_epoch), not both")
         if end_epoch is not None:
             end_step = _positive_int(end_epoch, "end_epoch") * self.steps_per_epoch
-        end = _positive_int(total_steps if end_step is None else end_step, "end_step")
-        self.start_epoch = self.start_step // self.steps_per_epoch
-        self.end_epoch = end // self.steps_per_epoch
-        if self.end_epoch <= self.start_epoch:
-            raise ValueError(f"gmp prunes between epochs {self.start_epoch} and {self.end_epoch}: "
-                             "end_step must be at least one epoch after start_step")
+        self.end_step = _positive_int(total_steps if end_step is None else end_step, "end_step")
+        span = self.end_step - self.start_step
+        if span < self.frequency:
+            raise ValueError(f"gmp prunes from step {self.start_step} to step {self.end_step}: the end must be at least "
+                             f"one frequency ({self.frequency} steps) after the begin step")
+        if span % self.frequency:
+            below = self.start_step + span // self.frequency * self.frequency
+            raise ValueError(f"gmp needs end_step - begin_step to be a whole number of frequency (t_end = t0 + n Delta "
+                             f"t): {span} is not a multiple of {self.frequency}; end at step {below} or "
+                             f"{below + self.frequency}, or change the frequency")
         self.sparsity_target = 0.0
         self._update_masks()
 
+    @property
+    def pruning_end_step(self) -> int:
+        return self.end_step
+
     def target_at(self, step: int) -> float:
-        epoch = step // self.steps_per_epoch
-        return schedules.gmp_sparsity(epoch, self.start_epoch, self.end_epoch - 1, self.target_sparsity)
+        """The sparsity of the masks set after ``step`` optimizer steps (the last update at or before it)."""
+        if step < self.start_step:
+            return 0.0
+        last_update = min(self.start_step + (step - self.start_step) // self.frequency * self.frequency, self.end_step)
+        return schedules.gmp_sparsity(last_update - self.start_step, self.end_step - self.start_step,
+                                      self.target_sparsity)
 
     def step(self) -> None:
         self._check_not_baked()
         self.last_step += 1
-        if self.last_step % self.steps_per_epoch == 0:
+        if self.start_step <= self.last_step <= self.end_step and (self.last_step - self.start_step) % self.frequency == 0:
             self._update_masks()
         self._record_pending()
 
@@ -839,7 +1024,7 @@ class GMP(ThresholdScheduler):
         cuts = []
         for layer in self.layers:
             mask_buffer = layer.parametrization.mask
-            magnitude = (layer.theta.abs() * mask_buffer).flatten()
+            magnitude = layer.weight.detach().abs().flatten()  # the effective weight: 0 where masked
             k = int(round(target * magnitude.numel()))
             mask = torch.ones_like(magnitude, dtype=torch.bool)
             if k:
@@ -861,7 +1046,8 @@ class GMP(ThresholdScheduler):
 
 
 def _final_threshold(scheduler: ThresholdScheduler, final_threshold: float | None, target_sparsity: float | None,
-                     calibrations: int, total_steps: int | None = None) -> float:
+                     calibrations: int, calibration_fraction: float, trim_fraction: float,
+                     total_steps: int | None = None) -> float:
     """D: the user's ``final_threshold``, or the first calibration for ``target_sparsity`` (exactly one)."""
     if (final_threshold is None) == (target_sparsity is None):
         raise ValueError(f"{scheduler.name} needs exactly one of final_threshold (D, weight units) or target_sparsity "
@@ -870,7 +1056,7 @@ def _final_threshold(scheduler: ThresholdScheduler, final_threshold: float | Non
         check_threshold(final_threshold, "final_threshold")
         return float(final_threshold)
     return scheduler._start_calibration(target_sparsity, scheduler.total_steps if total_steps is None else total_steps,
-                                        calibrations)
+                                        calibrations, calibration_fraction, trim_fraction)
 
 
 def _drift_slope(observations: list[tuple[float, float]]) -> float:

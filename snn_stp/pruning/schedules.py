@@ -63,13 +63,10 @@ def lats_epoch(step: int, steps_per_epoch: int, epochs: int) -> float:
     return lats_epoch_base(e, epochs) + b * (1 + math.cos(math.pi * e / epochs)) / (steps_per_epoch * (epochs + 1))
 
 
-def gmp_sparsity(epoch: int, start_epoch: int, end_epoch: int, target_sparsity: float) -> float:
-    """Cubic GMP target sparsity ``s_f (1 - (1 - (e - e0) / (e1 - e0 + 1))^3)``, clamped.
-
-    ``end_epoch`` (e1) is the last epoch that prunes; from ``e1 + 1`` on the sparsity is ``s_f``.
-    """
-    frac = (epoch - start_epoch) / (end_epoch - start_epoch + 1)
-    frac = min(max(frac, 0.0), 1.0)
+def gmp_sparsity(elapsed: int, span: int, target_sparsity: float) -> float:
+    """Zhu & Gupta's cubic sparsity ``s_f (1 - (1 - elapsed / span)^3)``, ``elapsed`` steps into a
+    pruning phase of ``span`` steps (``t - t0`` and ``n Delta t``), clamped to [0, s_f]."""
+    frac = min(max(elapsed / span, 0.0), 1.0)
     return target_sparsity * (1.0 - (1.0 - frac) ** 3)
 
 

@@ -135,3 +135,16 @@ def support_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tenso
         pruned += p
         regrown += r
     return SupportChange(pruned, regrown, layers)
+
+
+@torch.no_grad()
+def pruned_fraction(layers: list[PrunedLayer], threshold: float) -> float:
+    """The fraction of the weights of ``layers`` that the soft threshold ``threshold`` zeroes,
+    given their current latent weights (``|theta| <= m d``, ``m`` each layer's multiplier): the
+    pruned-layer sparsity the model has once ``threshold`` is applied."""
+    zeros, numel = 0, 0
+    for layer in layers:
+        theta = layer.theta.detach()
+        zeros += int((theta.abs() <= layer.parametrization.multiplier * threshold).sum())
+        numel += theta.numel()
+    return zeros / numel

@@ -66,6 +66,9 @@ class PruningConfig:
     # The final fraction of zero weights in the pruned layers, in place of final_threshold: the schedulers
     # with a final threshold calibrate D to it during training; gmp prunes to it; gradr's prior aims at it.
     target_sparsity: float | None = None
+    # best.pt is chosen among the epochs whose pruned-layer sparsity is within this much (a fraction:
+    # 0.01 = 1 point) of target_sparsity; without a target, among the epochs after the pruning ended.
+    target_tolerance: float = 0.01
     start_epoch: int = 0
     init: str = "keep"  # "inverse" for a scheduler whose threshold starts at D (fixed)
     include: list | None = None
@@ -376,6 +379,9 @@ def _check_pruning(p: PruningConfig) -> None:
         renamed = " (pruning.final_sparsity is now pruning.target_sparsity)" if "final_sparsity" in unknown else ""
         raise ConfigError(f"unknown key(s) {['pruning.' + k for k in unknown]} in section 'pruning' for scheduler "
                           f"{p.scheduler}{renamed}; valid: {', '.join(keys + list(own))}")
+    if not (isinstance(p.target_tolerance, (int, float)) and 0 < p.target_tolerance < 1):
+        raise ConfigError(f"pruning.target_tolerance must be in (0, 1) (a fraction: 0.01 is one point of sparsity), "
+                          f"got {p.target_tolerance!r}")
     if p.target_sparsity is not None:
         _check_target_sparsity(p, cls, takes_target)
     for name, value in given.items():

@@ -31,11 +31,11 @@ from . import checkpoint as ckpt
 from . import distributed
 from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, make_optimizer,
                        make_threshold_scheduler)
-from .config import Config, save_config
+from .config import DENSE, Config, save_config
 
 METRIC_KEYS = ("epoch", "step", "lr", "threshold", "final_threshold", "l1_coefficient", "train_loss", "train_acc", "val_loss",
                "val_acc", "test_loss", "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity",
-               "all_weight_sparsity", "layer_sparsity", "pruned", "regrown", "epoch_seconds")
+               "all_weight_sparsity", "layer_sparsity", "pruned", "regrown", "epoch_seconds", "best_eligible")
 
 
 def sparsity_figures(report: pruning.SparsityReport) -> dict:
@@ -122,8 +122,9 @@ class Trainer:
             self.network = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        # Model selection on the validation split only: best.pt is the epoch with the best val_acc.
-        self.best_acc, self.best_epoch, self.test_acc_at_best = -1.0, None, None
+        # Model selection on the validation split only: best.pt is the epoch with the best val_acc among
+        # the epochs at the sparsity the run is for (see best_rule).
+        self.best_acc, self.best_epoch, self.test_acc_at_best, self.best_sparsity = -1.0, None, None, None
         self.initial_loss = None  # the loss of the run's first step: the scale of "normal"
         self.partial = self._fresh_partial()
         if state is not None:
@@ -277,23 +278,24 @@ class Trainer:
         change = pruning.support_change(p["support"], pruning.support(self.model))
         record = {"epoch": self.epoch + 1, "step": self.global_step, "lr": float(self.optimizer.param_groups[0]["lr"]),
                   "threshold": self.thresholds.threshold, "final_threshold": self._final_threshold(),
-                  "l1_coefficient": self.thresholds.l1_coefficient, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
+                  "l1_coefficient": self.thresholds.mean_l1_coefficient(reset=True), "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
                   "val_acc": val["acc"], "test_loss": test["loss"],
                   "test_acc": test["acc"], "test_top5": test["top5"], **sparsity_figures(report),
                   "layer_sparsity": report.layers, "pruned": change.pruned, "regrown": change.regrown,
                   "epoch_seconds": p["seconds"]}
+        record["best_eligible"] = self._eligible(record)
         record.update(self.analyze())
         self.epoch += 1
         self.step_in_epoch = 0
         self.partial = self._fresh_partial()
-        improved = record["val_acc"] is not None and record["val_acc"] > self.best_acc
+        improved = record["best_eligible"] and record["val_acc"] is not None and record["val_acc"] > self.best_acc
         if improved:
             self.best_acc, self.best_epoch = record["val_acc"], record["epoch"]
-            self.test_acc_at_best = record["test_acc"]
+            self.test_acc_at_best, self.best_sparsity = record["test_acc"], record["pruned_layer_sparsity"]
         if self.ctx.is_main:
             rundir.append_metrics(self.run_dir, record)
             for key in METRIC_KEYS[2:]:
-                if key != "layer_sparsity" and record[key] is not None:  # no L1 coefficient under Adam
+                if key not in ("layer_sparsity", "best_eligible") and record[key] is not None:  # no L1 under Adam
                     self.writer.add_scalar(key, record[key], record["epoch"])
             for key, value in {**record.get("ops", {}), "mean_firing_rate": record.get("mean_firing_rate")}.items():
                 if isinstance(value, float):
@@ -355,6 +357,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "best_acc": self.best_acc,
                 "best_epoch": self.best_epoch, "test_acc_at_best": self.test_acc_at_best,
+                "best_sparsity": self.best_sparsity,
                 "initial_loss": self.initial_loss, "partial": self.partial, "config": self.config.to_dict()}
 
     def _restore(self, state: dict) -> None:
@@ -366,7 +369,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best_acc, self.partial = state["global_step"], state["best_acc"], state["partial"]
         self.best_epoch, self.initial_loss = state.get("best_epoch"), state.get("initial_loss")
-        self.test_acc_at_best = state.get("test_acc_at_best")
+        self.test_acc_at_best, self.best_sparsity = state.get("test_acc_at_best"), state.get("best_sparsity")
         ckpt.set_rng_state(state["rng"])
 
     def _save_checkpoint(self, best: bool) -> None:
@@ -474,6 +477,31 @@ class Trainer:
         from tqdm import tqdm
         return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True, disable=None)  # off without a TTY
 
+    def best_rule(self) -> str:
+        """Which epochs best.pt is chosen among, in words (the summary and the final line say it)."""
+        p = self.config.pruning
+        if p.scheduler == DENSE:
+            return "every epoch (dense)"
+        if p.target_sparsity is not None and self.thresholds.reaches_target_sparsity:
+            return (f"the epochs within {100 * p.target_tolerance:.3g} point(s) of the target sparsity {p.target_sparsity:.2%} "
+                    "(pruned layers)")
+        return f"the epochs from step {self._pruning_end()} on, where the pruning schedule has ended"
+
+    def _pruning_end(self) -> int:
+        end = self.thresholds.pruning_end_step
+        return self.config.train.epochs * self.steps_per_epoch if end is None else end
+
+    def _eligible(self, record: dict) -> bool:
+        """Whether the epoch of ``record`` may become best.pt: its sparsity is the one the run is
+        for (within ``pruning.target_tolerance`` of the target; without a target, the pruning has
+        ended), so best.pt never pairs the best accuracy with a sparsity the run did not aim at."""
+        p = self.config.pruning
+        if p.scheduler == DENSE:
+            return True
+        if p.target_sparsity is not None and self.thresholds.reaches_target_sparsity:
+            return abs(record["pruned_layer_sparsity"] - p.target_sparsity) <= p.target_tolerance + 1e-12
+        return record["step"] >= self._pruning_end()
+
     def _final_threshold(self) -> float | None:
         """D, where d is scheduled toward one: the configured D, or the one calibrated so far for
         ``pruning.target_sparsity``; None for the methods without one (gmp, gradr, str, lats given l1)."""
@@ -494,10 +522,12 @@ class Trainer:
                 "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
                 "final_test_acc": last["test_acc"] if last else None,
                 "best_val_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
-                "test_acc_at_best_val": self.test_acc_at_best,
+                "test_acc_at_best_val": self.test_acc_at_best, "best_weight_sparsity": self.best_sparsity,
+                "best_rule": self.best_rule(), "final_epoch": last["epoch"] if last else None,
                 **sparsity_figures(report), "parameter_counts": report.counts(), "threshold": self.thresholds.threshold,
                 "final_threshold": self._final_threshold(), "target_sparsity": self.config.pruning.target_sparsity,
-                "l1_coefficient": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
+                "l1_coefficient": self.thresholds.run_l1_coefficient,
+                "l1_coefficient_last_step": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
                 "world_size": self.ctx.world_size,
                 "ranks": ranks}
 
