@@ -46,6 +46,8 @@ PHASES = ("free", "trim", "frozen")
 #: SNN at 90-99.5% (docs/pruning.md): lead 3, ramp 0.5 kept lambda within 1.13x after the free phase.
 LEAD = 3.0
 RAMP = 0.5
+#: Measurements ahead at which the error is taken (a falling density extrapolated log-linearly).
+HORIZON = 5.0
 
 
 class SparsityController:
@@ -67,7 +69,7 @@ class SparsityController:
     """
 
     def __init__(self, target: float, start_step: int, total_steps: int, calibrations: int, initial_density: float,
-                 free_fraction: float = 0.2, trim_fraction: float = 0.5, trim_band: float = math.sqrt(2.0),
+                 free_fraction: float = 0.2, trim_fraction: float = 0.5, trim_band: float = 2.0,
                  gain: float = 0.5, max_change: float = 1.15):
         if not 0.0 < free_fraction <= trim_fraction <= 1.0:
             raise ValueError(f"the calibration phases need 0 < calibration_fraction <= trim_fraction <= 1, got "
@@ -82,7 +84,7 @@ class SparsityController:
         self.initial_density = min(max(float(initial_density), 1.0 - self.target), 1.0)
         self.trim_band, self.gain, self.max_change = float(trim_band), float(gain), float(max_change)
         self.scale = 1.0  # relative to the initial scale
-        self.scale_at_free_end: float | None = None
+        self.trim_range: tuple[float, float] | None = None  # (smallest, largest) scale in the trim phase
         self.history: list[tuple[int, float, float]] = []  # (step, measured sparsity, scale after)
 
     def phase(self, step: int) -> str:
@@ -106,33 +108,46 @@ class SparsityController:
 
     def update(self, step: int, sparsity: float) -> float:
         """Take the sparsity measured after ``step`` steps; returns the factor by which the
-        scheduler must multiply its scale (1.0 once frozen)."""
+        scheduler must multiply its scale (1.0 once frozen).
+
+        The error is taken on the density predicted :data:`HORIZON` measurements ahead from the
+        last two (log-linear): the sparsity answers a change of the scale late, and a controller
+        that waits for it raises the scale too far (an overshoot d can never undo)."""
         density = max(1.0 - sparsity, 0.5 / 1e9)  # a fully pruned model still gets a finite error
-        change = (density / self.reference_density(step)) ** self.gain
+        previous = self.history[-1][1] if self.history else None
+        predicted = density
+        if previous is not None:
+            trend = math.log(density / max(1.0 - previous, 0.5 / 1e9))
+            predicted = density * math.exp(HORIZON * min(trend, 0.0))  # only a falling density is extrapolated
+        change = (predicted / self.reference_density(step)) ** self.gain
         return self.bound(step, min(max(change, 1.0 / self.max_change), self.max_change), sparsity)
 
     def bound(self, step: int, factor: float, sparsity: float) -> float:
         """``factor`` (a change of the scale proposed after ``step`` steps, at ``sparsity``) as the
-        phase allows it: as is in the free phase, within the band in the trim phase, 1.0 once frozen."""
+        phase allows it: as is in the free phase; in the trim phase such that the largest and the
+        smallest scale since the free phase ended stay within ``trim_band`` of each other; 1.0 once
+        frozen."""
         phase = self.phase(step)
         if phase == "frozen":
             return 1.0
-        if phase == "trim" and self.scale_at_free_end is None:
-            self.scale_at_free_end = self.scale
         new = self.scale * factor
         if phase == "trim":
-            anchor = self.scale_at_free_end
-            new = min(max(new, anchor / self.trim_band), anchor * self.trim_band)
+            if self.trim_range is None:
+                self.trim_range = (self.scale, self.scale)
+            low, high = self.trim_range
+            new = min(max(new, high / self.trim_band), low * self.trim_band)
+            self.trim_range = (min(low, new), max(high, new))
         factor, self.scale = new / self.scale, new
         self.history.append((step, float(sparsity), new))
         return factor
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "scale_at_free_end": self.scale_at_free_end,
+        return {"scale": self.scale, "trim_range": None if self.trim_range is None else list(self.trim_range),
                 "initial_density": self.initial_density, "history": [list(entry) for entry in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scale = float(state["scale"])
-        self.scale_at_free_end = None if state["scale_at_free_end"] is None else float(state["scale_at_free_end"])
+        self.trim_range = None if state["trim_range"] is None else (float(state["trim_range"][0]),
+                                                                     float(state["trim_range"][1]))
         self.initial_density = float(state["initial_density"])
         self.history = [(int(s), float(p), float(c)) for s, p, c in state["history"]]
