@@ -51,7 +51,8 @@ LOGS = "logs"
 SWEEP_KEYS = ("base", "set", "grid", "variants", "definitions")
 
 #: The numbers of a finished point, from its summary.json and its last metrics record.
-RESULT_COLUMNS = ("final_test_acc", "test_acc_at_best_val", "best_val_acc", "best_epoch", "pruned_layer_sparsity",
+RESULT_COLUMNS = ("final_test_acc", "pruned_layer_sparsity", "test_acc_at_best_val", "best_weight_sparsity",
+                  "best_val_acc", "best_epoch",
                   "all_weight_sparsity", "target_sparsity", "final_threshold", "threshold", "l1_coefficient",
                   "mean_firing_rate", "energy_pj_effective", "energy_pj_dense", "seconds")
 
@@ -341,6 +342,8 @@ def point_results(folder: Path) -> dict:
     ops = last.get("ops", {})
     values = {**summary, "mean_firing_rate": last.get("mean_firing_rate"),
               "energy_pj_effective": ops.get("energy_pj_effective"), "energy_pj_dense": ops.get("energy_pj_dense")}
+    if "best_weight_sparsity" not in summary:  # a run written before best.pt's sparsity was kept
+        values["best_weight_sparsity"] = "unknown"
     return {column: values.get(column) for column in RESULT_COLUMNS}
 
 

@@ -1,6 +1,8 @@
-"""``target_sparsity`` in place of a final threshold: D calibrated by feedback during training."""
+"""``target_sparsity`` in place of a final threshold: the L1 schedules calibrate their scale early
+and keep their shape after; sine and linear re-aim D until the end."""
 
 import io
+import json
 import math
 
 import pytest
@@ -14,6 +16,8 @@ from test_schedulers import blobs, mlp, warmup_cosine
 
 STEPS = 240
 SHAPED = ["lats", "lats_epoch", "slats", "pgh", "sine", "linear"]
+EARLY = ["lats", "lats_epoch", "slats", "pgh"]  # calibrated early, then frozen
+THROUGHOUT = ["sine", "linear"]  # re-aimed until the end
 
 
 def fast(names, *default):
@@ -82,42 +86,67 @@ def test_a_layer_with_multiplier_zero_is_never_pruned_but_its_zeros_count():
     assert math.isfinite(threshold_for_sparsity(layers, 31 / 32))
 
 
-@pytest.mark.parametrize("target", [0.9, pytest.param(0.5, marks=pytest.mark.slow),
-                                    pytest.param(0.8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("target", [0.9, pytest.param(0.8, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", fast(SHAPED + ["fixed"], "lats", "sine", "fixed"))
-def test_every_scheduler_with_a_final_threshold_lands_on_the_target(name, target):
+def test_every_scheduler_with_a_final_threshold_lands_near_the_target(name, target):
+    """sine and linear (re-aimed to the end) land on it; the early-calibrated ones within 4 points on
+    this toy problem (the digits SNN acceptance is in test_lats_targets_on_the_digits_snn)."""
     model, opt, lrs, sched = build(name, target)
     trace = run(model, opt, lrs, sched, 0, STEPS)
     reached = snn_stp.weight_sparsity(model).global_sparsity
-    assert abs(reached - target) <= 0.005, (name, target, reached)
+    assert abs(reached - target) <= (0.005 if name in THROUGHOUT else 0.04), (name, target, reached)
     assert sched.final_threshold == trace[-1][2] and sched.threshold == pytest.approx(sched.final_threshold)
+    if name in EARLY:  # d never falls (lambda >= 0); a re-aim (sine, linear) or fixed's jump may lower it
+        assert all(d >= prev for (_, prev, _), (_, d, _) in zip(trace, trace[1:]))
     if name != "fixed":
         # No final cut: in the last 5% of the steps d moves by at most a few percent of D.
         tail = [d for _, d, _ in trace[-STEPS // 20 - 1:]]
         assert tail[-1] - tail[0] <= 0.05 * sched.final_threshold, (name, target, tail[0], tail[-1])
 
 
-@pytest.mark.parametrize("name", fast(SHAPED, "lats", "pgh"))
-def test_between_calibrations_d_keeps_the_scheduler_shape(name):
-    """After a calibration at step c (d = d_c, new D), d follows the scheduler's own shape rescaled
-    to end at D: ``d_c + (D - d_c) (f(s) - f(c)) / (1 - f(c))`` for a shaped schedule, increments in
-    proportion to the LR used for LATS. d itself never jumps at a calibration."""
+@pytest.mark.parametrize("name", fast(EARLY, "lats", "pgh"))
+def test_after_the_calibration_the_scheduler_keeps_its_own_shape(name):
+    """The controller changes the scale only up to trim_end (in the trim phase by a factor of at most
+    2 overall); after it d follows the scheduler's own rule with one scale: LATS adds the same
+    lambda times the LR every step, a shaped schedule ``d_c + (D - d_c) (f(s) - f(c)) / (1 - f(c))``.
+    The implied lambda is never negative."""
+    model, opt, lrs, sched = build(name, 0.9)
+    trace = run(model, opt, lrs, sched, 0, STEPS)
+    controller = sched.controller
+    assert controller.free_end == math.ceil(0.2 * STEPS) and controller.trim_end == STEPS // 2
+    changes = [step for step, _, _ in controller.history]
+    assert changes and max(changes) <= controller.trim_end
+    trimmed = [scale for step, _, scale in controller.history if step > controller.free_end]
+    assert max(trimmed) / min(trimmed) <= 2.0 + 1e-12
+    increments = [(d - prev, lr) for (_, prev, _), (lr, d, _) in zip(trace, trace[1:])]
+    assert all(delta >= 0 for delta, _ in increments)
+    frozen = trace[controller.trim_end:]  # steps trim_end + 1 .. STEPS
+    if name == "lats":
+        rates = [(d - prev) / lr for (_, prev, _), (lr, d, _) in zip(frozen, frozen[1:]) if lr > 0]
+        assert max(rates) == pytest.approx(min(rates), rel=1e-9)
+        assert sched.run_l1_coefficient == sched.l1 == pytest.approx(rates[-1] / sched.step_scale, rel=1e-9)
+        return
+    c = controller.trim_end
+    d_c, big_d = trace[c - 1][1], sched.final_threshold
+    done = sched.progress(c)
+    for step, (_, d, _) in enumerate(frozen, start=c + 1):
+        assert d == pytest.approx(d_c + (big_d - d_c) * (sched.progress(step) - done) / (1 - done), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", fast(THROUGHOUT, "sine"))
+def test_between_re_aims_d_keeps_the_scheduler_shape(name):
+    """sine and linear: after a re-aim at step c (d = d_c, new D), d follows the shape rescaled to
+    end at D, ``d_c + (D - d_c) (f(s) - f(c)) / (1 - f(c))``; d itself never jumps at a re-aim."""
     model, opt, lrs, sched = build(name, 0.8)
     trace = run(model, opt, lrs, sched, 0, 150)
     interval = sched.calibration_interval
-    assert interval == STEPS // 40
+    assert interval == STEPS // 40 and sched.calibration_style == "throughout"
     for c in range(2 * interval, 150 - interval, interval):
         _, d_c, big_d = trace[c - 1]  # after step c: d_c, and the D calibrated there
-        segment = trace[c:c + interval - 1]  # the steps up to the next calibration
-        if name == "lats":
-            rates = [(d - prev) / lr for (lr, d, _), (_, prev, _) in zip(segment, trace[c - 1:])]
-            assert max(rates) == pytest.approx(min(rates), rel=1e-9)
-            continue
         done = sched.progress(c)
-        for offset, (_, d, _) in enumerate(segment, start=1):
+        for offset, (_, d, _) in enumerate(trace[c:c + interval - 1], start=1):
             expected = d_c + (big_d - d_c) * (sched.progress(c + offset) - done) / (1 - done)
             assert d == pytest.approx(expected, rel=1e-12, abs=1e-15)
-    # Continuity: the step into each calibration moved d by its planned amount, not to the new D.
     jumps = [abs(trace[c - 1][1] - trace[c - 2][1]) for c in range(2 * interval, 150, interval)]
     gaps = [abs(trace[c - 1][2] - trace[c - 1][1]) for c in range(2 * interval, 150, interval)]
     assert all(jump < gap for jump, gap in zip(jumps, gaps))
@@ -164,8 +193,7 @@ def test_exactly_one_of_the_ways_to_set_the_end():
 
 @pytest.mark.slow
 def test_compensated_lats_with_a_target_lands_on_it():
-    """Compensated LATS re-solves its constant l1 at each calibration (d then moves by
-    eta s (l1 - wd d), the compensated rule)."""
+    """Compensated LATS calibrates its l1 (d moves by eta s (l1 - wd d), the compensated rule)."""
     model = mlp()
     snn_stp.sparsify(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -173,4 +201,29 @@ def test_compensated_lats_with_a_target_lands_on_it():
     sched = snn_stp.build_threshold_scheduler("lats", model, opt, target_sparsity=0.8, total_steps=STEPS,
                                               lr_scheduler=lrs, compensate_weight_decay=True, calibrations=40)
     run(model, opt, lrs, sched, 0, STEPS)
-    assert abs(snn_stp.weight_sparsity(model).global_sparsity - 0.8) <= 0.005
+    assert abs(snn_stp.weight_sparsity(model).global_sparsity - 0.8) <= 0.04
+    assert sched.run_l1_coefficient == sched.l1  # the compensated rule keeps the objective's lambda exactly
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [0.98, 0.995])
+def test_lats_targets_on_the_digits_snn(tmp_path, target):
+    """The default job (digits SNN, 20 epochs, SGD) with lats asked for a target: every logged lambda
+    is >= 0, after the first 20% of the epochs the per-epoch lambda varies by at most 2x (and is one
+    constant from mid-run on), the final sparsity is within a point of the target, and at 99.5% the
+    network still classifies (>= 80%; constant-lambda LATS with a hand-set l1 = 0.0075 reaches 99.42%
+    at 95.3%)."""
+    from snn_stp.train import Trainer, load_config
+
+    config = load_config(overrides=[f"pruning.target_sparsity={target}", "train.analysis_samples=0"])
+    summary = Trainer(config, tmp_path, quiet=True).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lambdas = [r["l1_coefficient"] for r in records]
+    assert min(lambdas) >= 0
+    after = lambdas[len(lambdas) // 5:]
+    assert max(after) / min(after) <= 2.0
+    assert max(lambdas[len(lambdas) // 2 + 1:]) == pytest.approx(min(lambdas[len(lambdas) // 2 + 1:]), rel=1e-9)
+    assert summary["l1_coefficient"] == pytest.approx(lambdas[-1], rel=1e-9)  # the run's lambda: the constant
+    assert abs(summary["pruned_layer_sparsity"] - target) <= 0.01
+    if target == 0.995:
+        assert summary["final_test_acc"] >= 0.80

@@ -57,7 +57,7 @@ def test_the_pruning_section_takes_the_scheduler_s_own_arguments_from_its_class(
     assert saved["beta"] == 0.1 and "scheduler_arguments" not in saved  # written inline, as given
     assert from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['pruning.beta'\] in section 'pruning' for scheduler "
-                                          r"slats; valid: scheduler, rule, final_threshold, target_sparsity, start_epoch"):
+                                          r"slats; valid: scheduler, rule, final_threshold, target_sparsity, target_tolerance, start_epoch"):
         load_config(overrides=["pruning.scheduler=slats", "pruning.beta=0.1"])
     with pytest.raises(ConfigError, match="'pruning.beta' must be float, got 'high'"):
         load_config(overrides=["pruning.scheduler=pgh", "pruning.beta=high"])
@@ -425,9 +425,13 @@ def test_the_validation_split_is_fixed_disjoint_and_selects_best_pt(tmp_path):
     assert trainer.train_set.indices == train and trainer.val_set.indices == validation  # not the run's seed
     summary = trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    chosen = max(records, key=lambda r: r["val_acc"])  # the first of ties, as best.pt
+    # lats with a final D prunes until the last step: only the last epoch is at the run's sparsity.
+    assert [r["best_eligible"] for r in records] == [False, True]
+    chosen = max((r for r in records if r["best_eligible"]), key=lambda r: r["val_acc"])  # the first of ties
     assert summary["best_epoch"] == chosen["epoch"] and summary["best_val_acc"] == chosen["val_acc"]
     assert summary["test_acc_at_best_val"] == chosen["test_acc"] and summary["final_test_acc"] == records[-1]["test_acc"]
+    assert summary["best_weight_sparsity"] == chosen["pruned_layer_sparsity"]
+    assert summary["best_rule"] == f"the epochs from step {2 * trainer.steps_per_epoch} on, where the pruning schedule has ended"
     assert ckpt.load(tmp_path / "a" / "checkpoints" / "best.pt")["epoch"] == chosen["epoch"]
     unselected = Trainer(load_config(overrides=SMALL + ["train.epochs=1", "data.validation_fraction=0"]),
                          tmp_path / "b", quiet=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..train.config import DENSE, RESUME_MUTABLE_KEYS
-from .runs import Run, config_key
+from .runs import Run, best_record, config_key
 
 #: The accuracies a figure or table can show: the last epoch's, or the best-validation epoch's.
 ACCURACIES = {"final": "test accuracy at the final epoch",
@@ -51,8 +51,7 @@ def _task_order(task: str) -> tuple:
 
 def outcome(run: Run) -> Outcome:
     last = run.last
-    validated = [m for m in run.metrics if m.get("val_acc") is not None]
-    best = max(validated, key=lambda m: m["val_acc"]) if validated else {}
+    best = best_record(run.metrics) or {}
     return Outcome(task_of(run.config), run.config["pruning"]["scheduler"], config_key(run.config, NOT_A_SETTING),
                    {"final": last["test_acc"], "best_val": best.get("test_acc")},
                    {"final": last["weight_sparsity"], "best_val": best.get("weight_sparsity")})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure import ENERGY_TABLES
-from .runs import Run, config_key, is_sweep, read_run, run_paths
+from .runs import Run, best_record, config_key, is_sweep, read_run, run_paths
 
 #: (column title, function of a run's last metrics record); None where a value does not apply.
 COLUMNS = [
@@ -48,9 +48,9 @@ def run_row(run: Run) -> dict:
     row = {"run": run.name, "model": run.config["model"]["name"], "spiking": run.spiking,
            "scheduler": pruning["scheduler"], "D": _D(run), "epoch": last["epoch"]}
     row.update({title: get(last) for title, get in COLUMNS})
-    validated = [m for m in run.metrics if m.get("val_acc") is not None]
-    chosen = max(validated, key=lambda m: m["val_acc"]) if validated else None
+    chosen = best_record(run.metrics)
     row[BEST_VALIDATION] = 100 * chosen["test_acc"] if chosen else None
+    row[BEST_SPARSITY] = 100 * chosen["weight_sparsity"] if chosen else None
     return row
 
 
@@ -74,8 +74,9 @@ def _uses_D(pruning: dict) -> bool:
     return cls is not None and cls.uses_final_threshold(pruning)
 
 
-#: The column of the test accuracy at the best-validation epoch.
+#: The columns of best.pt's epoch: its test accuracy and the sparsity that accuracy was measured at.
 BEST_VALIDATION = "test accuracy at the best-validation epoch (%)"
+BEST_SPARSITY = "weight sparsity at the best-validation epoch, pruned layers (%)"
 
 
 #: Keys in which an SNN run and its ANN twin may differ (what spiking means for the model and its
@@ -133,7 +134,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
         save(plot_accuracy_vs_energy(runs), out, "accuracy_vs_energy")
     tables = sorted({r.last["ops"]["energy_table"] for r in runs if "ops" in r.last})
     rows = [run_row(r) for r in runs]
-    titles = [title for title, _ in COLUMNS] + [BEST_VALIDATION]
+    titles = [title for title, _ in COLUMNS] + [BEST_VALIDATION, BEST_SPARSITY]
     head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + titles
     lines = ["# ANN vs SNN comparison", "", *front,
              "Final epoch of each run. Weight sparsity is given twice: over the pruned layers (the figure of the "

@@ -60,6 +60,16 @@ def read_run(path: str | Path) -> Run:
     return Run(path, config, metrics, rundir.read_summary(path))
 
 
+def best_record(metrics: list[dict]) -> dict | None:
+    """The epoch record best.pt holds: the best validation accuracy among the epochs that were
+    eligible for it (``best_eligible``: at the run's target sparsity, or after its pruning ended),
+    the earliest on a tie, as the training loop chose it. Runs written before the field existed
+    are read as before: every validated epoch competes. None without a validation split or an
+    eligible epoch."""
+    validated = [m for m in metrics if m.get("val_acc") is not None and m.get("best_eligible", True)]
+    return max(validated, key=lambda m: m["val_acc"]) if validated else None
+
+
 def config_key(config: dict, ignore) -> tuple:
     """A run's config as a hashable key, without the keys in ``ignore`` (runs with equal keys are
     the same setting)."""

@@ -102,7 +102,9 @@ class SparsityController:
         target = 1.0 - self.target
         if step > self.free_end:
             return target
-        aim = min(target * LEAD, self.initial_density)
+        # LEAD times the target density, but never past the geometric middle of the way there
+        # (a low target's 3x would be no pruning at all).
+        aim = target * min(LEAD, math.sqrt(self.initial_density / target))
         progress = min(max((step - self.start_step) / max(self.ramp_end - self.start_step, 1), 0.0), 1.0)
         return self.initial_density ** (1.0 - progress) * aim ** progress
 
