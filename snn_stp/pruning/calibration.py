@@ -108,13 +108,14 @@ class SparsityController:
         progress = min(max((step - self.start_step) / max(self.ramp_end - self.start_step, 1), 0.0), 1.0)
         return self.initial_density ** (1.0 - progress) * aim ** progress
 
-    def update(self, step: int, sparsity: float) -> float:
+    def update(self, step: int, sparsity: float, ceiling: float = math.inf) -> float:
         """Take the sparsity measured after ``step`` steps; returns the factor by which the
         scheduler must multiply its scale (1.0 once frozen).
 
         The error is taken on the density predicted :data:`HORIZON` measurements ahead from the
         last two (log-linear): the sparsity answers a change of the scale late, and a controller
-        that waits for it raises the scale too far (an overshoot d can never undo)."""
+        that waits for it raises the scale too far (an overshoot d can never undo). ``ceiling``:
+        the largest factor the scheduler can take (its threshold's speed limit)."""
         density = max(1.0 - sparsity, 0.5 / 1e9)  # a fully pruned model still gets a finite error
         previous = self.history[-1][1] if self.history else None
         predicted = density
@@ -122,7 +123,8 @@ class SparsityController:
             trend = math.log(density / max(1.0 - previous, 0.5 / 1e9))
             predicted = density * math.exp(HORIZON * min(trend, 0.0))  # only a falling density is extrapolated
         change = (predicted / self.reference_density(step)) ** self.gain
-        return self.bound(step, min(max(change, 1.0 / self.max_change), self.max_change), sparsity)
+        change = min(max(change, 1.0 / self.max_change), self.max_change, ceiling)
+        return self.bound(step, change, sparsity)
 
     def bound(self, step: int, factor: float, sparsity: float) -> float:
         """``factor`` (a change of the scale proposed after ``step`` steps, at ``sparsity``) as the
