@@ -149,8 +149,13 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["status"] for r in rows] == ["done"] * 4
     for row in rows:
-        assert abs(float(row["pruned_layer_sparsity"]) - float(row["pruning.target_sparsity"])) <= 0.005
-        for column in ("final_test_acc", "test_acc_at_best_val", "all_weight_sparsity", "final_threshold",
+        # sine is re-aimed to the end; lats is calibrated by mid-run and then keeps its lambda (at 50%
+        # on this short run it lands several points off: docs/pruning.md).
+        miss = abs(float(row["pruned_layer_sparsity"]) - float(row["pruning.target_sparsity"]))
+        assert miss <= (0.005 if row["pruning.scheduler"] == "sine" else 0.1), row["name"]
+        # best.pt exists only where an epoch landed within a point of the target.
+        assert (row["best_epoch"] == "") == (row["test_acc_at_best_val"] == "") == (row["best_weight_sparsity"] == "")
+        for column in ("final_test_acc", "all_weight_sparsity", "final_threshold",
                        "l1_coefficient", "mean_firing_rate", "energy_pj_effective", "seconds"):
             assert row[column] != "", column
     # The last point ran in a worker after other points: a fresh process gives the same numbers.
