@@ -12,18 +12,22 @@ learning rate left, must carry whatever travel remains, so the implied lambda of
 of the run and then freezes it:
 
 * **free phase** (the first ``free_fraction`` of the pruning steps): every ``interval`` steps the
-  scale is multiplied by ``(density / reference) ** gain``, each change clamped to
-  ``[1 / max_change, max_change]``. The reference density falls geometrically from the density at
-  the start to the target's over the phase (a ramp, so the controller does not answer the dense
-  start with an enormous scale);
+  scale is multiplied by ``(predicted density / reference) ** gain``, each change clamped to
+  ``[1 / max_change, max_change]`` (and to the scheduler's ``ceiling``). The reference density
+  falls geometrically from the density at the start to :data:`LEAD` times the target's (a ramp,
+  so the controller does not answer the dense start with an enormous scale, and a lead, since a
+  constant-lambda run goes on pruning after mid-run); the density is predicted :data:`HORIZON`
+  measurements ahead, since the sparsity answers a change of the scale late;
 * **trim phase** (until ``trim_fraction`` of the pruning steps): the same rule against the target
-  itself, but the scale stays within ``trim_band`` (a factor of at most 2 between its smallest
-  and largest value) of where the free phase left it;
+  itself, with the scale kept such that its smallest and largest values since the free phase
+  ended are within ``trim_band`` (2) of each other;
 * **frozen** afterwards: the scheduler runs with its own shape and this scale to the end.
 
 Why this works for the L1 schedules: with a constant lambda, training is ISTA on
 ``L(w) + lambda ||w||_1`` and the sparsity settles near its final value early (on the digits SNN
-within about a quarter of the run), so the sparsity measured at mid-run predicts the final one.
+within about a quarter of the run at 99%, later at lower sparsity), so the sparsity measured at
+mid-run predicts the final one (within a point from 98% up on the digits tasks; docs/pruning.md
+gives where it does not).
 Why it does not for back-loaded shapes (STDS sine and linear move half of d in the second half of
 the run): their mid-run sparsity says little about the end, and those schedulers keep the
 re-aiming design, which bends their shape (said in their ``knob`` and in docs/pruning.md).
@@ -63,8 +67,8 @@ class SparsityController:
             free phase's reference starts).
         free_fraction, trim_fraction: where the free and the trim phase end, as fractions of the
             pruning steps (0 < free <= trim <= 1).
-        trim_band: in the trim phase the scale stays within ``[s / trim_band, s * trim_band]``
-            of its value ``s`` at the end of the free phase.
+        trim_band: in the trim phase the largest and smallest scale (the free phase's last
+            included) stay within this factor of each other.
         gain, max_change: the exponent on the density error and the largest change per measurement.
     """
 

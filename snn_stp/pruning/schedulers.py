@@ -41,10 +41,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import schedules
+from .calibration import SparsityController
 from .learning_rates import learning_rate_sum, lr_sequence, param_group_of, step_scale
 from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, check_threshold
 from .sparsify import PrunedLayer, pruned_layers
-from .calibration import SparsityController
 from .statistics import pruned_fraction, threshold_for_sparsity
 
 THRESHOLD_SCHEDULERS: dict[str, type[ThresholdScheduler]] = {}
@@ -256,18 +256,19 @@ class ThresholdScheduler:
         """The LR-weighted mean of the implied lambda over the steps since the last ``reset``
         (the objective's average L1 coefficient over them: ``sum lambda_t eta_t / sum eta_t``);
         the last step's value when no step with a positive LR ran; None where there is none (Adam)."""
-        total, weight = self._l1_window
+        window = self._l1_window
         if reset:
             self._l1_window = [0.0, 0.0]
-        if self.l1_coefficient is None:
-            return None
-        return total / weight if weight > 0 else self.l1_coefficient
+        return self._weighted_mean(window)
 
     @property
     def run_l1_coefficient(self) -> float | None:
         """The run's L1 coefficient: the LR-weighted mean of the implied lambda over all pruning
         steps so far (LATS: its constant lambda)."""
-        total, weight = self._l1_run
+        return self._weighted_mean(self._l1_run)
+
+    def _weighted_mean(self, sums: list[float]) -> float | None:
+        total, weight = sums
         if self.l1_coefficient is None:
             return None
         return total / weight if weight > 0 else self.l1_coefficient
@@ -443,7 +444,7 @@ class ShapedThreshold(ThresholdScheduler):
 
     Give ``final_threshold`` D, or ``target_sparsity`` (a fraction of the pruned layers' weights)
     and D is calibrated during the run: in its first ``calibration_fraction`` freely, up to
-    ``trim_fraction`` within a factor sqrt(2), then frozen (see :mod:`~snn_stp.pruning.calibration`;
+    ``trim_fraction`` within a factor 2 overall, then frozen (see :mod:`~snn_stp.pruning.calibration`;
     each calibration rescales the rest of the schedule, :meth:`threshold_at`). ``calibrations``
     measurements are spread over the pruning steps.
     """
@@ -637,6 +638,7 @@ class Fixed(ThresholdScheduler):
     def _recalibrate(self) -> float:
         """d changes the sparsity at once (no schedule in between): the proposal is the threshold
         that prunes the target fraction of the weights as they are now, bounded by the phase."""
+        self._travel = [0.0, 0.0]  # d does not travel between jumps
         proposal = threshold_for_sparsity(self.layers, self.target_sparsity) / self.final_threshold \
             if self.final_threshold > 0 else 1.0
         sparsity = pruned_fraction(self.layers, self.threshold)
