@@ -292,3 +292,17 @@ def test_compare_pairs_each_snn_with_its_twin_only():
     runs = [run(f"snn{s}", True, s) for s in range(3)] + [run(f"ann{s}", False, s) for s in range(3)] + \
         [run("ann-sine", False, 0, "sine")]
     assert [(s.name, a.name) for s, a in pairs(runs)] == [("snn0", "ann0"), ("snn1", "ann1"), ("snn2", "ann2")]
+
+
+def test_a_calibrated_run_and_a_hand_set_one_are_different_series():
+    """The study's lats (asked for a target) and lats_fixed (hand-set D) rows must not be pooled."""
+    def config(**pruning):
+        return {"pruning": {"target_sparsity": None, **pruning}}
+
+    assert pareto.method_of(config(scheduler="lats", target_sparsity=0.98)) == "lats"
+    assert pareto.method_of(config(scheduler="lats", final_threshold=0.4)) == "lats (hand-set D)"
+    assert pareto.method_of(config(scheduler="lats", final_threshold=None, l1=0.003)) == "lats (hand-set l1)"
+    assert pareto.method_of(config(scheduler="sine", final_threshold=0.2)) == "sine (hand-set D)"
+    for name in ("gmp", "str", "gradr", "dense"):  # no target to calibrate, or one they always take
+        assert pareto.method_of(config(scheduler=name, target_sparsity=0.9)) == name
+    assert pareto.method_of(config(scheduler="gmp", target_sparsity=0.9)) == "gmp"

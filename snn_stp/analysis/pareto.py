@@ -49,10 +49,24 @@ def _task_order(task: str) -> tuple:
     return task.rsplit(" ", 1)[0], task.endswith("ANN")
 
 
+def method_of(config: dict) -> str:
+    """The series a run belongs to: its scheduler, marked ``(hand-set D)`` (or ``l1``) when the
+    scheduler could have been asked for a target sparsity and was given its knob instead, so a
+    calibrated run and a hand-set one of the same scheduler are told apart."""
+    from ..pruning import THRESHOLD_SCHEDULERS
+
+    pruning = config["pruning"]
+    name = pruning["scheduler"]
+    cls = THRESHOLD_SCHEDULERS.get(name)
+    if cls is None or "target_sparsity" not in cls.replaces_final_threshold or pruning.get("target_sparsity") is not None:
+        return name
+    return f"{name} (hand-set {'l1' if pruning.get('l1') is not None else 'D'})"
+
+
 def outcome(run: Run) -> Outcome:
     last = run.last
     best = best_record(run.metrics) or {}
-    return Outcome(task_of(run.config), run.config["pruning"]["scheduler"], config_key(run.config, NOT_A_SETTING),
+    return Outcome(task_of(run.config), method_of(run.config), config_key(run.config, NOT_A_SETTING),
                    {"final": last["test_acc"], "best_val": best.get("test_acc")},
                    {"final": last["weight_sparsity"], "best_val": best.get("weight_sparsity")})
 
