@@ -47,7 +47,7 @@ PHASES = ("free", "trim", "frozen")
 #: holds it: the sparsity of a constant-lambda run goes on rising after mid-run (its density falls
 #: by 1.1-2.5x from 20% of the run to the end on the digits SNN), so aiming at the target itself
 #: this early overshoots it, and an overshoot is not undone (d never falls). Measured on the digits
-#: SNN at 90-99.5% (docs/pruning.md): lead 3, ramp 0.5 kept lambda within 1.13x after the free phase.
+#: SNN at 90-99.5% (docs/pruning.md): lead 3 and ramp 0.5 overshot least.
 LEAD = 3.0
 RAMP = 0.5
 #: Measurements ahead at which the error is taken (a falling density extrapolated log-linearly).
