@@ -189,7 +189,7 @@ def final_line(summary: dict, config, run_dir) -> str:
     calibrated = f", calibrated D = {summary['final_threshold']:.4g}" \
         if target is not None and summary.get("final_threshold") is not None else ""
     state = (f"threshold d = {summary['threshold']:.4g}{calibrated}, implied L1 lambda = "
-             f"{describe_l1(summary, config)}; run directory {run_dir}")
+             f"{describe_l1(summary)}; run directory {run_dir}")
     sparsity = (f"weight sparsity {summary['pruned_layer_sparsity']:.2%} of the pruned layers{asked} "
                 f"({summary['all_weight_sparsity']:.2%} of all weights)")
     if summary["final_test_acc"] is None:
@@ -214,13 +214,12 @@ def describe_best(summary: dict, config) -> str:
             f"{'unknown' if sparsity is None else format(sparsity, '.2%')} of the pruned layers")
 
 
-def describe_l1(summary: dict, config) -> str:
+def describe_l1(summary: dict) -> str:
     """The run's L1 coefficient and what it is (LATS: its constant lambda; others: the LR-weighted mean)."""
     l1 = summary["l1_coefficient"]
     if l1 is None:
         return "none (an adaptive optimizer)"
-    constant = config.pruning.scheduler == "lats"
-    return f"{l1:.4g} ({'constant' if constant else 'LR-weighted mean over the run'})"
+    return f"{l1:.4g} ({'constant' if summary.get('l1_coefficient_constant') else 'LR-weighted mean over the run'})"
 
 
 def pruning_names(model) -> list[str]:

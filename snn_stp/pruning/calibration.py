@@ -41,8 +41,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: The phases of :class:`SparsityController`, in order.
-PHASES = ("free", "trim", "frozen")
 #: The free phase's reference reaches ``LEAD`` times the target density at ``RAMP`` of the phase and
 #: holds it: the sparsity of a constant-lambda run goes on rising after mid-run (its density falls
 #: by 1.1-2.5x from 20% of the run to the end on the digits SNN), so aiming at the target itself

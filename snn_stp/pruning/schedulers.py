@@ -261,10 +261,13 @@ class ThresholdScheduler:
             self._l1_window = [0.0, 0.0]
         return self._weighted_mean(window)
 
+    #: Whether :attr:`run_l1_coefficient` is one constant of the schedule (LATS) rather than a mean.
+    l1_is_constant = False
+
     @property
     def run_l1_coefficient(self) -> float | None:
         """The run's L1 coefficient: the LR-weighted mean of the implied lambda over all pruning
-        steps so far (LATS: its constant lambda)."""
+        steps so far (LATS: its constant lambda, :attr:`l1_is_constant`)."""
         return self._weighted_mean(self._l1_run)
 
     def _weighted_mean(self, sums: list[float]) -> float | None:
@@ -674,7 +677,7 @@ class LATS(ThresholdScheduler):
 
     With ``target_sparsity`` instead, lambda is calibrated from the measured sparsity in the first
     ``calibration_fraction`` of the pruning steps (freely) and up to ``trim_fraction`` (within a
-    factor sqrt(2)), then frozen: from there on every step adds ``l1 * eta_t * s`` with one l1, the
+    factor 2 overall), then frozen: from there on every step adds ``l1 * eta_t * s`` with one l1, the
     LATS rule (:mod:`~snn_stp.pruning.calibration`). ``final_threshold`` then reports where that
     plan ends (d after the remaining LRs).
 
@@ -725,9 +728,8 @@ class LATS(ThresholdScheduler):
             # The LR of every step, for the LR still to come at each calibration.
             self._lrs = lr_sequence(optimizer, lr_scheduler, total, self.group_index, lr_step_interval,
                                     steps_per_epoch)
-            first = self._start_calibration(target_sparsity, total, calibrations, calibration_fraction,
-                                            trim_fraction)
-            self.final_threshold = first
+            self.final_threshold = self._start_calibration(target_sparsity, total, calibrations,
+                                                           calibration_fraction, trim_fraction)
             self._aim()
         else:
             check_threshold(final_threshold, "final_threshold")
@@ -802,9 +804,14 @@ class LATS(ThresholdScheduler):
         return self.threshold + self._rate * math.fsum(lrs)
 
     @property
+    def l1_is_constant(self) -> bool:
+        """LATS's lambda is one constant (the part from weight decay, ``wd * d_t``, aside) wherever
+        it has one (not under Adam)."""
+        return self.l1 is not None and self.step_scale is not None
+
+    @property
     def run_l1_coefficient(self) -> float | None:
-        """LATS's lambda: constant by construction (the part from weight decay, ``wd * d_t``, aside)."""
-        return self.l1 if self.l1 is not None and self.step_scale is not None else super().run_l1_coefficient
+        return self.l1 if self.l1_is_constant else super().run_l1_coefficient
 
     def _advance(self, lr: float) -> tuple[float, float]:
         if self.last_step < self.start_step:

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         # Model selection on the validation split only: best.pt is the epoch with the best val_acc among
-        # the epochs at the sparsity the run is for (see best_rule).
+        # the epochs at the sparsity the run is for (see _best_window).
         self.best_acc, self.best_epoch, self.test_acc_at_best, self.best_sparsity = -1.0, None, None, None
         self.initial_loss = None  # the loss of the run's first step: the scale of "normal"
         self.partial = self._fresh_partial()
@@ -283,7 +284,7 @@ class Trainer:
                   "test_acc": test["acc"], "test_top5": test["top5"], **sparsity_figures(report),
                   "layer_sparsity": report.layers, "pruned": change.pruned, "regrown": change.regrown,
                   "epoch_seconds": p["seconds"]}
-        record["best_eligible"] = self._eligible(record)
+        record["best_eligible"] = self._best_window()[1](record)
         record.update(self.analyze())
         self.epoch += 1
         self.step_in_epoch = 0
@@ -477,30 +478,21 @@ class Trainer:
         from tqdm import tqdm
         return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True, disable=None)  # off without a TTY
 
-    def best_rule(self) -> str:
-        """Which epochs best.pt is chosen among, in words (the summary and the final line say it)."""
-        p = self.config.pruning
-        if p.scheduler == DENSE:
-            return "every epoch (dense)"
-        if p.target_sparsity is not None and self.thresholds.reaches_target_sparsity:
-            return (f"the epochs within {100 * p.target_tolerance:.3g} point(s) of the target sparsity {p.target_sparsity:.2%} "
-                    "(pruned layers)")
-        return f"the epochs from step {self._pruning_end()} on, where the pruning schedule has ended"
-
-    def _pruning_end(self) -> int:
-        end = self.thresholds.pruning_end_step
-        return self.config.train.epochs * self.steps_per_epoch if end is None else end
-
-    def _eligible(self, record: dict) -> bool:
-        """Whether the epoch of ``record`` may become best.pt: its sparsity is the one the run is
-        for (within ``pruning.target_tolerance`` of the target; without a target, the pruning has
+    def _best_window(self) -> tuple[str, Callable[[dict], bool]]:
+        """Which epochs may become best.pt, in words (the summary and the final line say it) and as
+        a test of an epoch record: those at the sparsity the run is for (within
+        ``pruning.target_tolerance`` of the target; without a target, once the pruning schedule has
         ended), so best.pt never pairs the best accuracy with a sparsity the run did not aim at."""
         p = self.config.pruning
         if p.scheduler == DENSE:
-            return True
+            return "every epoch (dense)", lambda record: True
         if p.target_sparsity is not None and self.thresholds.reaches_target_sparsity:
-            return abs(record["pruned_layer_sparsity"] - p.target_sparsity) <= p.target_tolerance + 1e-12
-        return record["step"] >= self._pruning_end()
+            return (f"the epochs within {100 * p.target_tolerance:.3g} point(s) of the target sparsity "
+                    f"{p.target_sparsity:.2%} (pruned layers)",
+                    lambda record: abs(record["pruned_layer_sparsity"] - p.target_sparsity) <= p.target_tolerance + 1e-12)
+        end = self.thresholds.pruning_end_step
+        end = self.config.train.epochs * self.steps_per_epoch if end is None else end
+        return f"the epochs from step {end} on, where the pruning schedule has ended", lambda record: record["step"] >= end
 
     def _final_threshold(self) -> float | None:
         """D, where d is scheduled toward one: the configured D, or the one calibrated so far for
@@ -523,10 +515,10 @@ class Trainer:
                 "final_test_acc": last["test_acc"] if last else None,
                 "best_val_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
                 "test_acc_at_best_val": self.test_acc_at_best, "best_weight_sparsity": self.best_sparsity,
-                "best_rule": self.best_rule(), "final_epoch": last["epoch"] if last else None,
+                "best_rule": self._best_window()[0], "final_epoch": last["epoch"] if last else None,
                 **sparsity_figures(report), "parameter_counts": report.counts(), "threshold": self.thresholds.threshold,
                 "final_threshold": self._final_threshold(), "target_sparsity": self.config.pruning.target_sparsity,
-                "l1_coefficient": self.thresholds.run_l1_coefficient,
+                "l1_coefficient": self.thresholds.run_l1_coefficient, "l1_coefficient_constant": self.thresholds.l1_is_constant,
                 "l1_coefficient_last_step": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
                 "world_size": self.ctx.world_size,
                 "ranks": ranks}
