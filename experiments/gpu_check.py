@@ -203,8 +203,9 @@ def _train(out: Path, settings: list[str], environment: dict | None = None, comm
 
 
 def _weights(run: Path) -> dict:
-    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    return state["model"]
+    from snn_stp.train import checkpoint
+
+    return checkpoint.load(run / "checkpoints" / "last.pt")["model"]
 
 
 def engine_section(args) -> list[str]:

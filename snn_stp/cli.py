@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which checkpoint of a run directory (default last.pt)")
     export.add_argument("--dt", type=float, default=1e-4,
                         help="nir: seconds one time step stands for (default 1e-4, what snnTorch's reader assumes)")
+    convert = add("convert-checkpoint", help="rewrite a checkpoint you trust so that it loads without running code",
+                  description="Every snn-stp command reads files with torch.load(weights_only=True) and refuses one "
+                              "that holds objects other than tensors and plain values. This command UNPICKLES "
+                              "SOURCE (it runs whatever code the file holds) and writes its tensors, numbers and "
+                              "plain containers to --out (NumPy arrays become tensors, an argparse.Namespace a dict, "
+                              "anything else is dropped and listed). Use it only on a file whose origin you trust.")
+    convert.add_argument("source", metavar="SOURCE", help="the checkpoint file to convert")
+    convert.add_argument("--out", required=True, help="the file to write")
+    convert.add_argument("--trust-source", action="store_true",
+                         help="required: you vouch that SOURCE cannot run harmful code when unpickled")
+    convert.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add("list", help="list the registered models, data sets, threshold schedulers and recipes",
                    description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
                                "schedulers and the shipped recipes.")
@@ -262,6 +273,8 @@ def dispatch(args) -> int:
         return run_sweep_command(args)
     elif args.command == "export":
         return run_export(args)
+    elif args.command == "convert-checkpoint":
+        return run_convert(args)
     elif args.command == "eval":
         from .train import evaluate_checkpoint
         result = evaluate_checkpoint(args.path)
@@ -348,6 +361,20 @@ def run_export(args) -> int:
         print(f"wrote {result['path']}: {result['file']:,} bytes for {result['nonzeros']:,} non-zero weights "
               f"(weight sparsity {result['weight_sparsity']:.2%}; non-zeros {result['sparse_payload']:,} bytes, dense "
               f"parameters {result['dense_payload']:,} bytes, the rest {result['overhead']:,} bytes)")
+    return 0
+
+
+def run_convert(args) -> int:
+    from .train.checkpoint import convert_trusted
+
+    if not args.trust_source:
+        return _fail("convert-checkpoint", f"converting unpickles {args.source}, which runs any code the file holds; "
+                                           "pass --trust-source only if you trust where the file comes from")
+    report = convert_trusted(args.source, args.out, args.overwrite)
+    print(f"wrote {args.out}: the tensors and plain values of {args.source} (it now loads without running code)")
+    for kind in ("converted", "dropped"):
+        for entry in report[kind]:
+            print(f"  {kind} {entry}")
     return 0
 
 
