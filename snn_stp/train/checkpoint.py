@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import random
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -82,13 +83,14 @@ def _refused_globals(path: Path, error: Exception) -> str | None:
         names = []
     if names:
         return ", ".join(names)
-    detail = str(error).split("WeightsUnpickler error:", 1)[-1]
-    lines = [line.strip() for line in detail.splitlines() if line.strip()]
-    if lines and lines[0].startswith("Unsupported global: GLOBAL "):
-        return lines[0].split()[3]  # "Unsupported global: GLOBAL posix.system was not an allowed global ..."
-    if lines and lines[0].startswith(("Can only build", "Trying to call reduce")):
-        return lines[0].split(". Please")[0]
-    return None
+    # torch words it "Unsupported global: GLOBAL posix.system was not an allowed global" or "Trying to
+    # load unsupported GLOBAL posix.system whose module posix is blocked"; a damaged file gives
+    # "Unsupported operand", which is no refusal.
+    named = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if named:
+        return named.group(1)
+    built = re.search(r"Can only build .*? but got (<class '[\w.]+'>)", str(error))
+    return built.group(1) if built else None
 
 
 def load_file(path: str | Path, map_location="cpu") -> Any:
