@@ -192,6 +192,93 @@ def test_spikingjelly_multistep_network_prunes_and_bakes():
     assert torch.equal(before, after)
 
 
+def zoo_spiking_mlp():
+    """The model zoo's spiking MLP (SpikingJelly neurons): [B, 64] -> [B, 10]."""
+    from snn_stp.models import build_model
+    torch.manual_seed(0)
+    return build_model("spiking_mlp", in_channels=64, hidden=32)
+
+
+BAKE_ONE_OF_TWO = {  # builder, an input batch
+    "torch": (small_cnn, lambda: torch.randn(2, 3, 6, 6)),
+    "spikingjelly": (spiking_net, lambda: (torch.rand(4, 2, 2, 8, 8) > 0.5).float()),
+    "zoo": (zoo_spiking_mlp, lambda: torch.rand(3, 64) * 4),
+}
+
+
+def _outputs(model, x):
+    """Eval-mode outputs from a fresh neuron state (a no-op reset for a plain torch model)."""
+    model.eval()
+    functional.reset_net(model)
+    with torch.no_grad():
+        out = model(x)
+    functional.reset_net(model)
+    return out
+
+
+def _assert_still_sparsified(model, names, x, before):
+    """``model`` kept its pruning: same layers, same outputs, ``w = S_d(theta)``, trainable, bakeable."""
+    layers = snn_stp.pruned_layers(model)
+    assert [layer.name for layer in layers] == names
+    assert all(parametrize.is_parametrized(layer.module, "weight") for layer in layers)
+    assert torch.equal(_outputs(model, x), before)
+    for layer in layers:
+        d = layer.parametrization.effective_threshold()
+        assert torch.equal(layer.weight, soft_threshold(layer.theta, d)), layer.name
+    # One training step: the gradient reaches every theta and the step moves it.
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    thetas = [layer.theta.detach().clone() for layer in layers]
+    functional.reset_net(model)
+    out = model(x)
+    (out * torch.linspace(-1.0, 2.0, out.numel()).view(out.shape)).sum().backward()
+    optimizer.step()
+    for layer, theta in zip(layers, thetas):
+        assert layer.theta.grad is not None and layer.theta.grad.abs().sum() > 0, layer.name
+        assert not torch.equal(layer.theta, theta), layer.name
+    trained = _outputs(model, x)
+    snn_stp.bake(model)
+    assert not snn_stp.pruned_layers(model) and not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert torch.equal(_outputs(model, x), trained)
+
+
+@pytest.mark.parametrize("kind", sorted(BAKE_ONE_OF_TWO))
+@pytest.mark.parametrize("baked_first", ["copy", "original"])
+def test_baking_a_deepcopy_leaves_the_other_model_intact(kind, baked_first):
+    """parametrize keeps ``weight`` as a property of a class made for the module, a deepcopy shares
+    that class, and removing the parametrization deletes the property: ``bake(copy.deepcopy(m))``
+    used to leave ``m`` without a ``weight`` (AttributeError on its next forward)."""
+    build, make_input = BAKE_ONE_OF_TWO[kind]
+    model = build()
+    # D below every layer's init bound, so that every layer keeps live weights and gets a gradient.
+    names = snn_stp.sparsify(model, initial_threshold=0.01)
+    torch.manual_seed(1)
+    x = make_input()
+    before = _outputs(model, x)
+    duplicate = copy.deepcopy(model)
+    baked, kept = (duplicate, model) if baked_first == "copy" else (model, duplicate)
+    snn_stp.bake(baked)
+    assert not snn_stp.pruned_layers(baked)
+    assert torch.equal(_outputs(baked, x), before)
+    _assert_still_sparsified(kept, names, x, before)
+    assert torch.equal(_outputs(baked, x), before)  # baking the second one left the first alone too
+
+
+def test_sparsifying_another_tensor_of_a_deepcopy_leaves_the_original_alone():
+    """The same shared class on the way in: pruning the bias of a copy whose weight carries
+    weight_norm added a ``bias`` property to the class of the original's layer as well."""
+    model = small_cnn_with_weight_norm()
+    duplicate = copy.deepcopy(model)
+    snn_stp.sparsify(duplicate, include="0", name="bias", initial_threshold=0.01)
+    assert isinstance(model[0].bias, nn.Parameter) and not parametrize.is_parametrized(model[0], "bias")
+    x = torch.randn(2, 3, 6, 6)
+    model.eval(), duplicate.eval()
+    assert torch.allclose(model(x), duplicate(x), atol=1e-2)
+    snn_stp.bake(duplicate)
+    assert parametrize.is_parametrized(duplicate[0], "weight")  # weight_norm is not ours: it stays
+    assert parametrize.is_parametrized(model[0], "weight") and isinstance(model[0].bias, nn.Parameter)
+
+
 def test_trainable_threshold_receives_the_exact_gradient():
     lin = nn.Linear(4, 1, bias=False)
     with torch.no_grad():

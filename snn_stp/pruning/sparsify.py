@@ -99,6 +99,10 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
     threshold = float(initial_threshold or 0.0)
     names = []
     for module_name, module in selected:
+        if parametrize.is_parametrized(module):
+            # Another tensor of it is parametrized (weight_norm on the weight, pruning the bias): the
+            # new property goes onto its class, which a deepcopy shares with the original.
+            _own_parametrized_class(module)
         for tensor in tensors:
             original = getattr(module, tensor).detach()
             if rule in GRADIENT_RULES:
@@ -210,11 +214,32 @@ def bake(model: nn.Module) -> nn.Module:
 
     In place; returns ``model``. The baked model computes exactly what the sparsified one did
     (same tensors, no threshold left) and can be exported or deployed without this package.
-    Parametrizations that are not ours (``weight_norm`` on an excluded layer) stay.
+    Parametrizations that are not ours (``weight_norm`` on an excluded layer) stay. Other models
+    are untouched, deep copies of this one included (``bake(copy.deepcopy(model))`` leaves
+    ``model`` sparsified and trainable).
     """
     for layer in pruned_layers(model):
+        _own_parametrized_class(layer.module)  # else baking a deepcopy would break the original
         parametrize.remove_parametrizations(layer.module, layer.tensor, leave_parametrized=True)
     return model
+
+
+def _own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a class of its own, a copy of the one it has.
+
+    ``parametrize`` makes a class per module (``ParametrizedLinear``, subclassing ``Linear``) and
+    puts each parametrized tensor on it as a property; ``remove_parametrizations`` deletes that
+    property from the class. ``copy.deepcopy`` keeps a module's class, so a model and its copies
+    share these classes: removing a parametrization from one (baking it) took ``weight`` away
+    from all the others, which then failed on ``module.weight`` with an AttributeError. On a
+    private copy of the class, removing touches this module only. The copy has the same base
+    class (``isinstance`` and ``type_before_parametrizations`` are unchanged) and the same
+    namespace (the properties of the other parametrized tensors, ``__deepcopy__``,
+    ``__getstate__``).
+    """
+    cls = type(module)
+    namespace = {key: value for key, value in vars(cls).items() if key not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def _as_selector_list(selector: Selector) -> list:
