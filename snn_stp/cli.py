@@ -148,32 +148,56 @@ def print_registries() -> None:
 
 
 def run_training(args) -> int:
+    """``train`` or ``resume``: the run directory is locked for the whole command (one writer per
+    run); a new run that fails before its first checkpoint leaves no folder behind."""
+    import contextlib
+    import os
+    import shutil
     import time
     from pathlib import Path
 
     from . import rundir
-    from .train import Trainer, load_config
-    from .train.resume import load_resume_state
+    from .train import load_config
 
-    state = None
     if args.command == "resume":
         run_dir = Path(args.run_dir)
-        config, state = load_resume_state(run_dir)
+        config = None
     else:
         config = load_config(args.config, args.set)
         if args.init_from:
             config.model.init_from = args.init_from
         run_dir = Path(args.out or rundir.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
                                                         f"{config.pruning.scheduler}")
-    if args.command == "train" and args.dry_run:
+    dry_run = getattr(args, "dry_run", False)
+    # Rank 0 writes the run (torchrun's other ranks only compute); a dry run writes nothing; resume
+    # locks only a folder that exists (load_resume_state says what is wrong with a missing one).
+    writes = int(os.environ.get("RANK", "0")) == 0 and not dry_run and (config is not None or run_dir.is_dir())
+    created = config is not None and not run_dir.exists()
+    with rundir.writer_lock(run_dir) if writes else contextlib.nullcontext():
+        try:
+            return _train_locked(args, config, run_dir, dry_run)
+        except BaseException:
+            if writes and created and not (run_dir / rundir.CHECKPOINTS / rundir.LAST).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: no empty or half-made folder stays
+            raise
+
+
+def _train_locked(args, config, run_dir, dry_run: bool) -> int:
+    from .train import Trainer
+    from .train.resume import load_resume_state
+
+    state = None
+    if config is None:
+        config, state = load_resume_state(run_dir)
+    if dry_run:
         from .train.builders import check_data_present
         check_data_present(config)
     if config.train.steady_allocator:
         from .train.allocator import use_steady_allocator
         use_steady_allocator()
-    trainer = Trainer(config, run_dir, state=state, quiet=args.quiet, dry_run=getattr(args, "dry_run", False),
+    trainer = Trainer(config, run_dir, state=state, quiet=args.quiet, dry_run=dry_run,
                       overwrite=getattr(args, "overwrite", False))
-    if getattr(args, "dry_run", False):
+    if dry_run:
         parameters = sum(p.numel() for p in trainer.model.parameters())
         print(f"dry run: {config.model.name} ({'spiking' if trainer.spiking else 'ANN'}, {parameters:,} parameters), "
               f"{len(pruning_names(trainer.model))} pruned weights, {config.pruning.scheduler} threshold scheduler, "

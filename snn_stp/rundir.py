@@ -8,6 +8,7 @@
 ``checkpoints/last_good.pt`` the newest checkpoint whose weights gave a loss in the normal range
 ``checkpoints/diverged.pt``  after a NaN/inf stop: the newest checkpoint, when it was not good
 ``summary.json``             final numbers, written atomically at the end
+``.snn-stp.lock``            locked (``flock``) by the one process writing the run; names it
 
 Readers here never fail on what a kill can leave behind: a torn last line of metrics.jsonl is
 skipped with a warning naming the file, and a truncated summary.json is ignored with a warning
@@ -19,8 +20,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import sys
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import RunDirectoryError, SnnStpWarning
 from .files import append_line, remove_temporaries, write_text_atomic
@@ -44,6 +50,75 @@ SWEEP_RESULTS = "results.csv"
 RUN_ENTRIES = (CONFIG, METRICS, SUMMARY, CHECKPOINTS, TENSORBOARD)
 #: Files written through a temporary (their leftovers are removed on the next start or resume).
 ATOMIC_FILES = (CONFIG, SUMMARY, METRICS, LAST, BEST, LAST_GOOD, DIVERGED)
+
+
+#: The file a writing process holds an exclusive lock on (in a run directory or a sweep's folder).
+LOCK = ".snn-stp.lock"
+_held: dict[Path, int] = {}  # folders this process holds the lock of -> nesting depth
+_handles: dict[Path, object] = {}
+
+
+class FolderInUse(RunDirectoryError):
+    """Another process holds the folder's lock: it is writing this run or sweep now."""
+
+
+@contextmanager
+def writer_lock(folder: str | Path, what: str = "run") -> Iterator[None]:
+    """Hold the exclusive lock of ``folder`` (created if missing) while the block runs: the one
+    process that may write the run (or sweep) in it. Another holder is a :class:`FolderInUse`
+    naming it (pid, host, command, since when), raised at once rather than waiting.
+
+    The lock is the operating system's (``flock`` on ``folder/.snn-stp.lock``), so a killed
+    holder never leaves it taken; the file's text only names the holder. Nested calls for the
+    same folder in one process are free (a sweep worker's command, the trainer inside it). A
+    no-op where the platform has no ``fcntl`` (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK, "a+")
+    except OSError as error:
+        raise RunDirectoryError(f"cannot write the {what} directory {folder}: {error.strerror or error} "
+                                f"({error.filename or folder}); choose a writable --out") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = " ".join(handle.read().split()) or "a process that has not yet named itself"
+        handle.close()
+        raise FolderInUse(f"{folder} is being written by another process ({holder}); one process writes a {what} at "
+                          "a time: wait until it ends (or stop it), or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, snn-stp {' '.join(sys.argv[1:])[:300]}, since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _held[key], _handles[key] = 1, handle
+    try:
+        yield
+    finally:
+        del _held[key]
+        _handles.pop(key)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def holds_lock(folder: str | Path) -> bool:
+    """Whether this process holds ``folder``'s :func:`writer_lock`."""
+    return Path(folder).resolve() in _held
 
 
 class RunFileWarning(SnnStpWarning):

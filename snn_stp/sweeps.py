@@ -32,6 +32,8 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,8 +237,14 @@ def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[list[str], str], 
     out = Path(out)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    planned = plan(sweep, out)
-    out.mkdir(parents=True, exist_ok=True)
+    plan(sweep, out)  # every point's config checked before anything is written
+    with rundir.writer_lock(out, "sweep"):
+        # Planned again under the lock: a sweep that held it until now may have moved points on.
+        return _run_planned(sweep, out, plan(sweep, out), runner, jobs, quiet)
+
+
+def _run_planned(sweep: Sweep, out: Path, planned: list[tuple[Point, str]],
+                 runner: Callable[[list[str], str], int], jobs: int, quiet: bool) -> list[dict]:
     (out / LOGS).mkdir(exist_ok=True)
     write_text_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     status = {p.name: ("done" if state == "done" else "pending") for p, state in planned}
@@ -273,10 +281,28 @@ def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[list[str], str], 
 
 
 def _start_worker(threads: str) -> None:
-    """A worker's setup: its thread count before torch is imported, and Ctrl-C ignored while idle
-    (a run installs its own handler, which saves a checkpoint)."""
+    """A worker's setup: its thread count before torch is imported, Ctrl-C ignored while idle (a
+    run installs its own handler, which saves a checkpoint), and a watch on the sweep process."""
     os.environ["OMP_NUM_THREADS"] = threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True, name="sweep-watch").start()
+
+
+#: Seconds between a worker's checks that the sweep process is alive, and the grace a run gets to
+#: save its checkpoint once it is not.
+WATCH_SECONDS, ORPHAN_GRACE_SECONDS = 1.0, 120.0
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """Stop this worker once the sweep process is gone (killed: ``kill -9`` runs no clean-up, and a
+    process pool's workers would otherwise go on training queued points with nobody collecting
+    them). SIGTERM makes the run in progress save a checkpoint at the next step and return; an
+    idle worker just ends. The next ``snn-stp sweep`` resumes from those checkpoints."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_SECONDS)
+    os._exit(1)
 
 
 def _command(sweep: Sweep, point: Point, out: Path, state: str) -> list[str]:

@@ -304,10 +304,220 @@ def test_a_foreign_file_is_not_taken_for_a_sparse_checkpoint(tmp_path):
         load_sparse(tmp_path / "other.pt")
 
 
+# -- hostile sparse checkpoints ----------------------------------------------------------------------
+# A real file of the spiking MLP (8 inputs, 16 hidden): layout
+#   encoder.0.weight (16, 8)  sparse values[0:59]     encoder.1.* (16,) x4   dense[0:64]
+#   body.1.0.weight  (16, 16) sparse values[59:110]   body.1.1.*  (16,) x4   dense[64:128]
+#   body.3.0.bias    (10,)    dense  dense[128:138]   body.3.0.weight (10, 16) sparse values[110:142]
+# each test changes one thing and saves it again (torch.save, a real file).
+
+SMALL_MLP = {"name": "spiking_mlp", "in_channels": 8, "hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def small_sparse_payload(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(**SMALL_MLP).eval()
+    snn_stp.sparsify(model, initial_threshold=0.2)
+    snn_stp.bake(model)
+    path = tmp_path_factory.mktemp("sparse") / "good.pt"
+    save_sparse(model, SMALL_MLP, path)
+    payload = torch.load(path, weights_only=True)
+    assert [e[2:] for e in payload["layout"]][:2] == [("sparse", 0, 59), ("dense", 0, 16)]
+    assert payload["values"].numel() == 142 and payload["dense"].numel() == 138
+    assert payload["indices"][:6].tolist() == [2, 3, 7, 12, 13, 17]
+    return payload
+
+
+def _entry(payload, entry, **changes):
+    """``payload``'s layout with the entry named ``entry`` changed (``name``, ``shape``, ``kind``,
+    ``start``, ``count``)."""
+    fields = ("name", "shape", "kind", "start", "count")
+    return [tuple(changes.get(f, v) for f, v in zip(fields, e)) if e[0] == entry else e for e in payload["layout"]]
+
+
+def _set_index(payload, at, value):
+    indices = payload["indices"].clone()
+    indices[at] = value
+    return {"indices": indices}
+
+
+HOSTILE_SPARSE_FILES = {  # what is changed -> the error after "{path} is not a valid sparse checkpoint: "
+    "negative index": (lambda p: _set_index(p, 3, -1),
+                       "tensor 'encoder.0.weight' has the negative index -1 (its non-zero 3)"),
+    "index past the tensor": (lambda p: _set_index(p, 58, 128),
+                              "tensor 'encoder.0.weight' has index 128 (its non-zero 58), outside its 128 elements "
+                              "(shape (16, 8))"),
+    "index far past the tensor": (lambda p: _set_index(p, 141, 2**31 - 1),
+                                  "tensor 'body.3.0.weight' has index 2,147,483,647 (its non-zero 31), outside its "
+                                  "160 elements (shape (10, 16))"),
+    "repeated index": (lambda p: _set_index(p, 5, 13),
+                       "tensor 'encoder.0.weight' has index 13 after 13 (its non-zero 5): positions must be strictly "
+                       "ascending, each element stored once"),
+    "descending index": (lambda p: _set_index(p, 4, 2),
+                         "tensor 'encoder.0.weight' has index 2 after 12 (its non-zero 4): positions must be strictly "
+                         "ascending, each element stored once"),
+    "a value without index": (lambda p: {"values": torch.cat([p["values"], torch.ones(1)])},
+                              "'values' holds 143 numbers but 'indices' 142 (one position per value)"),
+    "a stored pair outside the layout": (
+        lambda p: {"values": torch.cat([p["values"], torch.ones(1)]),
+                   "indices": torch.cat([p["indices"], torch.tensor([0], dtype=torch.int32)])},
+        "the layout's sparse tensors use 142 of the 143 numbers in 'values'"),
+    "a count too many": (lambda p: {"layout": _entry(p, "encoder.0.weight", count=60)},
+                         "tensor 'body.1.0.weight' starts at 59 in 'values', not at 60 where the previous sparse "
+                         "tensor ended (tensors are stored one after the other)"),
+    "a count past the end": (lambda p: {"layout": _entry(p, "body.3.0.weight", count=40)},
+                             "tensor 'body.3.0.weight' needs 'values'[110:150], but 'values' holds 142 numbers"),
+    "more non-zeros than elements": (lambda p: {"layout": _entry(p, "encoder.0.weight", shape=(4, 8))},
+                                     "tensor 'encoder.0.weight' of shape (4, 8) (32 elements) has 59 non-zeros"),
+    "a dense shape of another size": (lambda p: {"layout": _entry(p, "encoder.1.weight", shape=(17,))},
+                                      "tensor 'encoder.1.weight' of shape (17,) needs 17 values, the layout gives 16"),
+    "a negative dimension": (lambda p: {"layout": _entry(p, "encoder.0.weight", shape=(-16, -8))},
+                             "tensor 'encoder.0.weight' has shape (-16, -8); a shape is a list of integers >= 0"),
+    "a float dimension": (lambda p: {"layout": _entry(p, "encoder.0.weight", shape=(16.0, 8))},
+                          "tensor 'encoder.0.weight' has shape (16.0, 8); a shape is a list of integers >= 0"),
+    "a negative start": (lambda p: {"layout": _entry(p, "encoder.1.bias", start=-16)},
+                         "tensor 'encoder.1.bias' has start -16 and count 16; both are integers >= 0"),
+    "an unknown kind": (lambda p: {"layout": _entry(p, "encoder.0.weight", kind="csr")},
+                        "tensor 'encoder.0.weight' has kind 'csr'; valid: 'sparse', 'dense'"),
+    "a name twice": (lambda p: {"layout": [*p["layout"], ("body.3.0.bias", (0,), "dense", 138, 0)]},
+                     "tensor 'body.3.0.bias' appears twice in the layout"),
+    "a short entry": (lambda p: {"layout": [("encoder.0.weight", (16, 8))] + list(p["layout"][1:])},
+                      "layout entry 0 is not (name, shape, kind, start, count)"),
+    "a hostile name": (lambda p: {"layout": _entry(p, "encoder.0.weight", name="x\n" * 10**5)},
+                       "model 'spiking_mlp' does not fit the layout: missing ['encoder.0.weight'], unexpected "
+                       + repr(["x\n" * 10**5])[:77] + "..."),  # a repr, cut at 80 characters
+    "a shape the model does not have": (lambda p: {"layout": _entry(p, "body.3.0.weight", shape=(11, 16))},
+                                        "tensor 'body.3.0.weight' has shape (11, 16) in the file but (10, 16) in "
+                                        "model 'spiking_mlp'"),
+    "float64 values": (lambda p: {"values": p["values"].double()}, "'values' is float64, not float32"),
+    "float indices": (lambda p: {"indices": p["indices"].float()}, "'indices' is float32, not int32 or int64"),
+    "integer dense values": (lambda p: {"dense": p["dense"].int()}, "'dense' is int32, not float32"),
+    "2-D indices": (lambda p: {"indices": p["indices"].view(2, 71)}, "'indices' has shape (2, 71), not one dimension"),
+    "sparse values": (lambda p: {"values": p["values"].to_sparse()},
+                      "'values' is a sparse_coo tensor, not a plain 1-D float32 one"),
+    "values that are a list": (lambda p: {"values": p["values"].tolist()}, "'values' is a list, not a tensor"),
+    "no indices": (lambda p: {"indices": None}, "it has no 'indices'"),
+    "model arguments that are a list": (lambda p: {"model": ["spiking_mlp"]},
+                                        "'model' is not the build_model arguments (a mapping of names with a 'name')"),
+    "model arguments the model refuses": (lambda p: {"model": {**SMALL_MLP, "hidden": -5}},
+                                          "its model arguments do not build a model (ValueError: hidden must be >= 1 "
+                                          "neuron per hidden layer, got -5)"),
+    "model arguments without a name": (lambda p: {"model": {**SMALL_MLP, "name": 5}},
+                                        "'model' is not the build_model arguments (a mapping of names with a 'name')"),
+    "model arguments with a device": (lambda p: {"model": {**SMALL_MLP, "device": "cuda"}},
+                                      "its model arguments do not build a model (TypeError: snn_stp.models.build_model() "
+                                      "got multiple values for keyword argument 'device')"),
+}
+
+
+def _hostile_file(payload, change, path, zip_container=True):
+    changed = dict(payload, **change(payload))
+    changed = {k: v for k, v in changed.items() if v is not None}
+    torch.save(changed, path, _use_new_zipfile_serialization=zip_container)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants:UserWarning")  # torch.load's, on a COO
+@pytest.mark.parametrize("case", sorted(HOSTILE_SPARSE_FILES))
+def test_a_damaged_or_hostile_sparse_checkpoint_is_refused_in_one_line(case, small_sparse_payload, tmp_path):
+    change, problem = HOSTILE_SPARSE_FILES[case]
+    path = _hostile_file(small_sparse_payload, change, tmp_path / "bad.pt", zip_container=len(case) % 2 == 0)
+    with pytest.raises(snn_stp.errors.CheckpointError) as refused:
+        load_sparse(path)
+    assert str(refused.value) == f"{path} is not a valid sparse checkpoint: {problem}"
+    assert "\n" not in str(refused.value)
+
+
+def _peak_memory_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+@pytest.mark.parametrize("zip_container", [True, False])
+def test_a_declared_shape_beyond_what_the_file_holds_is_refused_before_any_allocation(small_sparse_payload, tmp_path,
+                                                                                      zip_container):
+    """10**12 elements (4 TB) in a 3 KB file: refused at once. 2 x 10**8 (800 MB, which the machine
+    could allocate) too, and the process's peak memory does not move. The allowance is 10**4 per
+    stored number: 280 stored numbers (142 non-zeros, 138 dense) may describe 2,810,000."""
+    import time
+    change = lambda p: {"layout": _entry(p, "encoder.0.weight", shape=(10**6, 10**6))}  # noqa: E731
+    path = _hostile_file(small_sparse_payload, change, tmp_path / "huge.pt", zip_container)
+    began = time.perf_counter()
+    with pytest.raises(snn_stp.errors.CheckpointError) as refused:
+        load_sparse(path)
+    assert time.perf_counter() - began < 1.0
+    assert str(refused.value) == (
+        f"{path} is not a valid sparse checkpoint: its tensors declare 1,000,000,000,554 elements (3,725.3 GiB as "
+        "float32; the largest, 'encoder.0.weight', has shape (1000000, 1000000)), more than the 2,810,000 that 280 "
+        "stored numbers can describe (at most 10,000 per stored number, 99.99% zeros)")
+    change = lambda p: {"layout": _entry(p, "encoder.0.weight", shape=(10**4, 2 * 10**4))}  # noqa: E731
+    path = _hostile_file(small_sparse_payload, change, tmp_path / "large.pt", zip_container)
+    peak = _peak_memory_mb()
+    with pytest.raises(snn_stp.errors.CheckpointError, match=r"declare 200,000,554 elements \(0.7 GiB"):
+        load_sparse(path)
+    assert _peak_memory_mb() - peak < 100
+
+    # A stride-0 view claims 10**12 values and indices on one stored number each.
+    def repeated(p):
+        return {"values": torch.ones(1).expand(10**12), "indices": torch.zeros(1, dtype=torch.int64).expand(10**12)}
+    path = _hostile_file(small_sparse_payload, repeated, tmp_path / "repeated.pt", zip_container)
+    began = time.perf_counter()
+    with pytest.raises(snn_stp.errors.CheckpointError) as refused:
+        load_sparse(path)
+    assert time.perf_counter() - began < 1.0
+    assert str(refused.value) == (f"{path} is not a valid sparse checkpoint: 'values' is a view of "
+                                  "1,000,000,000,000 numbers with stride 0, not a contiguous tensor")
+
+
+def test_model_arguments_asking_for_a_million_layers_are_refused_at_once(small_sparse_payload, tmp_path):
+    """The layout bounds the modules built (10 per tensor): 12 tensors, at most 130 modules, where
+    depth=10**6 would spend half an hour building millions of them (on the meta device)."""
+    import time
+    change = lambda p: {"model": {**SMALL_MLP, "depth": 10**6}}  # noqa: E731
+    path = _hostile_file(small_sparse_payload, change, tmp_path / "deep.pt")
+    began = time.perf_counter()
+    with pytest.raises(snn_stp.errors.CheckpointError) as refused:
+        load_sparse(path)
+    assert time.perf_counter() - began < 1.0
+    assert str(refused.value) == (f"{path} is not a valid sparse checkpoint: its model arguments build model "
+                                  "'spiking_mlp' of more than 130 modules, for 12 tensors in the layout")
+
+
+def test_real_checkpoints_with_every_pruned_weight_zero_still_load(tmp_path):
+    """The bound on declared elements leaves real files alone: the default job's network with all of
+    its 84,480 pruned weights zero declares 41x what it stores (its dense parameters)."""
+    torch.manual_seed(0)
+    model = build_model("spiking_mlp", in_channels=64).eval()
+    snn_stp.sparsify(model, initial_threshold=10.0)  # beyond every weight: all pruned
+    snn_stp.bake(model)
+    sizes = save_sparse(model, {"name": "spiking_mlp", "in_channels": 64}, tmp_path / "empty.pt")
+    assert sizes["nonzeros"] == 0
+    loaded = load_sparse(tmp_path / "empty.pt")
+    x = torch.rand(3, 64) * 4
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 # -- through the command --------------------------------------------------------------------------
 
 def snn_stp_command(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "snn_stp", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.slow  # a child process
+def test_a_hostile_sparse_checkpoint_given_to_the_command_line_is_one_line(small_sparse_payload, tmp_path):
+    """No command reads sparse checkpoints (snn-stp export writes them; load_sparse reads them);
+    snn-stp eval, which reads checkpoint files, refuses one in one line, never reaching its layout."""
+    change = lambda p: {"layout": _entry(p, "encoder.0.weight", shape=(10**6, 10**6))}  # noqa: E731
+    path = _hostile_file(small_sparse_payload, change, tmp_path / "huge.pt")
+    done = snn_stp_command("eval", str(path))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert done.stderr == (f"snn-stp eval: {path} is not an snn-stp training checkpoint (a mapping without optimizer, "
+                           "lr_scheduler, threshold_scheduler, epoch, global_step, config); snn-stp eval and resume "
+                           "need RUN_DIR/checkpoints/*.pt; to start from other weights use snn-stp train --init-from\n")
 
 
 @pytest.mark.slow  # three child processes (train, two exports)

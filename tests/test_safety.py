@@ -157,3 +157,119 @@ def test_no_command_runs_a_payload(run, tmp_path, command):
         assert f"snn-stp resume: {point / 'checkpoints' / 'last.pt'} was refused: loading it would call posix.system" \
                in log
     assert not marker.exists()
+
+
+# -- one writer per run ---------------------------------------------------------------------------
+def holder_pid(folder: Path, timeout: float = 240.0, process=None) -> int:
+    """The pid that ``folder``'s lock file names, once a process has taken it (polled, no fixed wait)."""
+    import time
+
+    lock = folder / ".snn-stp.lock"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = lock.read_text() if lock.is_file() else ""
+        if text.startswith("pid "):
+            return int(text.split()[1].rstrip(","))
+        assert process is None or process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"nobody took {lock}")
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_never_blocks(run, tmp_path):
+    import shutil
+
+    from snn_stp import rundir
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "summary.json").unlink()
+    with rundir.writer_lock(copy):
+        process = snn_stp("resume", copy)
+        message = error_line(process, "resume")
+        assert message.startswith(f"{copy} is being written by another process (pid {os.getpid()} on ")
+        assert message.endswith("); one process writes a run at a time: wait until it ends (or stop it), or choose "
+                                "another --out")
+        assert "Traceback" not in process.stderr
+    # A holder killed with SIGKILL: the operating system releases its lock, nothing stale remains.
+    code = f"import os, signal\nfrom snn_stp import rundir\nwith rundir.writer_lock({str(copy)!r}):\n" \
+           "    os.kill(os.getpid(), signal.SIGKILL)"
+    import subprocess
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    assert (copy / ".snn-stp.lock").read_text().startswith("pid ")  # its name is still written ...
+    with rundir.writer_lock(copy):  # ... and the lock is free
+        pass
+
+
+@pytest.mark.slow  # a training run in the background while others try to write it
+def test_two_processes_never_write_one_run(tmp_path):
+    import json
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "snn_stp", "train", "--quiet", "--out", str(out), *TINY,
+                              "--set", "train.epochs=40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = holder_pid(out, process=first)
+    assert pid == first.pid
+    for args, command in ((["train", "--out", out, "--overwrite", *TINY], "train"), (["resume", out], "resume"),
+                          (["train", "--out", out, *TINY], "train")):
+        message = error_line(snn_stp(*args), command)
+        assert message.startswith(f"{out} is being written by another process (pid {pid} on "), message
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished = snn_stp("resume", out)
+    assert finished.returncode == 0, finished.stderr
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41))
+
+
+@pytest.mark.slow  # a sweep in the background, stopped by Ctrl-C and by SIGKILL
+def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_path):
+    import csv
+    import json
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "snn_stp", "sweep", "--grid", "train.seed=0,1,2", *TINY, "--set",
+               "train.epochs=15", "--out", str(out), "--jobs", "1"]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    assert holder_pid(out, process=sweep) == sweep.pid
+    second = snn_stp(*command[3:])
+    assert error_line(second, "sweep").startswith(f"{out} is being written by another process (pid {sweep.pid} on ")
+    worker = holder_pid(out / "seed-0", process=sweep)  # a worker process trains the first point
+
+    # Ctrl-C as a terminal sends it: to the whole process group. The sweep stops, resumable, exit 130.
+    os.killpg(sweep.pid, signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "snn-stp sweep: interrupted; the finished runs are kept and each interrupted run saved a checkpoint: run the "
+        "same snn-stp sweep command again to continue")
+    assert (out / "seed-0" / "checkpoints" / "last.pt").is_file()
+    with open(out / "results.csv") as f:
+        assert {row["status"] for row in csv.DictReader(f)} <= {"pending", "done"}
+
+    # kill -9 of the sweep alone: its worker sees it gone, saves a checkpoint and ends.
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder_pid(out, process=sweep)
+    stamp = (out / "seed-0" / ".snn-stp.lock").stat().st_mtime_ns
+    while (out / "seed-0" / ".snn-stp.lock").stat().st_mtime_ns == stamp and sweep.poll() is None:
+        time.sleep(0.05)  # until the new sweep's worker holds the point
+    worker = holder_pid(out / "seed-0", process=sweep)
+    sweep.kill()
+    sweep.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{worker}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{worker}"), "the orphaned worker kept running"
+
+    again = snn_stp(*command[3:])
+    assert again.returncode == 0, again.stderr
+    with open(out / "results.csv") as f:
+        assert [row["status"] for row in csv.DictReader(f)] == ["done"] * 3
+    for seed in range(3):
+        epochs = [json.loads(line)["epoch"] for line in (out / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == list(range(1, 16)), (seed, epochs)

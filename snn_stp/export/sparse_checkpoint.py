@@ -15,18 +15,27 @@ File layout (one ``torch.save`` mapping, four tensors however many layers):
 Each non-zero costs 4 value bytes + 4 index bytes; the fixed part (layout, model arguments and
 the container) is about 1.5 KB. Loading rebuilds the model and gives outputs identical to the
 baked model (the same numbers reach the same layers).
+
+A file is untrusted input: :func:`load_sparse` checks every field against the others (dtypes,
+lengths, positions inside their tensor and ascending, the model's shapes) and bounds what the
+file may make it allocate by what the file stores (:data:`MAX_ELEMENTS_PER_STORED` elements per
+stored number, :data:`MODULES_PER_TENSOR` modules per tensor) before anything dense exists.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
-from ..errors import SnnStpWarning
+from ..errors import SnnStpError, SnnStpWarning
 from ..pruning.sparsify import DEFAULT_PRUNABLE_TYPES
 
 FORMAT = "snn-stp sparse 1"
@@ -107,12 +116,21 @@ def load_sparse(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
     entries = _check_payload(payload, path)
     arguments = payload["model"]
     # The architecture on the meta device first (shapes, no memory): what it would allocate must
-    # be what the layout declares, which _check_payload bounded by the file's size.
+    # be what the layout declares, which _check_payload bounded by the file's size. Its modules
+    # are bounded by the layout too: a three-entry file asking for depth=10**6 would otherwise
+    # spend half an hour building a million modules.
+    limit = MODULES_PER_TENSOR * (len(entries) + 1)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _module_budget(limit):
             skeleton = build_model(**arguments, device="meta")
-    except (TypeError, ValueError, KeyError) as error:
-        raise _invalid(path, f"its model arguments do not build a model ({_one_line(error)})") from None
+    except _TooManyModules:
+        raise _invalid(path, f"its model arguments build model {_quoted(arguments['name'])} of more than {limit:,} "
+                             f"modules, for {len(entries):,} tensors in the layout") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError, OverflowError,
+            SnnStpError) as error:
+        # The arguments come from the file: what the builder refuses them with is the file's fault.
+        raise _invalid(path, f"its model arguments do not build a model ({type(error).__name__}: "
+                             f"{_one_line(error)})") from None
     _check_fits(skeleton, entries, path, arguments["name"])
     del skeleton
     model = build_model(**arguments, device="cpu")
@@ -141,6 +159,11 @@ def load_sparse(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
 MAX_ELEMENTS_PER_STORED = 10**4
 #: The declared elements always allowed (4 MiB of float32), for tiny models with everything pruned.
 MIN_ELEMENTS_ALLOWED = 2**20
+
+#: Modules a model may register per tensor of its layout while it is built. The zoo's models
+#: register at most 1.7 per state_dict tensor (parameter-free neurons, pooling and containers
+#: included; ResNets under 1); 10 leaves room for other architectures.
+MODULES_PER_TENSOR = 10
 
 #: The tensors of the payload and the dtypes each may have.
 _TENSOR_DTYPES = {"values": (torch.float32,), "indices": (torch.int32, torch.int64), "dense": (torch.float32,)}
@@ -281,6 +304,30 @@ def _check_fits(skeleton: nn.Module, entries: list, path, model_name: str) -> No
     if total > _elements_allowed(stored):
         raise _invalid(path, f"model {_quoted(model_name)} holds {total:,} elements, more than the "
                              f"{_elements_allowed(stored):,} its {stored:,} stored numbers can describe")
+
+
+class _TooManyModules(Exception):
+    pass
+
+
+@contextmanager
+def _module_budget(limit: int) -> Iterator[None]:
+    """Raise :class:`_TooManyModules` once this thread registers more than ``limit`` submodules
+    (torch's global module registration hook, removed on exit)."""
+    thread, registered = threading.get_ident(), 0
+
+    def count(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+        nonlocal registered
+        if threading.get_ident() == thread:
+            registered += 1
+            if registered > limit:
+                raise _TooManyModules(registered)
+
+    handle = register_module_module_registration_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _elements_allowed(stored: int) -> int:

@@ -10,6 +10,7 @@ accuracy that ``last.pt`` or ``metrics.jsonl`` claim.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -151,6 +152,11 @@ class Trainer:
         Ctrl-C (SIGINT) or SIGTERM stop training at the next step boundary with a checkpoint
         (:class:`TrainingInterrupted`); a second Ctrl-C stops at once, keeping the last checkpoint.
         """
+        # One writer per run: a library caller gets the lock here; under snn-stp the command holds it already.
+        with rundir.writer_lock(self.run_dir) if self.ctx.is_main else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self) -> dict:
         c = self.config
         if self.ctx.is_main:
             self._open_run_directory()
