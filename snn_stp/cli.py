@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "non-zero weights and what rebuilds the model (snn_stp.export.load_sparse).")
     export.add_argument("run", metavar="RUN", help="a run directory or a checkpoint file")
     export.add_argument("--format", required=True, choices=("nir", "sparse"))
-    export.add_argument("--out", required=True, help="the file to write")
+    export.add_argument("--out", required=True, help="the file to write (an existing one only with --overwrite)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.add_argument("--checkpoint", default="last.pt", choices=("last.pt", "best.pt"),
                         help="which checkpoint of a run directory (default last.pt)")
     export.add_argument("--dt", type=float, default=1e-4,
@@ -173,6 +174,10 @@ def run_training(args) -> int:
     # locks only a folder that exists (load_resume_state says what is wrong with a missing one).
     writes = int(os.environ.get("RANK", "0")) == 0 and not dry_run and (config is not None or run_dir.is_dir())
     created = config is not None and not run_dir.exists()
+    if writes and config is not None:
+        # Refused before the lock too, so that a refused command leaves the folder as it was (the
+        # lock file names its holder); checked again under the lock.
+        rundir.refuse_existing(run_dir, getattr(args, "overwrite", False))
     with rundir.writer_lock(run_dir) if writes else contextlib.nullcontext():
         try:
             return _train_locked(args, config, run_dir, dry_run)
@@ -285,12 +290,14 @@ def dispatch(args) -> int:
     elif args.command in ("train", "resume"):
         return run_training(args)
     elif args.command == "plot":
+        _output_folder(args.out, "the figures")
         from .analysis.plots import plot_runs
         files = plot_runs(args.runs, args.out, args.layers, args.raster_layer, args.sample, args.per_run)
         print(f"wrote {len(files)} files:")
         for path in files:
             print(f"  {path}")
     elif args.command == "compare":
+        _output_folder(args.out, "report.md and its figures")
         from .analysis.report import compare_runs
         print(f"wrote {compare_runs(args.runs, args.out, _levels(args.levels), args.accuracy)}")
     elif args.command == "sweep":
@@ -309,6 +316,15 @@ def dispatch(args) -> int:
               f"{result['threshold']:.4g}")
         print_analysis(result)
     return 0
+
+
+def _output_folder(out: str | None, what: str) -> None:
+    """``--out`` of a command that writes a folder must not name a file."""
+    from pathlib import Path
+
+    from .errors import UsageError
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out} is a file; this command writes a folder ({what}): give a folder")
 
 
 def _levels(text: str) -> tuple[float, ...]:
@@ -377,7 +393,7 @@ def _not_counted(counts: dict) -> str:
 def run_export(args) -> int:
     from .export import export_run
 
-    result = export_run(args.run, args.format, args.out, args.checkpoint, args.dt)
+    result = export_run(args.run, args.format, args.out, args.checkpoint, args.dt, args.overwrite)
     if args.format == "nir":
         print(f"wrote {result['path']}: NIR graph of {result['nodes']} nodes, weight sparsity "
               f"{result['weight_sparsity']:.2%}, {result['time_steps']} time steps of {result['dt']:g} s")

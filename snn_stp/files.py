@@ -224,9 +224,15 @@ def remove_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]
     return removed
 
 
-def read_yaml(path: str | Path):
-    """Parse a YAML file; a syntax error or a key given twice in one mapping is a :class:`ConfigError`
-    naming the file and line (PyYAML alone keeps the last duplicate silently)."""
+#: What a config or sweep file may be: at most this many bytes, and at most this many nodes once
+#: its aliases are expanded (a real config has a few hundred; a "billion laughs" file has 10**9
+#: from a few hundred bytes, and walking it would take the machine's memory and time).
+MAX_YAML_BYTES, MAX_YAML_NODES = 1_000_000, 100_000
+
+
+def _unique_key_loader(source: str):
+    """A SafeLoader (plain values only) that refuses a key given twice in one mapping (PyYAML alone
+    keeps the last one silently)."""
     import yaml
 
     from .errors import ConfigError
@@ -239,21 +245,100 @@ def read_yaml(path: str | Path):
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
             if key in seen:
-                raise ConfigError(f"{path}: key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                raise ConfigError(f"{source}: key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
                                   f"{key_node.start_mark.line + 1}); keep one")
             seen[key] = key_node.start_mark.line
         return loader.construct_mapping(node, deep)
 
     UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    path = Path(path)
+    return UniqueKeyLoader
+
+
+def _expanded_nodes(node, limit: int) -> int:
+    """How many nodes ``node`` stands for once every alias is written out (stops counting past
+    ``limit``); a node that contains itself counts as unlimited. PyYAML shares an aliased node,
+    so this is computed on the composed graph, before a Python object is built."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(item) -> int:
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if key in active:  # an alias inside its own anchor: infinite when expanded
+            return limit + 1
+        active.add(key)
+        total = 1
+        if isinstance(item.value, list):
+            for child in item.value:
+                for part in (child if isinstance(child, tuple) else (child,)):
+                    total += size(part)
+                    if total > limit:
+                        break
+                if total > limit:
+                    break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def load_yaml_text(text: str, source: str, fix: str = "the file"):
+    """Parse YAML ``text`` from ``source`` (a file name, or e.g. ``--set a.b``) into plain values.
+
+    Refused with a one-line :class:`ConfigError` naming ``source``: a syntax error (with line and
+    column), a duplicate key, more than :data:`MAX_YAML_BYTES` bytes, or aliases that expand to
+    more than :data:`MAX_YAML_NODES` nodes (checked on the composed node graph, before any Python
+    object is built, so an alias bomb costs milliseconds and no memory).
+    """
+    import yaml
+
+    from .errors import ConfigError
+
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source} is {len(text):,} characters; a config or sweep is at most {MAX_YAML_BYTES:,}: "
+                          "is it the right file?")
+    loader = _unique_key_loader(source)(text)
     try:
-        text = path.read_text()
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path} is not a YAML text file ({error.reason}); give a YAML config") from None
-    try:
-        return yaml.load(text, Loader=UniqueKeyLoader)
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{source} is nested too deeply to be a config; fix {fix}") from None
+        if node is None:
+            return None
+        if _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ConfigError(f"{source} was refused: its aliases (*name) expand to more than {MAX_YAML_NODES:,} "
+                              "values (a YAML alias bomb, or an alias inside its own anchor); a config is far smaller: "
+                              "write the values out or use fewer aliases")
+        return loader.construct_document(node)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}{where}: YAML syntax error ({problem}); fix the file") from None
+        raise ConfigError(f"{source}{where}: YAML syntax error ({problem}); fix {fix}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path):
+    """Parse a YAML file with :func:`load_yaml_text`; every refusal names the file (and the line)."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > 4 * MAX_YAML_BYTES:  # not even read: at most 4 bytes a character
+            raise ConfigError(f"{path} is {size:,} bytes; a config or sweep is at most {MAX_YAML_BYTES:,} characters: "
+                              "is it the right file?")
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a YAML text file ({error.reason}); give a YAML config") from None
+    return load_yaml_text(text, str(path))
+
+
+def parse_value(raw: str, source: str):
+    """A command-line value (``--set KEY=VALUE``, ``--grid KEY=V1,V2``) as YAML; an empty one is None."""
+    if not raw.strip():
+        return None
+    return load_yaml_text(raw, source, fix="the value")

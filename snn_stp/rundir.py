@@ -153,6 +153,14 @@ def describe(run_dir: str | Path) -> str:
     return "; ".join(parts) or ", ".join(e for e in RUN_ENTRIES if (run_dir / e).exists())
 
 
+def refuse_existing(run_dir: str | Path, overwrite: bool) -> None:
+    """A new run may not go into a folder that holds one, unless ``overwrite``."""
+    if holds_run(run_dir) and not overwrite:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({describe(run_dir)}); continue it with `snn-stp resume {run_dir}`, "
+            "choose another --out, or pass --overwrite to replace it")
+
+
 def prepare_new(run_dir: str | Path, overwrite: bool) -> Path:
     """Check that a new run may be written to ``run_dir`` (nothing is changed yet).
 
@@ -160,10 +168,7 @@ def prepare_new(run_dir: str | Path, overwrite: bool) -> Path:
     creatable and writable. Called before the model and data are built.
     """
     run_dir = Path(run_dir)
-    if holds_run(run_dir) and not overwrite:
-        raise RunDirectoryError(
-            f"{run_dir} already holds a run ({describe(run_dir)}); continue it with `snn-stp resume {run_dir}`, "
-            "choose another --out, or pass --overwrite to replace it")
+    refuse_existing(run_dir, overwrite)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / ".write-test", "")

@@ -43,7 +43,7 @@ import yaml
 
 from . import rundir
 from .errors import ConfigError, RunDirectoryError
-from .files import read_yaml, write_text_atomic
+from .files import parse_value, read_yaml, write_text_atomic
 from .train.config import RESUME_MUTABLE_KEYS, differences, from_dict, load_config
 
 SWEEP_FILE = "sweep.yaml"
@@ -108,10 +108,10 @@ def read_sweep(path: str | Path | None = None, grid: list[str] | None = None, ba
                   grid=dict(_mapping(data.get("grid"), "grid")), variants=list(data.get("variants") or []))
     for item in settings or []:
         key, value = _split(item, "--set")
-        sweep.settings[key] = yaml.safe_load(value) if value.strip() else None
+        sweep.settings[key] = parse_value(value, f"--set {item!r}")
     for item in grid or []:
         key, raw = _split(item, "--grid")
-        sweep.grid[key] = [yaml.safe_load(v) for v in raw.split(",")]
+        sweep.grid[key] = [parse_value(v, f"--grid {item!r}, value {v!r}") for v in raw.split(",")]
     for name, axis in [*sweep.grid.items(), *(kv for v in sweep.variants for kv in _mapping(v, "variants").items())]:
         _check_axis(name, axis)
     if not sweep.grid and not sweep.variants:

@@ -406,8 +406,8 @@ HOSTILE_SPARSE_FILES = {  # what is changed -> the error after "{path} is not a 
     "model arguments without a name": (lambda p: {"model": {**SMALL_MLP, "name": 5}},
                                         "'model' is not the build_model arguments (a mapping of names with a 'name')"),
     "model arguments with a device": (lambda p: {"model": {**SMALL_MLP, "device": "cuda"}},
-                                      "its model arguments do not build a model (TypeError: snn_stp.models.build_model() "
-                                      "got multiple values for keyword argument 'device')"),
+                                      "its model arguments do not build a model (TypeError: "
+                                      "snn_stp.models.build_model() got multiple values for keyword argument 'device')"),
 }
 
 

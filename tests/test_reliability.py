@@ -49,9 +49,10 @@ def error_line(process: subprocess.CompletedProcess, command: str, status: int =
 
 
 def snapshot(folder: Path) -> dict:
-    """Every file under ``folder`` with its content hash and modification time."""
+    """Every file under ``folder`` with its content hash and modification time; not the lock file,
+    which names whichever process last held the folder (a refused resume held it while checking)."""
     return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".snn-stp.lock"}
 
 
 def metrics(run: Path) -> list[dict]:

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from pathlib import Path
 
 from .. import pruning, rundir
-from ..errors import UsageError
+from ..errors import SnnStpWarning, UsageError
 from ..files import atomic_path
 from ..model_registry import MODELS
-from ..train.builders import model_arguments, model_from_checkpoint
+from ..train.builders import model_and_state, model_arguments
 from .nir_graph import DEFAULT_DT, check_time_step, export_nir
 from .sparse_checkpoint import save_sparse
 
 FORMATS = ("nir", "sparse")
 
 
-def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = rundir.LAST, dt: float = DEFAULT_DT) -> dict:
+class UnfinishedRunWarning(SnnStpWarning):
+    """The exported checkpoint is from a run that has not finished its schedule."""
+
+
+def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = rundir.LAST, dt: float = DEFAULT_DT,
+               overwrite: bool = False) -> dict:
     """Export the model of a run directory (or of a checkpoint file).
 
     Args:
@@ -27,31 +33,68 @@ def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = 
         out: the file to write.
         checkpoint: which checkpoint of a run directory (``last.pt`` or ``best.pt``).
         dt: NIR only: the time step in seconds that one step of the network stands for.
+        overwrite: replace ``out`` if it exists (never a file of a run directory).
 
     Returns:
-        what was written: ``path``, ``format``, ``weight_sparsity`` and the format's own figures.
+        what was written: ``path``, ``format``, ``weight_sparsity``, ``training`` (the checkpoint's
+        progress, also stored in the file: see :func:`training_progress`) and the format's own figures.
+
+    A checkpoint of a run that has not finished is exported with an :class:`UnfinishedRunWarning`.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
     check_time_step(dt)  # before the checkpoint is read
-    run = Path(run)
+    run, out = Path(run), Path(out)
     path = run / rundir.CHECKPOINTS / checkpoint if run.is_dir() else run
-    model, config = model_from_checkpoint(path)
+    check_output_file(out, overwrite, path)
+    model, config, state = model_and_state(path)
+    training = training_progress(path, config, state)
+    if not training["finished"]:
+        warnings.warn(f"{path} is from an unfinished run (epoch {training['epoch']} of {training['epochs']}, step "
+                      f"{training['global_step']}): the export holds its weights as they were then, and says so in "
+                      "its metadata ('training')", UnfinishedRunWarning, stacklevel=2)
     sparsity = pruning.weight_sparsity(model).global_sparsity
     baked = pruning.bake(copy.deepcopy(model))
     arguments = model_arguments(config)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if format == "sparse":
-        sizes = save_sparse(baked, arguments, out)
-        return {"path": str(out), "format": format, "weight_sparsity": sparsity, **sizes}
+        sizes = save_sparse(baked, arguments, out, metadata={"training": training})
+        return {"path": str(out), "format": format, "weight_sparsity": sparsity, "training": training, **sizes}
     import nir
 
     graph = export_nir(baked, sample_shape(baked, config), dt=dt, model_name=config.model.name)
+    graph.metadata["training"] = training
     with atomic_path(out) as temporary:
         nir.write(str(temporary), graph)
-    return {"path": str(out), "format": format, "weight_sparsity": sparsity, "dt": dt,
+    return {"path": str(out), "format": format, "weight_sparsity": sparsity, "training": training, "dt": dt,
             "time_steps": graph.metadata["time_steps"], "nodes": len(graph.nodes)}
+
+
+def check_output_file(out: Path, overwrite: bool, source: Path) -> None:
+    """Refuse to write ``out`` over an existing file unless ``overwrite``, and over a run's own
+    files (its checkpoints, config, metrics, summary: the run would be lost) or ``source`` always."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the name of the file to write")
+    run_file = out.parent.name == rundir.CHECKPOINTS and rundir.holds_run(out.parent.parent) or \
+        out.name in rundir.RUN_ENTRIES and rundir.holds_run(out.parent)
+    if run_file or out.exists() and out.resolve() == source.resolve():
+        owner = out.parent.parent if out.parent.name == rundir.CHECKPOINTS else out.parent
+        raise UsageError(f"--out {out} is a file of the run directory {owner}; an export never replaces a run's "
+                         "files: choose another --out")
+    if out.exists() and not overwrite:
+        raise UsageError(f"--out {out} exists; choose another --out or pass --overwrite to replace it")
+
+
+def training_progress(path: Path, config, state: dict) -> dict:
+    """How far the run of checkpoint ``path`` had got: ``checkpoint``, ``epoch`` and ``global_step``
+    of the checkpoint, the run's ``epochs``, and ``finished`` (the run wrote its summary, or the
+    checkpoint is at its last epoch or ``train.max_steps``)."""
+    epochs, steps = config.train.epochs, config.train.max_steps
+    run_dir = path.parent.parent if path.parent.name == rundir.CHECKPOINTS else None
+    finished = bool(run_dir is not None and (run_dir / rundir.SUMMARY).is_file()) or state["epoch"] >= epochs \
+        or bool(steps and state["global_step"] >= steps)
+    return {"checkpoint": path.name, "epoch": int(state["epoch"]), "epochs": int(epochs),
+            "global_step": int(state["global_step"]), "finished": finished}
 
 
 def sample_shape(model, config) -> tuple[int, ...]:

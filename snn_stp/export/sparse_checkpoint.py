@@ -11,6 +11,8 @@ File layout (one ``torch.save`` mapping, four tensors however many layers):
 ``indices``  int32 (int64 for a tensor of 2**31 values or more): the position of each value in its
              flattened tensor, i.e. torch's COO indices raveled, ascending.
 ``dense``    float32: the dense entries, one after the other.
+``metadata`` plain values about the file's origin (``training``: the checkpoint's epoch, step and
+             whether its run had finished); not needed to rebuild the model.
 
 Each non-zero costs 4 value bytes + 4 index bytes; the fixed part (layout, model arguments and
 the container) is about 1.5 KB. Loading rebuilds the model and gives outputs identical to the
@@ -41,7 +43,8 @@ from ..pruning.sparsify import DEFAULT_PRUNABLE_TYPES
 FORMAT = "snn-stp sparse 1"
 
 
-def save_sparse(model: nn.Module, model_arguments: dict, path: str | Path, sparse: list[str] | None = None) -> dict:
+def save_sparse(model: nn.Module, model_arguments: dict, path: str | Path, sparse: list[str] | None = None,
+                metadata: dict | None = None) -> dict:
     """Write ``model``'s weights to ``path`` with the pruned tensors stored as their non-zeros.
 
     Args:
@@ -49,6 +52,8 @@ def save_sparse(model: nn.Module, model_arguments: dict, path: str | Path, spars
         model_arguments: what ``build_model`` needs to rebuild it (``train.builders.model_arguments``).
         path: the file to write (written atomically).
         sparse: state-dict names stored sparse; default: every weight of a Linear or Conv layer.
+        metadata: plain values stored as the file's ``metadata`` (``snn-stp export`` records the
+            checkpoint's training progress there, e.g. whether the run had finished).
 
     Returns:
         sizes in bytes: ``file``, ``nonzeros`` (count), ``sparse_payload`` (values + indices),
@@ -79,6 +84,7 @@ def save_sparse(model: nn.Module, model_arguments: dict, path: str | Path, spars
         "values": torch.cat(values) if values else torch.zeros(0),
         "indices": torch.cat(indices).to(index_type) if indices else torch.zeros(0, dtype=torch.int32),
         "dense": torch.cat(dense) if dense else torch.zeros(0),
+        "metadata": dict(metadata or {}),
     }
     with atomic_path(Path(path)) as temporary:
         # torch's legacy container: the zip one aligns every tensor to 64 bytes and adds a header per
@@ -227,7 +233,7 @@ def _check_payload(payload: dict, path) -> list[tuple[str, tuple[int, ...], str,
         if name in names:
             raise _invalid(path, f"{where} appears twice in the layout")
         names.add(name)
-        if (not isinstance(shape, (list, tuple)) or not all(_is_count(size) for size in shape)):
+        if not isinstance(shape, (list, tuple)) or not all(_is_count(size) for size in shape):
             raise _invalid(path, f"{where} has shape {_quoted(shape)}; a shape is a list of integers >= 0")
         if kind not in ends:
             raise _invalid(path, f"{where} has kind {_quoted(kind)}; valid: 'sparse', 'dense'")

@@ -59,6 +59,12 @@ def model_arguments(config: Config, num_classes: int | None = None) -> dict:
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Config]:
     """The model of an snn-stp checkpoint, rebuilt from the checkpoint's own config (not a possibly
     edited config.yaml) with its weights and thresholds: CPU, eval mode, still sparsified."""
+    model, config, _ = model_and_state(path)
+    return model, config
+
+
+def model_and_state(path: str | Path) -> tuple[nn.Module, Config, dict]:
+    """:func:`model_from_checkpoint` and the checkpoint's whole state (epoch, step, schedulers)."""
     from .config import from_dict
 
     state = ckpt.load(path)
@@ -66,7 +72,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Config]:
     model = make_model(config, dataset_spec(config.data.name).num_classes, torch.device("cpu"),
                        load_initial_weights=False)
     model.load_state_dict(state["model"])
-    return model.eval(), config
+    return model.eval(), config, state
 
 
 def _build_sparsified(config: Config, num_classes: int, device: torch.device) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..files import read_yaml, write_text_atomic
+from ..files import parse_value, read_yaml, write_text_atomic
 
 
 @dataclass
@@ -181,11 +181,16 @@ def _build(cls, data: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if extra:  # kept as given; validate() checks them against what they belong to
-        return cls(**{extra: {k: data[k] for k in unknown}}, **_build_values(hints, data, set(unknown), prefix))
-    if unknown:
-        where = f"section '{prefix[:-1]}'" if prefix else "the top level"
-        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; valid: {', '.join(fields)}")
-    return cls(**_build_values(hints, data, set(), prefix))
+        built = cls(**{extra: {k: data[k] for k in unknown}}, **_build_values(hints, data, set(unknown), prefix))
+    else:
+        if unknown:
+            where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+            raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; valid: {', '.join(fields)}")
+        built = cls(**_build_values(hints, data, set(), prefix))
+    # Which keys were written (in a file or --set) rather than defaulted: validate() refuses some
+    # pairs only when both were asked for (not a field: to_dict and comparisons ignore it).
+    built.given_keys = frozenset(data)
+    return built
 
 
 def _build_values(hints, data: dict, skip: set, prefix: str) -> dict:
@@ -266,11 +271,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {item!r}: '{part}' is not a section")
-        try:
-            target[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(error, 'problem', error)})") \
-                from None
+        target[parts[-1]] = parse_value(raw, f"override {item!r}")
     config = from_dict(data)
     validate(config)
     return config
@@ -397,10 +398,26 @@ def _check_pruning(p: PruningConfig) -> None:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.final_threshold"
                           + "".join(f" or pruning.{n}" for n in cls.replaces_final_threshold))
     if p.target_sparsity is not None and cls is not None and "target_sparsity" in cls.replaces_final_threshold:
-        p.final_threshold = None  # D is calibrated: a final_threshold (the default 0.2 too) is not used
+        _refuse_scale_with_target(p, cls)
+        p.final_threshold = None  # D is calibrated: the default final_threshold (0.2) is not used
     if p.init == "inverse" and not (cls and cls.starts_at_final_threshold):
         starting = [n for n, c in sorted(THRESHOLD_SCHEDULERS.items()) if c.starts_at_final_threshold]
         raise ConfigError(f"pruning.init inverse is for the {', '.join(starting)} scheduler (pruning at initialization)")
+
+
+def _refuse_scale_with_target(p: PruningConfig, cls) -> None:
+    """A target sparsity calibrates the schedule's scale (D, or LATS' lambda), so a final_threshold
+    or l1 that was written too would be silently dropped: refused, naming both keys."""
+    written = getattr(p, "given_keys", frozenset())
+    clashing = ["final_threshold"] if "final_threshold" in written and p.final_threshold is not None else []
+    clashing += [name for name in cls.replaces_final_threshold
+                 if name != "target_sparsity" and p.scheduler_arguments.get(name) is not None]
+    if clashing:
+        keys = " and ".join(f"pruning.{name}" for name in clashing)
+        raise ConfigError(
+            f"pruning.target_sparsity and {keys} are both set: with a target sparsity {p.scheduler} calibrates its "
+            f"scale during training, so {keys} would be ignored; remove one (on the command line: "
+            f"{' '.join(f'--set pruning.{name}=null' for name in clashing)})")
 
 
 def _check_target_sparsity(p: PruningConfig, cls, takes_target: bool) -> None:
