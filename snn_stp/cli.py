@@ -259,7 +259,9 @@ def describe_l1(summary: dict) -> str:
     l1 = summary["l1_coefficient"]
     if l1 is None:
         return "none (an adaptive optimizer)"
-    return f"{l1:.4g} ({'constant' if summary.get('l1_coefficient_constant') else 'LR-weighted mean over the run'})"
+    from .train.engine import format_l1
+    kind = "constant" if summary.get("l1_coefficient_constant") else "LR-weighted mean over the run"
+    return f"{format_l1(l1)} ({kind})" if l1 >= 0 else f"{format_l1(l1)[:-1]}; {kind})"
 
 
 def pruning_names(model) -> list[str]:

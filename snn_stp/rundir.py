@@ -96,11 +96,8 @@ def writer_lock(folder: str | Path, what: str = "run") -> Iterator[None]:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.seek(0)
-        holder = " ".join(handle.read().split()) or "a process that has not yet named itself"
         handle.close()
-        raise FolderInUse(f"{folder} is being written by another process ({holder}); one process writes a {what} at "
-                          "a time: wait until it ends (or stop it), or choose another --out") from None
+        raise _in_use(folder, what) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, snn-stp {' '.join(sys.argv[1:])[:300]}, since "
@@ -114,6 +111,35 @@ def writer_lock(folder: str | Path, what: str = "run") -> Iterator[None]:
         _handles.pop(key)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _in_use(folder: Path, what: str) -> FolderInUse:
+    try:
+        holder = " ".join((folder / LOCK).read_text().split())
+    except OSError:
+        holder = ""
+    return FolderInUse(f"{folder} is being written by another process ({holder or 'one that has not yet named itself'}"
+                       f"); one process writes a {what} at a time: wait until it ends (or stop it), or choose another "
+                       "--out")
+
+
+def refuse_if_in_use(folder: str | Path, what: str = "run") -> None:
+    """:class:`FolderInUse` if another process holds ``folder``'s lock now (nothing is written:
+    a probe for a check made before taking the lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    folder = Path(folder)
+    if folder.resolve() in _held or not (folder / LOCK).is_file():
+        return
+    try:
+        with open(folder / LOCK, "rb") as probe:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+    except BlockingIOError:
+        raise _in_use(folder, what) from None
+    except OSError:
+        return
 
 
 def holds_lock(folder: str | Path) -> bool:
@@ -154,7 +180,9 @@ def describe(run_dir: str | Path) -> str:
 
 
 def refuse_existing(run_dir: str | Path, overwrite: bool) -> None:
-    """A new run may not go into a folder that holds one, unless ``overwrite``."""
+    """A new run may not go into a folder that holds one, unless ``overwrite``, nor into one that
+    another process is writing."""
+    refuse_if_in_use(run_dir)
     if holds_run(run_dir) and not overwrite:
         raise RunDirectoryError(
             f"{run_dir} already holds a run ({describe(run_dir)}); continue it with `snn-stp resume {run_dir}`, "

@@ -273,3 +273,164 @@ def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_
     for seed in range(3):
         epochs = [json.loads(line)["epoch"] for line in (out / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(1, 16)), (seed, epochs)
+
+
+# -- no silent overwrite --------------------------------------------------------------------------
+def test_export_never_overwrites_silently(run, tmp_path):
+    out = tmp_path / "model.nir"
+    out.write_bytes(b"mine")
+    message = error_line(snn_stp("export", run, "--format", "nir", "--out", out), "export")
+    assert message == f"--out {out} exists; choose another --out or pass --overwrite to replace it"
+    assert out.read_bytes() == b"mine"
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    from snn_stp.errors import UsageError
+    from snn_stp.export import export_run
+    for target in (last, run / "checkpoints" / "best.pt", run / "summary.json"):
+        with pytest.raises(UsageError) as caught:
+            export_run(run, "sparse", target, overwrite=True)
+        assert str(caught.value) == f"--out {target} is a file of the run directory {run}; an export never replaces " \
+                                    "a run's files: choose another --out"
+    assert last.read_bytes() == before
+    result = export_run(run, "sparse", out, overwrite=True)
+    assert result["training"] == {"checkpoint": "last.pt", "epoch": 1, "epochs": 1, "global_step": 6,
+                                  "finished": True}
+    assert ckpt.load_file(out)["metadata"]["training"] == result["training"]
+
+
+def test_an_unfinished_run_exports_with_a_warning_and_says_so(run, tmp_path):
+    import shutil
+
+    import nir
+
+    from snn_stp.export.runs import UnfinishedRunWarning, export_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "summary.json").unlink()
+    state = ckpt.load(copy / "checkpoints" / "last.pt")
+    state["config"]["train"]["epochs"] = 3  # as if the run had two epochs to go
+    ckpt.save_atomic(state, copy / "checkpoints" / "last.pt")
+    progress = {"checkpoint": "last.pt", "epoch": 1, "epochs": 3, "global_step": 6, "finished": False}
+    with pytest.warns(UnfinishedRunWarning, match=r"last.pt is from an unfinished run \(epoch 1 of 3, step 6\)"):
+        export_run(copy, "nir", tmp_path / "model.nir")
+    graph = nir.read(tmp_path / "model.nir")
+    training = graph.metadata["training"]
+    assert {k: (v.item() if hasattr(v, "item") else v) for k, v in training.items()} == progress
+    with pytest.warns(UnfinishedRunWarning):
+        export_run(copy, "sparse", tmp_path / "model.pt")
+    assert ckpt.load_file(tmp_path / "model.pt")["metadata"]["training"] == progress
+
+
+def test_folders_are_not_left_or_misread(tmp_path):
+    report = tmp_path / "report"
+    report.write_text("a file")
+    assert error_line(snn_stp("compare", tmp_path, "--out", report), "compare") == (
+        f"--out {report} is a file; this command writes a folder (report.md and its figures): give a folder")
+    new = tmp_path / "new-run"
+    failed = snn_stp("train", "--out", new, "--set", "data.name=cifar10", "--set", f"data.root={tmp_path}")
+    assert error_line(failed, "train").startswith(f"CIFAR10 not found under {tmp_path}")
+    assert not new.exists()  # no empty run folder left behind
+
+
+# -- hostile YAML ---------------------------------------------------------------------------------
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+BOMB_REFUSED = ("was refused: its aliases (*name) expand to more than 100,000 values (a YAML alias bomb, or an alias "
+                "inside its own anchor); a config is far smaller: write the values out or use fewer aliases")
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path):
+    import tracemalloc
+
+    from snn_stp.errors import ConfigError
+    from snn_stp.files import load_yaml_text, read_yaml
+
+    bomb = tmp_path / "laughs.yaml"
+    bomb.write_text(LAUGHS)  # 9**9 = 387 million strings once expanded, from 600 bytes
+    tracemalloc.start()
+    with pytest.raises(ConfigError) as caught:
+        read_yaml(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(caught.value) == f"{bomb} {BOMB_REFUSED}"
+    assert peak < 5e6, peak  # the composed graph only: no expanded value was built
+    with pytest.raises(ConfigError, match="was refused: its aliases"):
+        load_yaml_text("a: &a [*a]", "loop.yaml")  # an alias inside its own anchor
+    assert load_yaml_text("x: &x {lr: 0.1}\ny: [*x, *x]", "ok.yaml") == {"x": {"lr": 0.1}, "y": [{"lr": 0.1}] * 2}
+    assert error_line(snn_stp("train", "--config", bomb), "train") == f"{bomb} {BOMB_REFUSED}"
+
+
+@pytest.mark.slow  # one subprocess per case
+def test_hostile_or_broken_sweep_files_are_one_line(tmp_path):
+    bomb = tmp_path / "laughs.yaml"
+    bomb.write_text(LAUGHS)
+    assert error_line(snn_stp("sweep", bomb, "--out", tmp_path / "s"), "sweep") == f"{bomb} {BOMB_REFUSED}"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("grid:\n  train.seed: [0, 1\n")
+    assert error_line(snn_stp("sweep", broken, "--out", tmp_path / "s"), "sweep") == (
+        f"{broken} line 3, column 1: YAML syntax error (expected ',' or ']', but got '<stream end>'); fix the file")
+    assert error_line(snn_stp("sweep", "--grid", "train.seed=[0,1", "--out", tmp_path / "s"), "sweep") == (
+        "--grid 'train.seed=[0,1', value '[0' line 1, column 3: YAML syntax error (expected ',' or ']', but got "
+        "'<stream end>'); fix the value")
+    assert not (tmp_path / "s").exists()
+
+
+# -- runs stay true -------------------------------------------------------------------------------
+def test_resuming_a_finished_run_with_a_torn_line_rewrites_nothing(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with open(copy / "metrics.jsonl", "ab") as f:
+        f.write(b'{"epoch": 2, "test_acc": 0.1')  # torn since: a damaged copy, a full disk
+    before = {p.name: p.read_bytes() for p in (copy / "summary.json", copy / "metrics.jsonl")}
+    process = snn_stp("resume", copy)
+    assert process.returncode == 0, process.stderr
+    assert f"{copy} had finished (epoch 1 of 1, step 6): nothing to resume; its files are left as they are" \
+        in process.stdout
+    assert {p.name: p.read_bytes() for p in (copy / "summary.json", copy / "metrics.jsonl")} == before
+
+
+def test_a_lost_final_record_is_measured_again_not_taken_from_another_epoch(run, tmp_path):
+    import json
+    import shutil
+
+    from snn_stp.train import evaluate_checkpoint
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "summary.json").unlink()
+    (copy / "metrics.jsonl").write_text('{"epoch": 0, "step": 0, "test_acc": 0.5}\n')  # epoch 1's record is gone
+    assert cli.main(["resume", "--quiet", str(copy)]) == 0
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["final_epoch"] == 1 and summary["final_test_acc_reevaluated"] is True
+    assert summary["final_test_acc"] == evaluate_checkpoint(copy)["test_acc"] != 0.5
+
+
+@pytest.mark.parametrize("written", ["pruning.final_threshold=0.3", "pruning.l1=0.01"])
+def test_a_target_with_a_written_scale_is_refused_naming_both(written):
+    from snn_stp.errors import ConfigError
+    from snn_stp.train import load_config
+
+    key = written.split("=")[0]
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["pruning.target_sparsity=0.9", written])
+    assert str(caught.value) == (
+        f"pruning.target_sparsity and {key} are both set: with a target sparsity lats calibrates its scale during "
+        f"training, so {key} would be ignored; remove one (on the command line: --set {key}=null)")
+    assert load_config(None, ["pruning.target_sparsity=0.9"]).pruning.final_threshold is None  # the default: fine
+    assert load_config(None, ["pruning.target_sparsity=0.9", f"{key}=null"]).pruning.target_sparsity == 0.9
+
+
+def test_a_negative_l1_coefficient_is_never_printed_as_a_penalty():
+    from snn_stp.cli import describe_l1
+    from snn_stp.train.engine import _epoch_line
+
+    assert describe_l1({"l1_coefficient": -0.002, "l1_coefficient_constant": False}) == (
+        "-0.002 (negative: d fell, which rewards |w| instead of penalizing it; LR-weighted mean over the run)")
+    assert describe_l1({"l1_coefficient": 0.002, "l1_coefficient_constant": True}) == "0.002 (constant)"
+    record = {"epoch": 3, "train_loss": 1.0, "train_acc": 0.5, "test_acc": 0.5, "pruned_layer_sparsity": 0.9,
+              "all_weight_sparsity": 0.8, "threshold": 0.1, "l1_coefficient": -1e-3, "pruned": 1, "regrown": 2,
+              "epoch_seconds": 1.0}
+    assert "lambda -0.001 (negative: d fell, which rewards |w| instead of penalizing it)" in _epoch_line(record)

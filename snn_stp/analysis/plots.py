@@ -46,7 +46,11 @@ def plot_threshold(run: Run):
     ax.set_ylabel("threshold d (weight units)")
     twin = ax.twinx()
     l1 = [float("nan") if v is None else v for v in _series(run, "l1_coefficient")]  # None: Adam, no L1 objective
-    twin.plot(steps, l1, "s--", color="tab:red", label="implied L1 coefficient λ")
+    negative = any(v < 0 for v in l1)  # d fell: no L1 penalty then, a reward for |w|
+    twin.plot(steps, l1, "s--", color="tab:red",
+              label="implied L1 coefficient λ" + (" (below 0: d fell, no penalty)" if negative else ""))
+    if negative:
+        twin.axhline(0, color="tab:red", linewidth=0.8, linestyle=":")
     twin.set_ylabel("implied L1 coefficient λ = (1-μ)/(1-τ)·Δd/lr + wd·d")
     _legend_with_twin(ax, twin, loc="lower right")
     ax.set_title(f"Threshold schedule: {run.label}")

@@ -158,6 +158,16 @@ class Trainer:
 
     def _fit(self) -> dict:
         c = self.config
+        finished = self.epoch >= c.train.epochs or bool(c.train.max_steps and self.global_step >= c.train.max_steps)
+        if self.resuming and finished:
+            summary = rundir.read_summary(self.run_dir) if self.ctx.is_main else {}
+            if summary.get("global_step") == self.global_step:
+                # Nothing to train; rewriting the summary could only lose what it says (a metrics line
+                # torn since would give it another epoch's accuracy).
+                if self.ctx.is_main and not self.quiet:
+                    self.log(f"{self.run_dir} had finished (epoch {self.epoch} of {c.train.epochs}, step "
+                             f"{self.global_step}): nothing to resume; its files are left as they are")
+                return summary
         if self.ctx.is_main:
             self._open_run_directory()
         started = time.time()
@@ -514,7 +524,13 @@ class Trainer:
         ranks = distributed.all_gather(mine, self.ctx)
         records = rundir.read_metrics(self.run_dir) if self.ctx.is_main and (self.run_dir / rundir.METRICS).exists() \
             else []
-        last = records[-1] if records else None
+        # The final accuracy is the record of the epoch last.pt ends (never an earlier one's). Lost
+        # (its line damaged after it was written): measured again on the very same weights.
+        last = next((r for r in reversed(records) if r.get("epoch") == self.epoch), None) if self.epoch else None
+        # Rank 0 reads the records; every rank takes part in an evaluation.
+        reevaluated = distributed.all_gather(self.ctx.is_main and last is None and self.epoch > 0, self.ctx)[0]
+        if reevaluated:
+            last = {"epoch": self.epoch, "test_acc": self.evaluate()["acc"]}
         return {"run_dir": str(self.run_dir), "model": self.config.model.name, "spiking": self.spiking,
                 "data": self.config.data.name, "scheduler": self.config.pruning.scheduler,
                 "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
@@ -527,7 +543,7 @@ class Trainer:
                 "l1_coefficient": self.thresholds.run_l1_coefficient, "l1_coefficient_constant": self.thresholds.l1_is_constant,
                 "l1_coefficient_last_step": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
                 "world_size": self.ctx.world_size,
-                "ranks": ranks}
+                "ranks": ranks, "final_test_acc_reevaluated": reevaluated}
 
 
 def _seed_everything(seed: int) -> None:
@@ -575,5 +591,13 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
 
 
 def _number(value) -> str:
-    """``value`` in 4 significant digits, or "n/a" for None (no L1 coefficient under Adam)."""
-    return "n/a" if value is None else f"{value:.4g}"
+    """An implied L1 coefficient in 4 significant digits: "n/a" for None (no L1 coefficient under
+    Adam), and a negative one said to be no penalty."""
+    return "n/a" if value is None else format_l1(value)
+
+
+def format_l1(value: float) -> str:
+    """An implied L1 coefficient as printed: a negative one (d fell) is not a penalty on |w| but a
+    reward for it, and is printed so."""
+    return f"{value:.4g}" if value >= 0 else f"{value:.4g} (negative: d fell, which rewards |w| instead of " \
+                                              "penalizing it)"
