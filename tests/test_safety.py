@@ -65,8 +65,6 @@ def test_a_payload_never_runs_and_the_message_names_it(run, tmp_path):
         ckpt.model_weights(legacy)
     assert str(caught.value) == f"{legacy} " + REFUSED.format(path=legacy)
     assert not marker.exists()
-    assert error_line(snn_stp("eval", evil), "eval") == f"{evil} " + REFUSED.format(path=evil)
-    assert not marker.exists()
 
 
 def test_what_snn_stp_writes_loads_with_weights_only(run):
@@ -91,6 +89,7 @@ def test_rng_state_round_trips_and_old_numpy_form_still_loads(tmp_path):
     assert np.array_equal(np.random.rand(4), expected)
 
 
+@pytest.mark.slow  # subprocesses
 def test_a_file_from_other_code_is_refused_then_converted_when_trusted(tmp_path):
     source = tmp_path / "paper.pth"
     weights = {"fc.weight": torch.randn(3, 2)}
@@ -123,7 +122,7 @@ def test_a_file_from_other_code_is_refused_then_converted_when_trusted(tmp_path)
 
 
 @pytest.mark.slow  # one subprocess per command
-@pytest.mark.parametrize("command", ["resume", "init-from", "export-nir", "export-sparse", "plot", "sweep-resume"])
+@pytest.mark.parametrize("command", ["eval", "resume", "init-from", "export-nir", "export-sparse", "plot", "sweep-resume"])
 def test_no_command_runs_a_payload(run, tmp_path, command):
     import shutil
 
@@ -133,7 +132,9 @@ def test_no_command_runs_a_payload(run, tmp_path, command):
     last = copy / "checkpoints" / "last.pt"
     poisoned(run / "checkpoints" / "last.pt", last, marker)
     expected = f"{last} " + REFUSED.format(path=last)
-    if command == "resume":
+    if command == "eval":
+        assert error_line(snn_stp("eval", copy), "eval") == expected
+    elif command == "resume":
         (copy / "summary.json").unlink()
         assert error_line(snn_stp("resume", copy), "resume") == expected
     elif command == "init-from":
@@ -276,6 +277,7 @@ def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_
 
 
 # -- no silent overwrite --------------------------------------------------------------------------
+@pytest.mark.slow  # subprocesses
 def test_export_never_overwrites_silently(run, tmp_path):
     out = tmp_path / "model.nir"
     out.write_bytes(b"mine")
@@ -322,6 +324,7 @@ def test_an_unfinished_run_exports_with_a_warning_and_says_so(run, tmp_path):
     assert ckpt.load_file(tmp_path / "model.pt")["metadata"]["training"] == progress
 
 
+@pytest.mark.slow  # subprocesses
 def test_folders_are_not_left_or_misread(tmp_path):
     report = tmp_path / "report"
     report.write_text("a file")
@@ -358,13 +361,13 @@ def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path):
     with pytest.raises(ConfigError, match="was refused: its aliases"):
         load_yaml_text("a: &a [*a]", "loop.yaml")  # an alias inside its own anchor
     assert load_yaml_text("x: &x {lr: 0.1}\ny: [*x, *x]", "ok.yaml") == {"x": {"lr": 0.1}, "y": [{"lr": 0.1}] * 2}
-    assert error_line(snn_stp("train", "--config", bomb), "train") == f"{bomb} {BOMB_REFUSED}"
 
 
 @pytest.mark.slow  # one subprocess per case
 def test_hostile_or_broken_sweep_files_are_one_line(tmp_path):
     bomb = tmp_path / "laughs.yaml"
     bomb.write_text(LAUGHS)
+    assert error_line(snn_stp("train", "--config", bomb), "train") == f"{bomb} {BOMB_REFUSED}"
     assert error_line(snn_stp("sweep", bomb, "--out", tmp_path / "s"), "sweep") == f"{bomb} {BOMB_REFUSED}"
     broken = tmp_path / "broken.yaml"
     broken.write_text("grid:\n  train.seed: [0, 1\n")
@@ -377,6 +380,7 @@ def test_hostile_or_broken_sweep_files_are_one_line(tmp_path):
 
 
 # -- runs stay true -------------------------------------------------------------------------------
+@pytest.mark.slow  # subprocesses
 def test_resuming_a_finished_run_with_a_torn_line_rewrites_nothing(run, tmp_path):
     import shutil
 
