@@ -59,7 +59,7 @@ def write_bin_tree(base, folders, total, events=3, size=34):
     return counts
 
 
-def write_cifar(root, name="cifar10", per_batch=4, seed=0):
+def write_cifar(root, name="cifar10", per_batch=4, seed=0, protocol=pickle.DEFAULT_PROTOCOL):
     """The python-pickle CIFAR batches (data uint8 [N, 3072] channel-major, labels)."""
     rng = np.random.default_rng(seed)
     if name == "cifar10":
@@ -77,9 +77,9 @@ def write_cifar(root, name="cifar10", per_batch=4, seed=0):
         batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
                  key: [int(v) for v in rng.integers(0, classes, per_batch)]}
         with open(base / f, "wb") as fh:
-            pickle.dump(batch, fh)
+            pickle.dump(batch, fh, protocol=protocol)
     with open(base / meta, "wb") as fh:
-        pickle.dump(meta_content, fh)
+        pickle.dump(meta_content, fh, protocol=protocol)
     return base
 
 
@@ -380,6 +380,28 @@ def test_cifar_from_python_pickles(tmp_path, name):
     expected = (torch.from_numpy(raw).permute(2, 0, 1) - torch.tensor(CIFAR_MEAN[name])[:, None, None]) / \
         torch.tensor(CIFAR_STD[name])[:, None, None]
     assert torch.allclose(x, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])  # 2: as the published batches (Python 2), 5: NumPy's out-of-band form
+def test_cifar_batches_are_unpickled_without_running_code(tmp_path, protocol):
+    import os
+
+    base = write_cifar(tmp_path, protocol=protocol)
+    assert len(build_dataset("cifar10", "test", root=tmp_path, augment=False)) == 4
+
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    with open(base / "test_batch", "wb") as fh:
+        pickle.dump({"data": Payload(), "labels": [0]}, fh, protocol=protocol)
+    with pytest.raises(DataError) as caught:
+        build_dataset("cifar10", "test", root=tmp_path)
+    assert str(caught.value) == (f"{base / 'test_batch'} was refused: unpickling it would call posix.system, which a "
+                                 "CIFAR batch never holds (a crafted or foreign file); download the data set again")
+    assert not marker.exists()
 
 
 def test_cifar_missing_and_corrupt_files(tmp_path):

@@ -34,40 +34,83 @@ def imagenet_transform(train: bool, augment: bool = True):
     return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+class ForbiddenPickle(pickle.UnpicklingError):
+    """A pickle that names a callable a CIFAR batch never holds (a hostile or foreign file)."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR's python batches hold (dicts, lists, strings, numbers and NumPy arrays)
+    and nothing else: any other global, such as ``os.system`` in a crafted file, is refused before
+    it is called. The batches were pickled by Python 2 (NumPy 1 names); a file rewritten by Python 3
+    uses ``_codecs.encode`` for bytes, and protocol 5 NumPy's ``_frombuffer``."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise ForbiddenPickle(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_pickle(path: str | Path):
+    """One CIFAR python batch (or meta) file, unpickled with :class:`_CifarUnpickler`."""
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, encoding="latin1").load()
+
+
 class _PresenceCheckedCIFAR:
-    """torchvision's CIFAR readers, checking that the files exist instead of hashing them.
+    """torchvision's CIFAR readers, checking that the files exist instead of hashing them, and
+    unpickling them without running code.
 
     torchvision compares every batch file with a fixed md5 on each construction and reports any
     problem as "Dataset not found or corrupted". Here a missing file is named with where to get
     it, and a damaged one fails when unpickled, naming the file. ``verify_md5=True`` restores
-    torchvision's checksum test.
+    torchvision's checksum test. torchvision reads the batches with ``pickle.load``, which runs
+    whatever a crafted file names; here they go through :func:`read_cifar_pickle` (the same
+    arrays, in torchvision's ``data``/``targets`` layout).
     """
 
     def __init__(self, root: str, train: bool = True, transform=None, download: bool = False,
                  verify_md5: bool = False):
+        import numpy as np
+        from torchvision.datasets import VisionDataset
+
         self.verify_md5 = verify_md5
         if not download:
             self._raise_if_missing(Path(root))
+        VisionDataset.__init__(self, root, transform=transform)
+        self.train = train
+        if download:
+            self.download()
+        if not self._check_integrity():
+            raise DataError(f"{type(self).__name__} files under {root} do not match their published md5 sums; "
+                            "download them again")
+        data, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            entry = self._read(Path(root) / self.base_folder / name)
+            if not isinstance(entry, dict) or "data" not in entry or not ("labels" in entry or "fine_labels" in entry):
+                raise DataError(f"could not read {Path(root) / self.base_folder / name} ({type(self).__name__}): it "
+                                "holds no 'data' and 'labels' (not a CIFAR python batch; download it again)")
+            data.append(entry["data"])
+            self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
         try:
-            super().__init__(root, train=train, transform=transform, download=download)
-        except (EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as error:
-            damaged = self._first_unreadable(Path(root)) or Path(root) / self.base_folder
-            raise DataError(f"could not read {damaged} ({type(self).__name__}): {type(error).__name__}: {error} (the "
-                            "file is truncated or not a CIFAR python pickle; download it again)") from None
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision
+        except ValueError as error:
+            raise DataError(f"the {type(self).__name__} batches under {root} do not hold 32x32 RGB images ({error}); "
+                            "download them again") from None
+        self._load_meta()
 
-    def _first_unreadable(self, root: Path) -> Path | None:
-        """The batch file torchvision failed on (it does not say which)."""
-        files = self.train_list if self.train else self.test_list
-        for name, _ in files:
-            path = root / self.base_folder / name
-            try:
-                with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
-                if "data" not in entry or not ("labels" in entry or "fine_labels" in entry):
-                    return path
-            except Exception:
-                return path
-        return None
+    def _read(self, path: Path):
+        try:
+            return read_cifar_pickle(path)
+        except ForbiddenPickle as error:
+            raise DataError(f"{path} was refused: unpickling it would call {error}, which a CIFAR batch never "
+                            "holds (a crafted or foreign file); download the data set again") from None
+        except (EOFError, OSError, ValueError, KeyError, IndexError, pickle.UnpicklingError) as error:
+            raise DataError(f"could not read {path} ({type(self).__name__}): {type(error).__name__}: {error} (the "
+                            "file is truncated or not a CIFAR python pickle; download it again)") from None
 
     @classmethod
     def _raise_if_missing(cls, root: Path) -> None:
@@ -82,16 +125,19 @@ class _PresenceCheckedCIFAR:
 
     def _check_integrity(self) -> bool:
         if self.verify_md5:
-            return super()._check_integrity()
+            from torchvision.datasets.utils import check_integrity
+            meta = Path(self.root) / self.base_folder / self.meta["filename"]
+            return super()._check_integrity() and check_integrity(str(meta), self.meta["md5"])
         base = Path(self.root) / self.base_folder
         return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
 
     def _load_meta(self) -> None:
-        if self.verify_md5:
-            return super()._load_meta()
-        # torchvision's reading of the class names, without its md5 test.
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as infile:
-            self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
+        # torchvision's reading of the class names (its md5 test is in _check_integrity with verify_md5).
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        meta = self._read(path)
+        if not isinstance(meta, dict) or self.meta["key"] not in meta:
+            raise DataError(f"{path} holds no {self.meta['key']!r} (not CIFAR's meta file; download it again)")
+        self.classes = meta[self.meta["key"]]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
