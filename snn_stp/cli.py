@@ -131,12 +131,12 @@ def print_registries() -> None:
               + (" (bundled)" if spec.bundled else ""))
     print("threshold schedulers (rule: sparsify's rule, the first is the default; keys: its settings in the pruning "
           "section, * required; knob: what sets how much it prunes):")
-    for name, cls in sorted(THRESHOLD_SCHEDULERS.items()):
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
+    # The baseline last, after the pruning methods.
+    for name, cls in sorted(THRESHOLD_SCHEDULERS.items(), key=lambda item: (not item[1].prunes, item[0])):
         keys = [f"{key}{'*' if required else ''}" for key, (_, required) in cls.user_arguments().items()]
-        print(f"  {name:<16} rule {'|'.join(cls.rules):<10} keys: {', '.join(keys) or '-':<38} {summary}")
-        print(f"  {'':<16} knob: {cls.knob}")
-    print(f"  {'dense':<16} rule {'identity':<10} keys: {'-':<38} the unpruned baseline, through the same code path")
+        print(f"  {name:<16} rule {'|'.join(cls.rules):<10} keys: {', '.join(keys) or '-':<38} {cls.summary()}")
+        if cls.knob:
+            print(f"  {'':<16} knob: {cls.knob}")
     from .train.config import recipe_files
     recipes = recipe_files()
     if recipes:
@@ -431,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = _show_warning
     try:
+        from .plugins import load_plugins
+        load_plugins()
         return dispatch(args)
     except SnnStpError as error:
         if args.debug:

@@ -5,6 +5,7 @@
 ``tensorboard/``             the same scalars as TensorBoard events
 ``checkpoints/last.pt``      the newest full state; ``snn-stp resume`` continues from it
 ``checkpoints/best.pt``      the state at the end of the epoch with the best validation accuracy
+                             among the eligible ones (the one rule: :func:`improves_best`)
 ``checkpoints/last_good.pt`` the newest checkpoint whose weights gave a loss in the normal range
 ``checkpoints/diverged.pt``  after a NaN/inf stop: the newest checkpoint, when it was not good
 ``summary.json``             final numbers, written atomically at the end
@@ -291,3 +292,31 @@ def read_summary(run_dir: str | Path) -> dict:
 
 def write_summary(run_dir: str | Path, summary: dict) -> None:
     write_text_atomic(Path(run_dir) / SUMMARY, json.dumps(summary, indent=1))
+
+
+# -- best.pt: the one rule that picks the best-validation epoch ----------------------------------
+#: The best validation accuracy before any epoch: below every accuracy, so the first eligible
+#: validated epoch always becomes best.pt.
+NO_BEST_ACCURACY = -1.0
+
+
+def improves_best(record: dict, best_val_acc: float) -> bool:
+    """Whether the epoch ``record`` becomes best.pt when the best validation accuracy so far is
+    ``best_val_acc`` (:data:`NO_BEST_ACCURACY` before any): True when the epoch was validated, was
+    eligible (``best_eligible``: at the run's target sparsity, or after its pruning ended; a record
+    written before the field existed is eligible) and beats the best strictly, so the earliest of
+    equal epochs stays. The training loop applies it epoch by epoch as it writes best.pt;
+    :func:`best_record` applies it to a run's records afterwards."""
+    if record.get("val_acc") is None or not record.get("best_eligible", True):
+        return False
+    return record["val_acc"] > best_val_acc
+
+
+def best_record(metrics: list[dict]) -> dict | None:
+    """The epoch record best.pt holds: ``metrics`` in order through :func:`improves_best`, as the
+    training loop chose. None without a validation split or an eligible epoch."""
+    best = None
+    for record in metrics:
+        if improves_best(record, NO_BEST_ACCURACY if best is None else best["val_acc"]):
+            best = record
+    return best

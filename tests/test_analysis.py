@@ -198,3 +198,20 @@ def test_the_report_shows_D_only_for_schedulers_that_use_it():
     assert not _uses_D({"scheduler": "lats", "final_threshold": 0.2, "l1": 0.01})  # l1 sets it
     for name in ("gmp", "str", "gradr", "dense"):
         assert not _uses_D({"scheduler": name, "final_threshold": 0.2})
+
+
+def test_plots_import_pareto_and_never_the_reverse():
+    """The Pareto module saves its figure with the shared helper (analysis.figures), so it needs
+    nothing from plots: the two modules depend on each other one way only, at the top of the file."""
+    import ast
+    from pathlib import Path
+
+    from snn_stp.analysis import figures
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((Path(snn_stp.__file__).parent / "analysis" / f"{name}.py").read_text())
+        return {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    assert "plots" not in imported("pareto") and "pareto" in imported("plots")
+    assert {"plots", "pareto"}.isdisjoint(imported("figures"))
+    assert plots.save is figures.save

@@ -17,7 +17,7 @@ PACKAGE = Path(snn_stp.__file__).parent
 #: Each room and its floor. A module may import rooms on lower floors and its own room, never a
 #: room on its own floor or above.
 FLOORS = {
-    "errors": 0, "files": 1, "rundir": 2,
+    "errors": 0, "files": 1, "plugins": 1, "rundir": 2,
     "pruning": 3,
     "snn": 4, "ann": 4, "data": 4,
     "model_registry": 3, "models": 5, "measure": 5,

@@ -84,3 +84,22 @@ def test_runs_written_before_the_field_are_read_as_before_with_the_sparsity_unkn
                          "pruning": {"scheduler": "lats"}}, metrics, {})
     outcome = pareto.outcome(run)  # the best epoch's accuracy at that epoch's sparsity, as before
     assert (outcome.accuracy["best_val"], outcome.sparsity["best_val"]) == (0.91, 0.3)
+
+
+def test_the_loop_and_the_readers_choose_best_pt_by_one_rule():
+    """rundir.improves_best is the rule the training loop applies epoch by epoch; best_record (what
+    the report, the Pareto outcome and analysis.runs read back) folds the records through it."""
+    from snn_stp import rundir
+
+    metrics = [{"epoch": 1, "val_acc": 0.95, "best_eligible": False},  # best accuracy, wrong sparsity
+               {"epoch": 2, "val_acc": None, "best_eligible": True},  # no validation split measured
+               {"epoch": 3, "val_acc": 0.8, "best_eligible": True},
+               {"epoch": 4, "val_acc": 0.9, "best_eligible": True},
+               {"epoch": 5, "val_acc": 0.9, "best_eligible": True}]  # a tie: the earlier epoch stays
+    best_acc, chosen = rundir.NO_BEST_ACCURACY, None
+    for record in metrics:  # as Trainer._end_epoch does
+        if rundir.improves_best(record, best_acc):
+            best_acc, chosen = record["val_acc"], record
+    assert chosen["epoch"] == 4 and rundir.best_record(metrics) is chosen and best_record is rundir.best_record
+    assert rundir.best_record(metrics[:3]) == metrics[2] and rundir.best_record(metrics[:2]) is None
+    assert rundir.best_record([]) is None

@@ -518,3 +518,96 @@ def test_digits_dvs_regenerates_missing_or_damaged_files(digits_dvs_root):
     with pytest.warns(UserWarning, match="2 generated file\\(s\\) missing or damaged .*generating the data set again"):
         train = build_dataset("digits_dvs", "train", root=digits_dvs_root, time_steps=4, cache=False)
     assert len(train) == 1438 and deleted.exists() and damaged.read_bytes() == original
+
+
+
+# -- one read of the training split for both of its parts (train and validation) --------------------
+
+def record_builds(monkeypatch, cls, split_of) -> list[str]:
+    """The splits that data set class ``cls`` is constructed for from now on, one entry per build
+    (``split_of(args, kwargs)``: the split its constructor was given)."""
+    builds = []
+    construct = cls.__init__
+
+    def recorded(self, *args, **kwargs):
+        builds.append(split_of(args, kwargs))
+        construct(self, *args, **kwargs)
+    monkeypatch.setattr(cls, "__init__", recorded)
+    return builds
+
+
+def test_one_cifar_build_serves_train_and_validation_with_the_same_samples(tmp_path, monkeypatch):
+    """The training batches are unpickled once for both parts of the split; the samples are those
+    make_dataset gives per split (the same holdout indices; validation with the evaluation
+    transforms, training with its augmentation)."""
+    from snn_stp.data import holdout
+    from snn_stp.data.images import _PresenceCheckedCIFAR
+    from snn_stp.train import load_config
+    from snn_stp.train.builders import make_dataset, make_splits
+
+    write_cifar(tmp_path, per_batch=8)  # 40 training images
+    config = load_config(overrides=[f"data.root={tmp_path}", "data.name=cifar10", "data.validation_fraction=0.25",
+                                    "data.validation_seed=3"])
+    builds = record_builds(monkeypatch, _PresenceCheckedCIFAR, lambda args, kwargs: kwargs["train"])
+    train, validation, test = make_splits(config, None)
+    assert builds == [True, False]  # the train split once, the test split once
+    assert validation.dataset.data is train.dataset.data  # one object's images, shared
+    before = {split: make_dataset(config, split, None) for split in ("train", "validation", "test")}
+    assert builds == [True, False, True, True, False]  # make_dataset per split reads the train split twice
+    assert (train.indices, validation.indices) == (before["train"].indices, before["validation"].indices) == \
+        holdout(40, 0.25, seed=3)
+    for index in range(len(validation)):
+        torch.manual_seed(index)  # whatever the random state: no augmentation
+        assert torch.equal(validation[index][0], before["validation"][index][0])
+        assert validation[index][1] == before["validation"][index][1]
+    for index in range(len(train)):  # the same augmentation from the same random state
+        torch.manual_seed(index)
+        augmented = train[index]
+        torch.manual_seed(index)
+        expected = before["train"][index]
+        assert torch.equal(augmented[0], expected[0]) and augmented[1] == expected[1]
+    assert not all(torch.equal(train[0][0], train[0][0]) for _ in range(8))  # train is augmented
+    assert all(torch.equal(test[i][0], before["test"][i][0]) for i in range(len(test)))
+
+
+def test_one_event_build_serves_train_and_validation(tmp_path, monkeypatch):
+    """Event data: the training files are listed, checked and cached once; the validation part
+    reads the same object's frames, the samples make_dataset gives."""
+    from snn_stp.data import events, holdout
+    from snn_stp.train import load_config
+    from snn_stp.train.builders import make_dataset, make_splits
+
+    write_dvs_gesture(tmp_path)  # 110 recordings per split
+    write_dvs_gesture(tmp_path, "test")
+    config = load_config(overrides=[f"data.root={tmp_path}", "data.name=dvs_gesture", "data.frames=2",
+                                    "model.name=dvsgesture_net"])
+    builds = record_builds(monkeypatch, events.EventFrames, lambda args, kwargs: args[2])
+    train, validation, test = make_splits(config, None)
+    assert builds == ["train", "test"] and validation.dataset is train.dataset
+    before = make_dataset(config, "validation", None)
+    assert (train.indices, validation.indices) == (make_dataset(config, "train", None).indices, before.indices) == \
+        holdout(110, 0.1, seed=0)
+    for index in range(len(validation)):
+        assert torch.equal(validation[index][0], before[index][0]) and validation[index][1] == before[index][1]
+    assert len(test) == 110
+
+
+def test_imagenet_validation_part_keeps_the_evaluation_transforms(tmp_path):
+    """ImageNet's evaluation transforms (resize 256, center crop 224) differ from its training ones
+    (random resized crop) in kind, not only by the random steps: the validation part of the one
+    training build reads exactly what make_dataset's validation split reads."""
+    from snn_stp.train import load_config
+    from snn_stp.train.builders import make_dataset, make_splits
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for wnid in ("n01440764", "n01443537"):
+            folder = tmp_path / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(4):  # noise: any other crop or scale reads other values
+                Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    config = load_config(overrides=[f"data.root={tmp_path}", "data.name=imagenet", "data.validation_fraction=0.25"])
+    _, validation, _ = make_splits(config, None)
+    before = make_dataset(config, "validation", None)
+    assert validation.indices == before.indices and len(validation) == 2
+    assert all(torch.equal(validation[i][0], before[i][0]) for i in range(len(validation)))

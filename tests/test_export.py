@@ -15,7 +15,7 @@ from torch import nn
 import snn_stp
 from snn_stp.errors import SnnStpWarning
 from snn_stp.export import NotExpressibleError, export_nir, load_sparse, run_nir, save_sparse
-from snn_stp.models import build_model
+from snn_stp.models import MODELS, build_model
 
 T = 4
 
@@ -181,11 +181,16 @@ def test_what_nir_cannot_express_is_refused_by_name(model, message):
 
 # -- the convolutional networks ---------------------------------------------------------------------
 
+def declared(name: str, **options) -> tuple[str, dict, tuple[int, ...]]:
+    """``(name, options, the per-step sample shape the model declares for them)``."""
+    return name, options, MODELS[name].input_shape(options)
+
+
 CONV_NETS = [
-    ("nmnist_net", {"channels": 8, "hidden": 32, "image_size": 17}, (2, 17, 17)),
-    ("dvsgesture_net", {"channels": 8, "image_size": 32}, (2, 32, 32)),
-    ("cifar10dvs_net", {"channels": 8, "image_size": 32}, (2, 32, 32)),
-    ("stds_cifarnet", {"width": 8, "fc_width": 32, "dropout": 0.5}, (3, 32, 32)),
+    declared("nmnist_net", channels=8, hidden=32, image_size=17),
+    declared("dvsgesture_net", channels=8, image_size=32),
+    declared("cifar10dvs_net", channels=8, image_size=32),
+    declared("stds_cifarnet", width=8, fc_width=32, dropout=0.5),
 ]
 
 
@@ -229,8 +234,10 @@ def test_sew_resnets_with_add_run_the_same_under_the_nir_reference(depth, stem, 
     adds = [node for node in graph.nodes.values() if isinstance(node, nir.Scale)]
     assert len(adds) == (8 if depth == 18 else 16)  # one per residual block
     assert all(sum(1 for _, b in graph.edges if graph.nodes[b] is node) == 2 for node in adds)
-    expected, spikes = ours(model, steps)
-    got, nodes = run_nir(graph, steps, record=True)
+    # Both in float64: in float32 a membrane within rounding of the threshold (the folded batch
+    # norm, r = 1/dt) flips a spike in one of them on some CPUs' convolution kernels.
+    expected, spikes = ours(model.double(), steps.double())
+    got, nodes = run_nir(graph, steps, record=True, dtype=torch.float64)
     assert torch.allclose(got, expected, atol=1e-5)
     theirs = [values for key, values in nodes.items() if isinstance(graph.nodes[key], nir.IF)]
     assert len(theirs) == len(spikes) and all(0 < s.mean() < 1 for s in spikes)
@@ -251,9 +258,38 @@ def test_the_framework_readers_stop_at_max_pooling_as_the_export_says(tmp_path):
         run_norse(graph, steps, 1e-4)
 
 
+# -- the input of an exported run ------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, data, shape", [
+    ({"name": "spiking_mlp"}, {"name": "digits"}, (64,)),
+    ({"name": "spiking_mlp", "in_channels": 700}, {"name": "shd"}, (700,)),
+    # The frames are downsampled as the run made them: 34x34 halved.
+    ({"name": "nmnist_net", "options": {"image_size": 17}}, {"name": "digits_dvs", "downsample": 0.5}, (2, 17, 17)),
+    # A globally pooled network takes the data set's size, not its stem's design size (224).
+    ({"name": "sew_resnet18", "options": {"stem": "imagenet"}}, {"name": "cifar10"}, (3, 32, 32)),
+], ids=["digits", "shd", "downsampled_frames", "pooled"])
+def test_an_exported_run_takes_its_data_sets_samples(model, data, shape):
+    from snn_stp.export import sample_shape
+    from snn_stp.train.config import from_dict
+
+    assert sample_shape(None, from_dict({"model": model, "data": data})) == shape  # the model is not read
+
+
+def test_a_run_whose_model_cannot_take_its_data_is_named_at_export():
+    from snn_stp.export import sample_shape
+    from snn_stp.model_registry import InputShapeError
+    from snn_stp.train.config import from_dict
+
+    config = from_dict({"model": {"name": "stds_cifarnet"}, "data": {"name": "imagenet"}})
+    with pytest.raises(InputShapeError, match=r"^data set imagenet gives samples of shape \(3, 224, 224\) per time "
+                                              r"step, but model stds_cifarnet takes \(3, 32, 32\); build the model "
+                                              r"with image_size=224$"):
+        sample_shape(None, config)
+
+
 # -- sparse checkpoints -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, options, shape", [("spiking_mlp", {"in_channels": 64}, (64,))] + CONV_NETS[:1])
+@pytest.mark.parametrize("name, options, shape", [declared("spiking_mlp", in_channels=64)] + CONV_NETS[:1])
 def test_a_sparse_checkpoint_loads_back_to_identical_outputs(name, options, shape, tmp_path):
     model = pruned(name, threshold=0.05 if name == "spiking_mlp" else 0.4, time_steps=T, **options)  # >50% zeros
     arguments = {"name": name, "num_classes": None, "in_channels": options.get("in_channels"), "spiking": True,

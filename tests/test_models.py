@@ -190,6 +190,108 @@ def test_every_model_prunes_steps_and_bakes(name):
     assert torch.equal(before, after)
 
 
+# -- declared input shapes (ModelSpec.input_shape) --------------------------------------------
+
+def declared_input(name, spiking=True, batch=2, steps=T, seed=0):
+    """Random input of the model's declared per-step sample shape for its SMALL options: static
+    ``[B, *shape]`` (normal), events ``[T, B, *shape]`` (Bernoulli 0/1 frames; summed ``[B, *shape]``
+    for the ANN twin)."""
+    spec = MODELS[name]
+    shape = spec.input_shape(SMALL[name][0])
+    g = torch.Generator().manual_seed(seed)
+    if spec.input_kind == "events":
+        frames = torch.bernoulli(torch.full((steps, batch, *shape), 0.2), generator=g)
+        return frames if spiking else frames.sum(0)
+    return torch.randn(batch, *shape, generator=g)
+
+
+def test_every_model_declares_its_input_shape():
+    assert MODELS["spiking_mlp"].input_shape() == (64,)
+    assert MODELS["spiking_mlp"].input_shape({"in_channels": 700}) == (700,)  # build_model's name for in_features
+    assert MODELS["stds_cifarnet"].input_shape({"image_size": 16}) == (3, 16, 16)
+    assert MODELS["nmnist_net"].input_shape() == (2, 34, 34)
+    assert [MODELS["sew_resnet18"].input_shape({"stem": stem}) for stem in ("imagenet", "cifar", "dvs")] == \
+        [(3, 224, 224), (3, 32, 32), (2, 128, 128)]
+    assert MODELS["resnet50"].input_shape({"in_channels": 1}) == (1, 224, 224)
+    for name, (options, shape, _) in SMALL.items():
+        rank = 1 if MODELS[name].input_argument == "in_features" else 3
+        assert len(MODELS[name].input_shape(options)) == rank, name
+        assert MODELS[name].check_sample(shape, options) == shape, name  # the test shapes are accepted
+
+
+@pytest.mark.parametrize("name", light_first(sorted(MODELS)))
+def test_declared_input_shape_runs_through_the_model(name):
+    """Each registered model takes a sample of its declared shape (SNN and ANN twin alike; one
+    sample in eval mode: the shapes are what is tested, the gradient test below trains)."""
+    for spiking in ([True, False] if MODELS[name].has_spiking else [False]):
+        model = small(name, spiking).eval()
+        if MODELS[name].has_spiking:  # a TwinNetwork checks the sample's rank itself: it must agree
+            assert model.sample_dims == len(MODELS[name].input_shape(SMALL[name][0]))
+        with torch.no_grad():
+            assert model(declared_input(name, spiking, batch=1)).shape == (1, SMALL[name][2])
+
+
+@pytest.mark.parametrize("name", light_first(sorted(MODELS)))
+def test_every_pruned_weight_gets_a_finite_nonzero_gradient(name):
+    """After sparsify, one forward and backward on the declared input reaches every latent theta:
+    a detached theta, a layer whose input ignores its weight or a NaN would leave one without."""
+    spiking = MODELS[name].has_spiking
+    model = small(name, spiking)
+    names = snn_stp.sparsify(model)
+    # BatchNorm1d over 2 samples maps every feature to -1 or +1, which never reaches the threshold
+    # in T=2 steps: the MLP's second layer would see no spike. 8 vectors cost nothing.
+    batch = 8 if len(MODELS[name].input_shape(SMALL[name][0])) == 1 else 2
+    target = torch.arange(batch) % SMALL[name][2]
+    nn.functional.cross_entropy(model(declared_input(name, spiking, batch=batch)), target).backward()
+    for weight in names:
+        module = model.get_submodule(weight.rsplit(".", 1)[0])
+        grad = module.parametrizations.weight.original.grad
+        assert grad is not None, f"{weight}: theta got no gradient"
+        assert torch.isfinite(grad).all(), f"{weight}: non-finite gradient"
+        assert grad.abs().sum() > 0, f"{weight}: the gradient is all zero"
+
+
+def test_a_data_set_the_model_cannot_take_is_a_clear_error():
+    from snn_stp.data import dataset_spec
+    from snn_stp.model_registry import InputShapeError
+
+    assert MODELS["nmnist_net"].input_shape({"image_size": 17}, dataset_spec("digits_dvs"), downsample=0.5) == \
+        (2, 17, 17)
+    assert MODELS["sew_resnet18"].input_shape({"stem": "cifar"}, dataset_spec("imagenet")) == (3, 224, 224)  # pooled
+    with pytest.raises(InputShapeError, match=r"data set cifar10 gives samples of shape \(3, 32, 32\) per time "
+                                              r"step, but model nmnist_net takes \(2, 34, 34\); build the model "
+                                              r"with in_channels=3, image_size=32"):
+        MODELS["nmnist_net"].input_shape({}, dataset_spec("cifar10"))
+    with pytest.raises(InputShapeError, match=r"data set shd gives samples of shape \(700,\) .* model spiking_mlp "
+                                              r"takes \(64,\); build the model with in_channels=700"):
+        MODELS["spiking_mlp"].input_shape({}, dataset_spec("shd"))
+    with pytest.raises(InputShapeError, match=r"model sew_resnet18 takes \(3, H, W\) for any H, W"):
+        MODELS["sew_resnet18"].input_shape({}, dataset_spec("nmnist"))
+    with pytest.raises(ValueError, match="unknown stem 'tiny'"):
+        MODELS["sew_resnet18"].input_shape({"stem": "tiny"})
+
+
+def test_input_size_is_checked_at_registration_and_may_be_left_out():
+    from snn_stp.model_registry import InputShapeError, ModelSpec, register_model
+
+    def builder(num_classes=10, in_channels=3):
+        return nn.Linear(in_channels, num_classes)
+    with pytest.raises(TypeError, match=r"input_size names \['image_size'\], which the builder does not take"):
+        register_model("not_registered", input_kind="static", description="", builder=builder,
+                       input_size=("in_channels", "image_size", "image_size"))
+    assert "not_registered" not in MODELS
+    undeclared = ModelSpec("undeclared", builder, "static", "")
+    assert undeclared.check_sample((3, 5, 5)) == (3, 5, 5)  # nothing declared: the data set's samples, unchecked
+    with pytest.raises(InputShapeError, match="declares no input size"):
+        undeclared.input_shape()
+
+
+def test_input_kinds_are_defined_once():
+    from snn_stp import data, model_registry
+
+    assert data.INPUT_KINDS is model_registry.INPUT_KINDS
+
+
 # -- spiking behaviour -----------------------------------------------------------------------
 
 STEMS = [(name, {}) for name in SPIKING] + [("sew_resnet18", {"stem": "imagenet"}), ("sew_resnet18", {"stem": "dvs"})]

@@ -2,7 +2,10 @@
 
 import copy
 import io
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,7 +96,7 @@ def test_an_unsparsified_model_gets_the_scheduler_s_own_sparsify_call(name):
 def test_unknown_name_and_argument_list_the_valid_ones():
     model = sparsified()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="unknown threshold scheduler 'stlas'; valid names: fixed, gmp, gradr, lats"):
+    with pytest.raises(ValueError, match="unknown threshold scheduler 'stlas'; valid names: dense, fixed, gmp, gradr, lats"):
         snn_stp.build_threshold_scheduler("stlas", model, opt)
     with pytest.raises(TypeError, match=r"'slats' got unknown argument\(s\) \['beta'\]; valid: final_threshold, total_steps"):
         snn_stp.build_threshold_scheduler("slats", model, opt, final_threshold=1.0, total_steps=10, beta=0.5)
@@ -560,3 +563,59 @@ def test_gmp_stops_pruning_at_its_end_epoch():
     with pytest.raises(ValueError, match="gmp takes end_step or end_epoch"):
         snn_stp.build_threshold_scheduler("gmp", model, opt, target_sparsity=0.8, steps_per_epoch=10, total_steps=50,
                                           end_epoch=3, end_step=30)
+
+
+# -- schedulers of one's own (plugins) -------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_a_plugin_module_named_in_the_environment_registers_its_scheduler(monkeypatch):
+    from snn_stp import plugins
+
+    monkeypatch.setenv(plugins.PLUGINS_VARIABLE, " scheduler_plugin , ")
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setattr(plugins, "_loaded", [])
+    try:
+        assert plugins.load_plugins() == ["scheduler_plugin"]
+        cls = snn_stp.pruning.scheduler_class("test_cubic")
+        assert cls.name == "test_cubic" and cls.prunes and cls.takes_target_sparsity()
+        assert "| `test_cubic` | `ste`, `exact` |" in snn_stp.pruning.schedulers.scheduler_table()
+    finally:  # the registry is the process's: leave it as the other tests expect it
+        snn_stp.THRESHOLD_SCHEDULERS.pop("test_cubic", None)
+        sys.modules.pop("scheduler_plugin", None)
+    monkeypatch.setenv(plugins.PLUGINS_VARIABLE, "no_such_plugin_module")
+    with pytest.raises(plugins.PluginError) as caught:
+        plugins.load_plugins()
+    assert str(caught.value) == (
+        "plugin module 'no_such_plugin_module' (from SNN_STP_PLUGINS=no_such_plugin_module) cannot be imported: "
+        "ModuleNotFoundError: No module named 'no_such_plugin_module'. Set SNN_STP_PLUGINS to importable module names "
+        "separated by commas (their folder on PYTHONPATH or the current folder)")
+
+
+@pytest.mark.slow  # subprocesses that train
+def test_a_scheduler_from_a_test_module_trains_through_snn_stp(tmp_path):
+    """One file and its decorator: ``snn-stp list`` shows it, ``snn-stp train`` runs it (d follows
+    its formula at every epoch end), and a process without the plugin refuses the run by name."""
+    from test_reliability import error_line, snn_stp as command
+
+    plugin = {"SNN_STP_PLUGINS": "scheduler_plugin", "PYTHONPATH": str(TESTS)}
+    listing = command("list", env=plugin)
+    assert listing.returncode == 0, listing.stderr
+    assert "test_cubic" in listing.stdout and "d_t = D x^3" in listing.stdout
+    out = tmp_path / "run"
+    trained = command("train", "--quiet", "--out", out, "--set", "pruning.scheduler=test_cubic",
+                      "--set", "pruning.final_threshold=0.1", "--set", "train.epochs=3", "--set", "model.options={hidden: 16}",
+                      "--set", "data.batch_size=256", "--set", "train.analysis_samples=8", env=plugin)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    total = records[-1]["step"]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert record["threshold"] == pytest.approx(0.1 * (record["step"] / total) ** 3, rel=1e-9)
+    assert json.loads((out / "summary.json").read_text())["weight_sparsity"] > 0
+    refused = command("eval", out, env={"SNN_STP_PLUGINS": ""})
+    assert error_line(refused, "eval").startswith(
+        "pruning.scheduler 'test_cubic' is unknown; valid: dense, fixed, gmp, gradr, lats, lats_epoch, linear, pgh, "
+        "sine, slats, str (a scheduler of your own registers when its module is imported: name the module in "
+        "SNN_STP_PLUGINS, see docs/contributing.md)")

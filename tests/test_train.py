@@ -96,7 +96,7 @@ def test_config_errors_list_what_is_valid(tmp_path):
         load_config(overrides=["model.spiking=false", "model.time_steps=4"])
     with pytest.raises(ConfigError, match="model resnet50 is an ANN baseline"):
         load_config(overrides=["model.name=resnet50"])
-    with pytest.raises(ConfigError, match="pruning.scheduler 'stlas' is unknown; valid: fixed, gmp, gradr, lats"):
+    with pytest.raises(ConfigError, match="pruning.scheduler 'stlas' is unknown; valid: dense, fixed, gmp, gradr, lats"):
         load_config(overrides=["pruning.scheduler=stlas"])
     with pytest.raises(ConfigError, match="frames/time_window/event_count/denoise_us/downsample apply to event data"):
         load_config(overrides=["data.frames=8"])
@@ -453,3 +453,21 @@ def test_any_garbage_file_is_a_checkpoint_error_not_a_crash(tmp_path):
         path.write_bytes(bytes(torch.randint(0, 256, (512,), generator=generator, dtype=torch.uint8).tolist()))
         with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
             ckpt.load(path)
+
+
+def test_the_trainer_reads_the_training_split_once_for_train_and_validation(tmp_path, monkeypatch):
+    """The engine builds its splits with make_splits: one Digits object serves the training and
+    the validation part, with the holdout's indices."""
+    from snn_stp.data import Digits, holdout
+
+    builds = []
+    construct = Digits.__init__
+
+    def recorded(self, split="train", *args, **kwargs):
+        builds.append(split)
+        construct(self, split, *args, **kwargs)
+    monkeypatch.setattr(Digits, "__init__", recorded)
+    trainer = Trainer(load_config(overrides=SMALL), tmp_path / "run", quiet=True)
+    assert builds == ["train", "test"]
+    assert trainer.val_set.dataset is trainer.train_set.dataset
+    assert (trainer.train_set.indices, trainer.val_set.indices) == holdout(1438, 0.1, seed=0)

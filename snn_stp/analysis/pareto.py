@@ -14,7 +14,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..train.config import DENSE, RESUME_MUTABLE_KEYS
+from matplotlib.ticker import FixedLocator, NullLocator
+
+from ..pruning.schedulers import prunes
+from ..train.config import RESUME_MUTABLE_KEYS
+from .figures import plt, save  # pyplot with the file-only backend selected
 from .runs import Run, best_record, config_key
 
 #: The accuracies a figure or table can show: the last epoch's, or the best-validation epoch's.
@@ -120,12 +124,9 @@ def pareto_figure(outcomes: list[Outcome], accuracy: str = "final"):
     per task, one colour and marker per scheduler (the same in every panel), seed mean with std
     bars, the dense baseline as a band. On the log error axis 1% and 2% error are as far apart as
     20% and 40%: differences near the top stay visible beside runs that collapsed to chance."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator
-
     found = points(outcomes, accuracy)
     tasks = sorted({p.task for p in found}, key=_task_order)
-    schedulers = sorted({p.scheduler for p in found} - {DENSE})
+    schedulers = sorted(name for name in {p.scheduler for p in found} if prunes(name))
     colors = plt.get_cmap("tab10").colors
     markers = "osD^vP*Xh<>"
     style = {name: (colors[i % len(colors)], markers[i % len(markers)]) for i, name in enumerate(schedulers)}
@@ -138,7 +139,7 @@ def pareto_figure(outcomes: list[Outcome], accuracy: str = "final"):
     handles = {}
     for ax, task in zip(axes[0], tasks):
         mine = [p for p in found if p.task == task]
-        pruned = [p for p in mine if p.scheduler != DENSE and 0 < p.sparsity < 1]
+        pruned = [p for p in mine if prunes(p.scheduler) and 0 < p.sparsity < 1]
         for name in schedulers:
             series = [p for p in pruned if p.scheduler == name]
             if not series:
@@ -153,7 +154,7 @@ def pareto_figure(outcomes: list[Outcome], accuracy: str = "final"):
                       [min(p.sparsity_std, (1 - p.sparsity) / 2) for p in series]]
             handles[name] = ax.errorbar([p.sparsity for p in series], y, xerr=across, yerr=spread, color=color,
                                         marker=marker, markersize=5, linewidth=1.2, capsize=2, label=name)
-        for p in (p for p in mine if p.scheduler == DENSE):
+        for p in (p for p in mine if not prunes(p.scheduler)):
             band = ax.axhspan(error(p.accuracy + p.accuracy_std), error(p.accuracy - p.accuracy_std), color="0.85",
                               zorder=0)
             line = ax.axhline(error(p.accuracy), color="0.3", linestyle="--", linewidth=1, zorder=1)
@@ -206,8 +207,8 @@ def level_table(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: str = 
         value = o.accuracy[accuracy]
         if value is None:
             continue
-        if o.scheduler == DENSE:
-            table.setdefault(o.task, {}).setdefault(DENSE, {}).setdefault(0.0, []).append(100 * value)
+        if not prunes(o.scheduler):
+            table.setdefault(o.task, {}).setdefault(o.scheduler, {}).setdefault(0.0, []).append(100 * value)
             continue
         row = table.setdefault(o.task, {}).setdefault(o.scheduler, {})  # listed even where it hit no level
         sparsity = o.sparsity[accuracy]
@@ -233,14 +234,15 @@ def markdown_tables(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: st
     for task in sorted(table, key=_task_order):
         rows = table[task]
         lines += ["", f"### {task}", ""]
-        if DENSE in rows:
-            d = rows[DENSE][0.0]
+        baseline = next((name for name in rows if not prunes(name)), None)
+        if baseline is not None:
+            d = rows[baseline][0.0]
             lines += [f"Dense baseline: {d.mean:.2f} ± {d.std:.2f} ({d.seeds})", ""]
         lines += ["| scheduler | " + " | ".join(f"{100 * v:g}%" for v in levels) + " |",
                   "|---|" + "---|" * len(levels)]
         best = {}
         for level in levels:
-            ranked = sorted(((cells[level], name) for name, cells in rows.items() if level in cells and name != DENSE),
+            ranked = sorted(((cells[level], name) for name, cells in rows.items() if level in cells and prunes(name)),
                             key=lambda item: -item[0].mean)
             if ranked:
                 top, name = ranked[0]
@@ -249,7 +251,7 @@ def markdown_tables(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: st
                 clear = second is not None and min(top.seeds, second.seeds) > 1 and \
                     top.mean - second.mean > top.std + second.std
                 best[level] = (name, clear)
-        for name in sorted(n for n in rows if n != DENSE):
+        for name in sorted(n for n in rows if prunes(n)):
             cells = []
             for level in levels:
                 cell = rows[name].get(level)
@@ -266,8 +268,6 @@ def markdown_tables(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: st
 
 def write_pareto(runs: list[Run], out: str | Path, levels=DEFAULT_LEVELS, accuracy: str = "final") -> list[Path]:
     """``pareto.png``/``.pdf`` and ``pareto.md`` in ``out``; returns the files."""
-    from .plots import save
-
     out = Path(out)
     found = [outcome(run) for run in runs]
     files = save(pareto_figure(found, accuracy), out, "pareto")

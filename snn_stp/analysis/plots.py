@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ..errors import UsageError  # noqa: E402
-from .runs import Run, load_model, read_run  # noqa: E402,F401  (read_run: part of this module's API)
+from ..errors import UsageError
+from .figures import plt, save  # pyplot with the file-only backend selected
+from .pareto import write_pareto
+from .runs import Run, is_sweep, load_model, read_run, run_paths
 
 
 def _series(run: Run, key: str) -> list:
@@ -33,7 +32,6 @@ def _legend_with_twin(ax, twin, **options) -> None:
 
 def _integer_x(ax) -> None:
     """Epochs and time steps are whole numbers."""
-    from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -248,15 +246,6 @@ RUN_FIGURES = {"threshold": plot_threshold, "sparsity": plot_sparsity, "support_
                "accuracy": plot_accuracy, "layers": plot_layers}
 
 
-def save(fig, folder: Path, name: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return paths
-
-
 def plot_runs(paths: list[str | Path], out: str | Path | None = None, layers: list[str] | None = None,
               raster_layer: str | None = None, sample: int = 0, per_run: bool | None = None) -> list[Path]:
     """Write the figures of each run (into ``RUN/plots`` or ``out/<run>``; the θ/w histograms and
@@ -265,9 +254,6 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, layers: li
     :data:`MAX_RUN_LEGEND` runs, the Pareto figure and table beyond two runs.
     ``per_run`` (default: unless a sweep folder or more than :data:`MAX_RUN_LEGEND` runs are given)
     says whether to draw the per-run figures. Returns the files."""
-    from .pareto import write_pareto
-    from .runs import is_sweep, run_paths
-
     sweeps = [Path(p) for p in paths if is_sweep(p)]
     runs = [read_run(p) for p in run_paths(paths)]
     if per_run is None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure import ENERGY_TABLES
+from ..train.config import RESUME_MUTABLE_KEYS
+from . import pareto
+from .figures import save
+from .plots import MAX_RUN_LEGEND, plot_accuracy_vs_energy, plot_accuracy_vs_sparsity
 from .runs import Run, best_record, config_key, is_sweep, read_run, run_paths
 
 #: (column title, function of a run's last metrics record); None where a value does not apply.
@@ -58,16 +62,14 @@ def _D(run: Run):
     """The D a run's threshold was scheduled toward: calibrated for a target sparsity (logged per
     epoch), or the configured one; None where no D applies."""
     pruning = run.config["pruning"]
-    if pruning["scheduler"] == "dense":
-        return None
     if pruning.get("target_sparsity") is not None and run.last.get("final_threshold") is not None:
         return run.last["final_threshold"]
     return pruning.get("final_threshold") if _uses_D(pruning) else None
 
 
 def _uses_D(pruning: dict) -> bool:
-    """Whether the run's scheduler takes final_threshold (gmp, str, gradr and dense ignore it; lats
-    given l1 too)."""
+    """Whether the run's scheduler takes final_threshold, as its class declares (gmp, str, gradr
+    and dense do not; lats given l1 ignores it); False for a scheduler not registered here."""
     from ..pruning import THRESHOLD_SCHEDULERS
 
     cls = THRESHOLD_SCHEDULERS.get(pruning["scheduler"])
@@ -88,8 +90,6 @@ def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
     """(SNN, ANN) twins: runs whose configs are the same but for :data:`TWIN_KEYS` (same model, data,
     scheduler, target, seed, ...); each run in one pair at most. With no twins, the only SNN and
     the only ANN."""
-    from ..train.config import RESUME_MUTABLE_KEYS
-
     def key(run: Run) -> tuple:
         return config_key(run.config, TWIN_KEYS + RESUME_MUTABLE_KEYS)
 
@@ -117,9 +117,6 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
     finished runs); returns the report's path. Beyond two runs, or for a sweep, the report opens
     with the Pareto section: accuracy against sparsity per scheduler with the seed spread, and the
     accuracy at ``levels`` (default 90, 95, 98, 99%)."""
-    from . import pareto
-    from .plots import MAX_RUN_LEGEND, plot_accuracy_vs_energy, plot_accuracy_vs_sparsity, save  # figures only
-
     runs = [read_run(p) for p in run_paths(paths)]
     out = Path(out)
     levels = tuple(levels or pareto.DEFAULT_LEVELS)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .. import rundir
 from ..errors import RunDirectoryError
 from ..files import read_yaml
+from ..rundir import best_record  # noqa: F401  (part of this module's API; the rule lives in rundir)
 
 
 @dataclass
@@ -58,16 +59,6 @@ def read_run(path: str | Path) -> Run:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise RunDirectoryError(f"{path / rundir.CONFIG} is not a run's config (no model section)")
     return Run(path, config, metrics, rundir.read_summary(path))
-
-
-def best_record(metrics: list[dict]) -> dict | None:
-    """The epoch record best.pt holds: the best validation accuracy among the epochs that were
-    eligible for it (``best_eligible``: at the run's target sparsity, or after its pruning ended),
-    the earliest on a tie, as the training loop chose it. Runs written before the field existed
-    are read as before: every validated epoch competes. None without a validation split or an
-    eligible epoch."""
-    validated = [m for m in metrics if m.get("val_acc") is not None and m.get("best_eligible", True)]
-    return max(validated, key=lambda m: m["val_acc"]) if validated else None
 
 
 def config_key(config: dict, ignore) -> tuple:

@@ -18,7 +18,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride:
         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
-@register_model("mobilenet_v1", input_kind="static",
+@register_model("mobilenet_v1", input_kind="static", input_size=("in_channels", 224, 224), any_spatial_size=True,
                 description="MobileNet-V1 (ImageNet recipe), optional 1x1-conv classifier")
 class MobileNetV1(nn.Module):
     """Conv 3x3/2 (32 ch), 13 depthwise-separable blocks, global average pool, classifier.

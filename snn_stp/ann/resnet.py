@@ -37,7 +37,7 @@ class ConvClassifier(nn.Module):
         return self.conv(x[:, :, None, None]).flatten(1)
 
 
-@register_model("resnet50", input_kind="static",
+@register_model("resnet50", input_kind="static", input_size=("in_channels", 224, 224), any_spatial_size=True,
                 description="torchvision ResNet-50 (ImageNet recipe), optional 1x1-conv classifier")
 def resnet50(num_classes: int = 1000, in_channels: int = 3, conv_classifier: bool = False,
              init: str = "torchvision") -> nn.Module:
@@ -74,7 +74,7 @@ def _reference_linear(in_features: int, num_classes: int) -> nn.Linear:
     return fc
 
 
-@register_model("cifar_resnet18", input_kind="static",
+@register_model("cifar_resnet18", input_kind="static", input_size=("in_channels", 32, 32), any_spatial_size=True,
                 description="ResNet-18 with a 3x3 stride-1 stem for 32x32 inputs")
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-18 for 32x32 inputs: torchvision's with a 3x3 stride-1 stem and no max-pool."""
@@ -142,6 +142,7 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model("cifar_resnet20", input_kind="static", description="He et al. CIFAR ResNet-20 (0.27 M parameters)")
+@register_model("cifar_resnet20", input_kind="static", input_size=("in_channels", 32, 32), any_spatial_size=True,
+                description="He et al. CIFAR ResNet-20 (0.27 M parameters)")
 def cifar_resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(3, num_classes, in_channels)

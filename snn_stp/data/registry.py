@@ -2,27 +2,29 @@
 check its files), registered next to the code that reads it (``digits.py``, ``images.py``,
 ``events.py``) with :func:`register_dataset`.
 
-Input kinds, the one vocabulary for models and data alike (see :data:`INPUT_KINDS`):
+Input kinds, the one vocabulary for models and data alike (:data:`INPUT_KINDS`, defined in
+:mod:`snn_stp.model_registry`, which sits below both):
 
 * ``static``: one tensor per sample (digits ``[64]``, images ``[C, H, W]``), fed to a spiking model
   directly at every time step;
 * ``events``: frames ``[T, ...]`` per sample (``[T, P, H, W]``, SHD ``[T, 700]``).
 
-The batch layout that follows from the kind is in :mod:`snn_stp.data.loaders`.
+The batch layout that follows from the kind is in :mod:`snn_stp.data.loaders`. The shape of one
+sample per time step, which a model must accept, is :meth:`DatasetSpec.sample_shape`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..model_registry import INPUT_KINDS
 from .frames import FrameSpec
-
-INPUT_KINDS = ("static", "events")
 
 #: The environment variable naming the default data root.
 DATA_ROOT_VARIABLE = "SNN_STP_DATA"
@@ -55,7 +57,9 @@ class DatasetSpec:
         name: registry name.
         input_kind: ``static`` or ``events`` (see the module docstring).
         num_classes: label count; labels are ``0 .. num_classes - 1``.
-        sample: one input's shape, for ``snn-stp list``.
+        sample: one input's shape for ``snn-stp list``: the shape in brackets first, with a leading
+            ``T`` for event frames (``[3, 32, 32]``, ``[64] pixels in 0..1``, ``[T, 2, 34, 34]``);
+            :meth:`sample_shape` reads it.
         description: one line for ``snn-stp list``.
         train_size: training samples of the full data set (dry runs report steps per epoch).
         build: ``build(request) -> Dataset`` of ``(input, label)`` samples.
@@ -79,6 +83,36 @@ class DatasetSpec:
         """Alias of :attr:`input_kind`."""
         return self.input_kind
 
+    def sample_shape(self, downsample: float | None = None) -> tuple[int, ...]:
+        """One sample per time step, without time and batch: ``(64,)`` for the digits,
+        ``(3, 32, 32)`` for CIFAR, ``(P, H, W)`` event frames, ``(700,)`` for SHD.
+
+        ``downsample``: the event frames' spatial factor (``FrameSpec.downsample``), which scales
+        H and W as the frames are made (``FrameSpec.sensor_after``).
+        """
+        shape = parse_sample(self.sample, self.input_kind)
+        if downsample is None:
+            return shape
+        if self.input_kind != "events" or len(shape) != 3:
+            raise ValueError(f"downsample scales H and W of event frames [P, H, W]; {self.name} samples are "
+                             f"{self.input_kind} {shape}")
+        w, h, p = FrameSpec(1, downsample=downsample).sensor_after((shape[2], shape[1], shape[0]))
+        return p, h, w
+
+
+def parse_sample(sample: str, input_kind: str) -> tuple[int, ...]:
+    """The per-step shape in a data set's ``sample`` text: ``"[T, 2, 34, 34]"`` -> ``(2, 34, 34)``
+    (event frames lead with ``T``), ``"[64] pixels in 0..1"`` -> ``(64,)``."""
+    match = re.match(r"\s*\[([^\]]*)\]", sample)
+    entries = [e.strip() for e in match.group(1).split(",")] if match else []
+    if input_kind == "events" and entries[:1] == ["T"]:
+        entries = entries[1:]
+    if not entries or not all(e.isdigit() and int(e) > 0 for e in entries):
+        lead = "[T, " if input_kind == "events" else "["
+        raise ValueError(f"a data set's sample must begin with its shape in brackets, {lead}sizes...] for "
+                         f"{input_kind} data (e.g. '{lead}2, 34, 34]'), got {sample!r}")
+    return tuple(int(e) for e in entries)
+
 
 #: Every registered data set, in catalog order: bundled first, then static, then event data
 #: (registration order within each group).
@@ -90,6 +124,7 @@ def register_dataset(name: str, input_kind: str, num_classes: int, sample: str, 
     """Decorator registering ``build(request)`` as the builder of data set ``name``."""
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
+    parse_sample(sample, input_kind)  # a sample text without a shape fails here, not at export
 
     def add(build: Callable[[DataRequest], torch.utils.data.Dataset]):
         if name in DATASETS:

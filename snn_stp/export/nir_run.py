@@ -19,12 +19,15 @@ import torch
 from torch.nn import functional as F
 
 
-def run_nir(graph, inputs: torch.Tensor, dt: float | None = None, record: bool = False):
+def run_nir(graph, inputs: torch.Tensor, dt: float | None = None, record: bool = False,
+            dtype: torch.dtype = torch.float32):
     """The graph's output at every time step.
 
     Args:
         graph: a ``nir.NIRGraph`` (or the path of a ``.nir`` file).
-        inputs: ``[T, B, *sample]`` float32, one sample per time step.
+        inputs: ``[T, B, *sample]``, one sample per time step (converted to ``dtype``).
+        dtype: the precision the graph runs in (float64 to compare with a model run in float64,
+            where no membrane lands within rounding of its threshold by chance).
         dt: time step in seconds; default: the graph's ``metadata["dt"]``.
         record: also return every node's values.
 
@@ -38,7 +41,8 @@ def run_nir(graph, inputs: torch.Tensor, dt: float | None = None, record: bool =
     dt = float(dt if dt is not None else graph.metadata["dt"])
     order = _topological_order(graph)
     sources = {name: [a for a, b in graph.edges if b == name] for name in graph.nodes}
-    tensors = {name: {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+    inputs = inputs.to(dtype)
+    tensors = {name: {k: torch.as_tensor(np.asarray(v), dtype=dtype)
                       for k, v in vars(node).items() if isinstance(v, np.ndarray)}
                for name, node in graph.nodes.items()}
     voltage: dict[str, torch.Tensor] = {}
@@ -86,7 +90,7 @@ def _step(node, p: dict, x: torch.Tensor, name: str, voltage: dict, dt: float) -
         return F.avg_pool2d(x, kernel, tuple(int(s) for s in node.stride), tuple(int(q) for q in node.padding),
                             divisor_override=1)
     if isinstance(node, nir.Threshold):
-        return (x >= p["threshold"]).float()
+        return (x >= p["threshold"]).to(x.dtype)
     if isinstance(node, (nir.LIF, nir.IF)):
         v = voltage.get(name)
         if v is None:
@@ -95,7 +99,7 @@ def _step(node, p: dict, x: torch.Tensor, name: str, voltage: dict, dt: float) -
             v = v + dt / p["tau"] * ((p["v_leak"] - v) + p["r"] * x)
         else:
             v = v + dt * p["r"] * x
-        spike = (v >= p["v_threshold"]).float()
+        spike = (v >= p["v_threshold"]).to(v.dtype)
         voltage[name] = spike * p["v_reset"] + (1 - spike) * v
         return spike
     raise ValueError(f"node {name}: {type(node).__name__} is not run by this reader")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from pathlib import Path
 
 from .. import pruning, rundir
+from ..data import dataset_spec
 from ..errors import SnnStpWarning, UsageError
 from ..files import atomic_path
 from ..model_registry import MODELS
@@ -98,20 +98,11 @@ def training_progress(path: Path, config, state: dict) -> dict:
 
 
 def sample_shape(model, config) -> tuple[int, ...]:
-    """One input sample of ``config``'s model, without time and batch: ``(features,)`` for a model
-    whose first layer is a Linear, ``(channels, size, size)`` for a convolutional one (its
-    ``image_size`` option, else the model's default; for a SEW ResNet its stem's: 32 for cifar,
-    224 for imagenet, 128 for dvs)."""
-    from torch import nn
-
-    first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-    if isinstance(first, nn.Linear):
-        return (first.in_features,)
-    size = config.model.options.get("image_size")
-    stem = config.model.options.get("stem", "imagenet") if config.model.name.startswith("sew_resnet") else None
-    if size is None and stem is not None:  # SEW ResNet: the stem's input size
-        size = {"cifar": 32, "imagenet": 224, "dvs": 128}[stem]
-    if size is None:
-        parameter = inspect.signature(MODELS[config.model.name].builder).parameters.get("image_size")
-        size = parameter.default if parameter is not None else 32
-    return (first.in_channels, int(size), int(size))
+    """One input sample of ``config``'s model per time step, without time and batch: ``(features,)``
+    or ``(C, H, W)``. The data set's (``config.data``, downsampled as its frames are), checked
+    against what the model's registry entry accepts (:meth:`ModelSpec.input_shape`): a mismatch
+    is an ``InputShapeError`` naming both. ``model`` is not read (the registry knows the input)."""
+    spec = MODELS[config.model.name]
+    data = dataset_spec(config.data.name)
+    downsample = config.data.downsample if data.input_kind == "events" else None
+    return spec.input_shape(model_arguments(config), dataset=data, downsample=downsample)

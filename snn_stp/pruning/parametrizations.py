@@ -18,7 +18,26 @@ from .functional import GRADIENT_RULES, apply_rule, fixed_sign_relu, inverse_sof
 
 
 class PruningParametrization(nn.Module):
-    """Base class of every parametrization this package registers (used to find them)."""
+    """Base class of every parametrization this package registers (used to find them).
+
+    A subclass declares the :func:`~snn_stp.sparsify` rules that create it (:attr:`rules`), which
+    of them carry a threshold d that a scheduler moves (:attr:`threshold_rules`: the ones
+    ``initial_threshold`` and ``init="inverse"`` apply to), and how it is built for one weight
+    (:meth:`for_weight`); :func:`parametrization_for_rule` finds it by rule.
+    """
+
+    rules: tuple[str, ...] = ()
+    threshold_rules: tuple[str, ...] = ()
+
+    @classmethod
+    def for_weight(cls, weight: torch.Tensor, rule: str, threshold: float, multiplier: float,
+                   trainable_threshold_init: float | None) -> PruningParametrization:
+        """The parametrization of one ``weight`` (its initial value, any shape) under ``rule``."""
+        return cls(weight)
+
+    def initialize_latent(self, latent: torch.Tensor, weight: torch.Tensor, init: str) -> None:
+        """Set ``theta`` after registration (``parametrize`` set it with :meth:`right_inverse`,
+        which is right for every parametrization whose inverse is the intended start)."""
 
 
 class SoftThreshold(PruningParametrization):
@@ -34,6 +53,9 @@ class SoftThreshold(PruningParametrization):
     Buffers: ``threshold`` (0-dim, the global d this layer was last given) and ``multiplier``
     (0-dim). Parameter (STR only): ``threshold_logit`` (0-dim).
     """
+
+    rules = GRADIENT_RULES
+    threshold_rules = ("ste", "exact")  # identity computes w = theta: no threshold to set
 
     def __init__(self, rule: str = "ste", threshold: float = 0.0, multiplier: float = 1.0,
                  trainable_logit: float | None = None):
@@ -53,6 +75,18 @@ class SoftThreshold(PruningParametrization):
             self.threshold_logit = nn.Parameter(torch.tensor(float(trainable_logit)))
         else:
             self.threshold_logit = None
+
+    @classmethod
+    def for_weight(cls, weight, rule, threshold, multiplier, trainable_threshold_init):
+        # On the weight's device: parametrize does not move the parametrization's buffers.
+        return cls(rule, threshold, multiplier, trainable_threshold_init).to(weight.device)
+
+    @torch.no_grad()
+    def initialize_latent(self, latent, weight, init):
+        # Set explicitly: right_inverse is the inverse map (right for assignments and for
+        # init="inverse", not for init="keep", where theta starts as the dense weight).
+        latent.copy_(inverse_soft_threshold(weight, float(self.effective_threshold())) if init == "inverse"
+                     else weight)
 
     @property
     def trainable(self) -> bool:
@@ -87,6 +121,8 @@ class FixedSignReLU(PruningParametrization):
     A weight is pruned while ``theta < 0``; the rewired gradient lets it come back.
     """
 
+    rules = ("gradr",)
+
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         sign0 = torch.sign(weight).to(weight.dtype)
@@ -108,6 +144,8 @@ class MagnitudeMask(PruningParametrization):
     product) and so stay pruned; the GMP scheduler rewrites the mask.
     """
 
+    rules = ("magnitude",)
+
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool))
@@ -117,6 +155,19 @@ class MagnitudeMask(PruningParametrization):
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         return w
+
+
+#: Every parametrization :func:`~snn_stp.sparsify` can attach, one per rule.
+PARAMETRIZATION_TYPES: tuple[type[PruningParametrization], ...] = (SoftThreshold, FixedSignReLU, MagnitudeMask)
+
+
+def parametrization_for_rule(rule: str) -> type[PruningParametrization]:
+    """The parametrization that :func:`~snn_stp.sparsify` attaches under ``rule``."""
+    for cls in PARAMETRIZATION_TYPES:
+        if rule in cls.rules:
+            return cls
+    valid = [r for cls in PARAMETRIZATION_TYPES for r in cls.rules]
+    raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(valid)}")
 
 
 def check_threshold(value: float, what: str) -> None:

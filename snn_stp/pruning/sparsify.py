@@ -8,17 +8,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .functional import GRADIENT_RULES, inverse_soft_threshold
-from .parametrizations import (FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold,
-                               check_threshold)
+from .parametrizations import (PARAMETRIZATION_TYPES, PruningParametrization, check_threshold,
+                               parametrization_for_rule)
 
-#: ``rule`` values of :func:`sparsify`: the soft threshold gradient rules, plus the
-#: parametrizations of two baselines (Grad R's fixed-sign ReLU, GMP's hard magnitude mask).
-RULES = GRADIENT_RULES + ("gradr", "magnitude")
+#: ``rule`` values of :func:`sparsify`, as each parametrization declares them: the soft threshold
+#: gradient rules, plus the parametrizations of two baselines (Grad R's fixed-sign ReLU, GMP's
+#: hard magnitude mask).
+RULES = tuple(rule for cls in PARAMETRIZATION_TYPES for rule in cls.rules)
 INITS = ("keep", "inverse")
 
 #: Module types pruned by default. SpikingJelly's ``layer.Conv2d`` / ``layer.Linear`` subclass these.
@@ -78,18 +77,18 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
     tensors = (name,) if isinstance(name, str) else tuple(name)
     if not tensors or not all(isinstance(t, str) and t for t in tensors):
         raise TypeError(f"name must be a tensor name or a sequence of them, got {name!r}")
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(RULES)}")
+    kind = parametrization_for_rule(rule)
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
     if initial_threshold is not None:
         check_threshold(initial_threshold, "initial_threshold")
+    thresholded = [r for cls in PARAMETRIZATION_TYPES for r in cls.threshold_rules]
     if init == "inverse":
         if initial_threshold is None:
             raise ValueError("init='inverse' needs initial_threshold=D: it sets theta = sign(w)(|w| + D)")
-        if rule not in ("ste", "exact") or trainable_threshold_init is not None:
-            raise ValueError("init='inverse' applies to a scheduled soft threshold (rule 'ste' or 'exact')")
-    if rule in ("gradr", "magnitude", "identity") and initial_threshold:
+        if rule not in kind.threshold_rules or trainable_threshold_init is not None:
+            raise ValueError(f"init='inverse' applies to a scheduled soft threshold (rule {' or '.join(map(repr, thresholded))})")
+    if rule not in kind.threshold_rules and initial_threshold:
         raise ValueError(f"rule={rule!r} has no threshold; do not pass initial_threshold")
     multipliers = dict(threshold_multipliers or {})
     for pattern, factor in multipliers.items():
@@ -103,23 +102,12 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
             # Another tensor of it is parametrized (weight_norm on the weight, pruning the bias): the
             # new property goes onto its class, which a deepcopy shares with the original.
             _own_parametrized_class(module)
+        factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(module_name, p)), 1.0)
         for tensor in tensors:
-            original = getattr(module, tensor).detach()
-            if rule in GRADIENT_RULES:
-                factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(module_name, p)), 1.0)
-                # On the weight's device: parametrize does not move the parametrization's buffers.
-                parametrization = SoftThreshold(rule, threshold, factor, trainable_threshold_init).to(original.device)
-                parametrize.register_parametrization(module, tensor, parametrization)
-                # Set theta explicitly: parametrize initializes it through right_inverse, which is
-                # the inverse map (right for assignments, not for init="keep").
-                with torch.no_grad():
-                    theta = (inverse_soft_threshold(original, threshold * factor) if init == "inverse"
-                             else original.clone())
-                    getattr(module.parametrizations, tensor).original.copy_(theta)
-            elif rule == "gradr":
-                parametrize.register_parametrization(module, tensor, FixedSignReLU(original))
-            else:
-                parametrize.register_parametrization(module, tensor, MagnitudeMask(original))
+            original = getattr(module, tensor).detach().clone()
+            parametrization = kind.for_weight(original, rule, threshold, factor, trainable_threshold_init)
+            parametrize.register_parametrization(module, tensor, parametrization)
+            parametrization.initialize_latent(getattr(module.parametrizations, tensor).original, original, init)
             names.append(f"{module_name}.{tensor}" if module_name else tensor)
     unused = [p for p in multipliers if not any(fnmatch.fnmatchcase(n, p) for n, _ in selected)]
     if unused:

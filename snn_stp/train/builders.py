@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from .. import pruning
-from ..data import build_dataset, check_present, dataset_spec, holdout
+from ..data import build_dataset, check_present, dataset_spec
+from ..data.splits import holdout_parts
 from ..errors import CheckpointError, ConfigError, SnnStpError
 from ..models import build_model
-from ..pruning.parametrizations import SoftThreshold
+from ..pruning.parametrizations import SoftThreshold, parametrization_for_rule
 from . import checkpoint as ckpt
-from .config import DENSE, Config, data_frame_keys
+from .config import Config, data_frame_keys, scheduler_class
 
 
 @contextmanager
@@ -79,15 +80,16 @@ def _build_sparsified(config: Config, num_classes: int, device: torch.device) ->
     p = config.pruning
     model = build_model(**model_arguments(config, num_classes), backend=config.model.backend, device=device)
     cls = threshold_scheduler_class(config)
-    rules = ("identity",) if p.scheduler == DENSE else cls.rules
-    rule = p.rule or rules[0]
-    if rule not in rules:
-        raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.rule {' or '.join(rules)}, got {rule}")
-    threshold = p.final_threshold if (p.init == "inverse" or cls.starts_at_final_threshold) else None
+    rule = p.rule or cls.rules[0]
+    if rule not in cls.rules:
+        raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.rule {' or '.join(cls.rules)}, got {rule}")
+    # d starts at D where the method prunes from step 0 (and the rule has a threshold to set).
+    starts_at_d = (p.init == "inverse" or cls.starts_at_final_threshold) and \
+        rule in parametrization_for_rule(rule).threshold_rules
     method = {name: p.scheduler_arguments[name] for name in cls.parametrization_arguments}
     with settings("pruning"):
         pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
-                         initial_threshold=threshold if rule in ("ste", "exact") else None,
+                         initial_threshold=p.final_threshold if starts_at_d else None,
                          threshold_multipliers=p.threshold_multipliers or None, **method)
     return model.to(device)
 
@@ -183,9 +185,8 @@ def make_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_pe
 
 
 def threshold_scheduler_class(config: Config) -> type[pruning.ThresholdScheduler]:
-    """The registered class of ``pruning.scheduler`` (the dense baseline is a fixed threshold of 0)."""
-    name = config.pruning.scheduler
-    return pruning.Fixed if name == DENSE else pruning.THRESHOLD_SCHEDULERS[name]
+    """The registered class of ``pruning.scheduler``."""
+    return scheduler_class(config.pruning.scheduler)
 
 
 def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_scheduler, steps_per_epoch: int):
@@ -205,7 +206,7 @@ def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_sch
     if p.target_sparsity is not None and "target_sparsity" in accepted:
         kwargs["target_sparsity"] = p.target_sparsity
     if cls.uses_final_threshold(kwargs):
-        kwargs["final_threshold"] = 0.0 if p.scheduler == DENSE else p.final_threshold
+        kwargs["final_threshold"] = p.final_threshold
     with settings("pruning"):
         return cls(model, optimizer, **kwargs)
 
@@ -229,23 +230,48 @@ def make_dataset(config: Config, split: str, model: nn.Module) -> torch.utils.da
     minus the validation part (``data.validation_fraction``, drawn with ``data.validation_seed``),
     ``validation`` that part (read with the evaluation transforms), ``test`` the test split. Event
     data sets get the frame options, with as many frames as the spiking model's time steps unless
-    ``data.frames`` says otherwise (16 for ANNs, which sum them)."""
+    ``data.frames`` says otherwise (16 for ANNs, which sum them). A run needs all three: see
+    :func:`make_splits`, which reads the training split once for both of its parts."""
     d = config.data
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got {split!r}")
+    dataset = _read_split(config, "test" if split == "test" else "train", model, augment=d.augment and split == "train")
+    if split == "test" or (split == "train" and not d.validation_fraction):
+        return dataset
+    if not d.validation_fraction:
+        raise ConfigError("data.validation_fraction is 0: there is no validation split")
+    train, validation = holdout_parts(dataset, d.validation_fraction, d.validation_seed)
+    return train if split == "train" else validation
+
+
+def make_splits(config: Config, model: nn.Module) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None,
+                                                           torch.utils.data.Dataset]:
+    """``(train, validation, test)`` of ``config.data`` for ``model``, the samples :func:`make_dataset`
+    gives for each split, with the training split read once: train and validation are two parts of
+    one data set object (a second build would read and scan its files, and fill the frame cache,
+    again), the validation part reading its samples with the test split's transforms (no
+    augmentation). ``validation`` is None when ``data.validation_fraction`` is 0."""
+    d = config.data
+    dataset = _read_split(config, "train", model, augment=d.augment)
+    test = make_dataset(config, "test", model)
+    if not d.validation_fraction:
+        return dataset, None, test
+    # The test split's transforms are the evaluation ones: a training split built without augmentation
+    # reads its images with the same steps (tests/test_data.py compares the samples).
+    train, validation = holdout_parts(dataset, d.validation_fraction, d.validation_seed, evaluation=test)
+    return train, validation, test
+
+
+def _read_split(config: Config, split: str, model: nn.Module, augment: bool) -> torch.utils.data.Dataset:
+    """The whole ``split`` (``train`` or ``test``) of ``config.data`` as its registry entry builds it,
+    with ``augment`` and, for event data, the frame options (see :func:`make_dataset`)."""
+    d = config.data
     options = {}
     if dataset_spec(d.name).input_kind == "events":
         options = {name: getattr(d, name) for name in data_frame_keys() if name != "frames"}
         options["time_steps"] = d.frames or (model.time_steps if getattr(model, "spiking", False) else 16)
     with settings("data"):
-        dataset = build_dataset(d.name, "test" if split == "test" else "train", d.root, cache=d.cache,
-                                download=d.download, augment=d.augment and split == "train", **options)
-    if split == "test" or (split == "train" and not d.validation_fraction):
-        return dataset
-    if not d.validation_fraction:
-        raise ConfigError("data.validation_fraction is 0: there is no validation split")
-    train, validation = holdout(len(dataset), d.validation_fraction, d.validation_seed)
-    return torch.utils.data.Subset(dataset, train if split == "train" else validation)
+        return build_dataset(d.name, split, d.root, cache=d.cache, download=d.download, augment=augment, **options)
 
 
 def check_data_present(config: Config) -> None:

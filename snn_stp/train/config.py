@@ -60,7 +60,7 @@ class PruningConfig:
     arguments (``beta`` for pgh, ``l1`` for lats, ...): each scheduler class declares them (see
     ``ThresholdScheduler.user_arguments``), and they are checked against it."""
 
-    scheduler: str = "lats"  # a threshold scheduler name, or "dense" (identity rule, no pruning)
+    scheduler: str = "lats"  # a registered scheduler name ("dense": the unpruned baseline)
     rule: str | None = None  # default: the scheduler's first rule (ste; exact for str; gradr; magnitude for gmp)
     final_threshold: float | None = 0.2
     # The final fraction of zero weights in the pruned layers, in place of final_threshold: the schedulers
@@ -159,11 +159,6 @@ def _inline(section: dict, extra: str, after: str) -> dict:
 
 #: ``schedule.warmup`` shapes (see :func:`snn_stp.train.builders.make_lr_scheduler`).
 WARMUPS = ("linear", "reference")
-
-#: ``pruning.scheduler`` value of the unpruned baseline: the same code path (rule identity, a fixed
-#: threshold of 0) with nothing pruned.
-DENSE = "dense"
-
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -363,14 +358,12 @@ def data_frame_keys() -> list[str]:
 
 
 def _check_pruning(p: PruningConfig) -> None:
-    """The scheduler exists, and the section's extra keys are its arguments, of their types."""
+    """The scheduler exists, and the section's extra keys are its arguments, of their types (all
+    read from the scheduler's class)."""
     from ..pruning import THRESHOLD_SCHEDULERS
 
-    schedulers = sorted(THRESHOLD_SCHEDULERS) + [DENSE]
-    if p.scheduler not in schedulers:
-        raise ConfigError(f"pruning.scheduler {p.scheduler!r} is unknown; valid: {', '.join(schedulers)}")
-    cls = THRESHOLD_SCHEDULERS.get(p.scheduler)
-    own = cls.user_arguments() if cls else {}
+    cls = scheduler_class(p.scheduler)
+    own = cls.user_arguments()
     takes_target = own.pop("target_sparsity", None) is not None
     own.pop("final_threshold", None)  # keys of the section itself
     given = p.scheduler_arguments
@@ -388,21 +381,32 @@ def _check_pruning(p: PruningConfig) -> None:
     for name, value in given.items():
         given[name] = _check_type(value, own[name][0], f"pruning.{name}")
     missing = [name for name, (_, required) in own.items() if required and given.get(name) is None]
-    if cls is not None and takes_target and p.target_sparsity is None and \
-            "target_sparsity" not in cls.replaces_final_threshold:
+    if takes_target and p.target_sparsity is None and "target_sparsity" not in cls.replaces_final_threshold:
         missing.append("target_sparsity")
     if missing:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs {' and '.join('pruning.' + n for n in missing)}")
-    if cls is not None and cls.uses_final_threshold({**given, "target_sparsity": p.target_sparsity}) and \
-            p.final_threshold is None:
+    if cls.uses_final_threshold({**given, "target_sparsity": p.target_sparsity}) and p.final_threshold is None:
         raise ConfigError(f"pruning.scheduler {p.scheduler} needs pruning.final_threshold"
                           + "".join(f" or pruning.{n}" for n in cls.replaces_final_threshold))
-    if p.target_sparsity is not None and cls is not None and "target_sparsity" in cls.replaces_final_threshold:
+    if p.target_sparsity is not None and "target_sparsity" in cls.replaces_final_threshold:
         _refuse_scale_with_target(p, cls)
         p.final_threshold = None  # D is calibrated: the default final_threshold (0.2) is not used
-    if p.init == "inverse" and not (cls and cls.starts_at_final_threshold):
+    if p.init == "inverse" and not cls.starts_at_final_threshold:
         starting = [n for n, c in sorted(THRESHOLD_SCHEDULERS.items()) if c.starts_at_final_threshold]
         raise ConfigError(f"pruning.init inverse is for the {', '.join(starting)} scheduler (pruning at initialization)")
+
+
+def scheduler_class(name: str):
+    """The registered scheduler class ``pruning.scheduler`` names; an unknown name is a
+    :class:`ConfigError` listing the registered ones and how a scheduler of one's own joins them."""
+    from ..plugins import PLUGINS_VARIABLE
+    from ..pruning import THRESHOLD_SCHEDULERS
+
+    if name not in THRESHOLD_SCHEDULERS:
+        raise ConfigError(f"pruning.scheduler {name!r} is unknown; valid: {', '.join(sorted(THRESHOLD_SCHEDULERS))} "
+                          f"(a scheduler of your own registers when its module is imported: name the module in "
+                          f"{PLUGINS_VARIABLE}, see docs/contributing.md)")
+    return THRESHOLD_SCHEDULERS[name]
 
 
 def _refuse_scale_with_target(p: PruningConfig, cls) -> None:
@@ -425,18 +429,8 @@ def _check_target_sparsity(p: PruningConfig, cls, takes_target: bool) -> None:
     if not (math.isfinite(p.target_sparsity) and 0 < p.target_sparsity < 1):
         raise ConfigError(f"pruning.target_sparsity must be in (0, 1) (the final fraction of zero weights in the "
                           f"pruned layers), got {p.target_sparsity!r}")
-    if p.scheduler == DENSE:
-        raise ConfigError("pruning.target_sparsity: the dense baseline prunes nothing; choose a pruning scheduler "
-                          "(snn-stp list)")
-    if p.scheduler == "str":
-        raise ConfigError(
-            "pruning.target_sparsity: str cannot aim at a sparsity. Its thresholds are trained parameters, moved "
-            "by the loss and the weight decay on their logits, not a schedule the toolkit could calibrate; "
-            "calibrating the decay would make it another method. Set its sparsity with "
-            "pruning.trainable_threshold_init and optim.threshold_weight_decay, or use lats, slats, pgh or sine "
-            "with pruning.target_sparsity")
     if not takes_target:
-        raise ConfigError(f"pruning.target_sparsity: {p.scheduler} does not take a target sparsity")
+        raise ConfigError(f"pruning.target_sparsity: {cls.target_refusal or f'{p.scheduler} does not take a target sparsity'}")
     if p.init == "inverse":
         raise ConfigError("pruning.target_sparsity with pruning.init inverse: the inverse initialization needs D "
                           "before training (it keeps every weight at step 0); give pruning.final_threshold, or use "

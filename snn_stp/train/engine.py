@@ -31,9 +31,9 @@ from ..data import SeededSamples, dataset_spec, make_loader, validation_count
 from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed
-from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, make_optimizer,
-                       make_threshold_scheduler)
-from .config import DENSE, Config, save_config
+from .builders import (make_loss, make_lr_scheduler, make_model, make_optimizer,
+                       make_splits, make_threshold_scheduler)
+from .config import Config, save_config
 
 METRIC_KEYS = ("epoch", "step", "lr", "threshold", "final_threshold", "l1_coefficient", "train_loss", "train_acc", "val_loss",
                "val_acc", "test_loss", "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity",
@@ -101,15 +101,12 @@ class Trainer:
         spec = dataset_spec(d.name)
         self.model = make_model(config, spec.num_classes, self.device, load_initial_weights=state is None)
         self.spiking = bool(getattr(self.model, "spiking", False))
-        self.val_set = None
         if dry_run:
             train_size = spec.train_size - validation_count(spec.train_size, d.validation_fraction)
-            self.train_set = self.test_set = None
+            self.train_set = self.val_set = self.test_set = None
         else:
-            self.train_set = make_dataset(config, "train", self.model)
-            self.test_set = make_dataset(config, "test", self.model)
-            if d.validation_fraction:
-                self.val_set = make_dataset(config, "validation", self.model)
+            # One read of the training split serves both of its parts (train and validation).
+            self.train_set, self.val_set, self.test_set = make_splits(config, self.model)
             train_size = len(self.train_set)
         shard = math.ceil(train_size / self.ctx.world_size)
         self.steps_per_epoch = math.ceil(shard / d.batch_size)
@@ -126,7 +123,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         # Model selection on the validation split only: best.pt is the epoch with the best val_acc among
         # the epochs at the sparsity the run is for (see _best_window).
-        self.best_acc, self.best_epoch, self.test_acc_at_best, self.best_sparsity = -1.0, None, None, None
+        self.best_acc, self.best_epoch, self.test_acc_at_best, self.best_sparsity = rundir.NO_BEST_ACCURACY, None, None, None
         self.initial_loss = None  # the loss of the run's first step: the scale of "normal"
         self.partial = self._fresh_partial()
         if state is not None:
@@ -305,7 +302,7 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         self.partial = self._fresh_partial()
-        improved = record["best_eligible"] and record["val_acc"] is not None and record["val_acc"] > self.best_acc
+        improved = rundir.improves_best(record, self.best_acc)  # the rule analysis reads best.pt back with
         if improved:
             self.best_acc, self.best_epoch = record["val_acc"], record["epoch"]
             self.test_acc_at_best, self.best_sparsity = record["test_acc"], record["pruned_layer_sparsity"]
@@ -500,7 +497,7 @@ class Trainer:
         ``pruning.target_tolerance`` of the target; without a target, once the pruning schedule has
         ended), so best.pt never pairs the best accuracy with a sparsity the run did not aim at."""
         p = self.config.pruning
-        if p.scheduler == DENSE:
+        if not self.thresholds.prunes:
             return "every epoch (dense)", lambda record: True
         if p.target_sparsity is not None and self.thresholds.reaches_target_sparsity:
             return (f"the epochs within {100 * p.target_tolerance:.3g} point(s) of the target sparsity "

@@ -9,7 +9,7 @@ from ..neurons import NeuronConfig
 from ..twin import TwinBuilder, TwinNetwork
 
 
-@register_model("spiking_mlp", input_kind="static", input_argument="in_features",
+@register_model("spiking_mlp", input_kind="static", input_argument="in_features", input_size=("in_features",),
                 description="LIF MLP with BatchNorm for the bundled 8x8 digits")
 class SpikingMLP(TwinNetwork):
     """``in -> hidden`` (Linear + BatchNorm, direct encoding) -> neuron, ``depth - 1`` more

@@ -15,6 +15,9 @@ from ..twin import TwinBuilder, TwinNetwork, Voting, conv_bn
 
 PLIF = NeuronConfig(kind="plif")
 
+#: Polarity channels by image_size x image_size frames: the flatten into the first fc fixes the size.
+FRAMES = ("in_channels", "image_size", "image_size")
+
 
 class ConvPoolNet(TwinNetwork):
     """``blocks`` x [conv 3x3 + BN, neuron, maxpool 2], flatten, dropout, fc -> ``hidden``, neuron,
@@ -39,7 +42,8 @@ class ConvPoolNet(TwinNetwork):
         self.body = nn.Sequential(*layers)
 
 
-@register_model("dvsgesture_net", input_kind="events", description="PLIF conv net for DVS128 Gesture (128x128, T=16)")
+@register_model("dvsgesture_net", input_kind="events", input_size=FRAMES,
+                description="PLIF conv net for DVS128 Gesture (128x128, T=16)")
 class DVSGestureNet(ConvPoolNet):
     """DVS128 Gesture: 5 conv blocks on 128x128 (-> 4x4), fc 512, 11 classes."""
 
@@ -48,7 +52,8 @@ class DVSGestureNet(ConvPoolNet):
         super().__init__(num_classes, in_channels, spiking, time_steps, channels, 5, 512, image_size, dropout, neuron)
 
 
-@register_model("cifar10dvs_net", input_kind="events", description="PLIF conv net for CIFAR10-DVS (128x128, T=16)")
+@register_model("cifar10dvs_net", input_kind="events", input_size=FRAMES,
+                description="PLIF conv net for CIFAR10-DVS (128x128, T=16)")
 class CIFAR10DVSNet(ConvPoolNet):
     """CIFAR10-DVS: 4 conv blocks on 128x128 (-> 8x8), fc 512, 10 classes."""
 
@@ -57,7 +62,8 @@ class CIFAR10DVSNet(ConvPoolNet):
         super().__init__(num_classes, in_channels, spiking, time_steps, channels, 4, 512, image_size, dropout, neuron)
 
 
-@register_model("nmnist_net", input_kind="events", description="PLIF conv net for N-MNIST (34x34, T=10)")
+@register_model("nmnist_net", input_kind="events", input_size=FRAMES,
+                description="PLIF conv net for N-MNIST (34x34, T=10)")
 class NMNISTNet(ConvPoolNet):
     """N-MNIST: 2 conv blocks on 34x34 (-> 8x8), fc ``hidden`` (2048 in the paper), 10 classes."""
 

@@ -26,12 +26,29 @@ from ..twin import TwinNetwork
 
 CONNECTIONS = ("ADD", "AND", "IAND")
 STEMS = ("imagenet", "cifar", "dvs")
+#: The input size (H = W, pixels) each stem is designed for; the global pooling takes any other.
+STEM_SIZES = {"imagenet": 224, "cifar": 32, "dvs": 128}
 DEPTHS = {18: ("BasicBlock", [2, 2, 2, 2]), 34: ("BasicBlock", [3, 4, 6, 3]), 50: ("Bottleneck", [3, 4, 6, 3])}
 IF_NEURON = NeuronConfig(kind="if")
 
 
 def _relu(**_ignored) -> nn.Module:
     return nn.ReLU(inplace=False)
+
+
+def _stem_channels(stem: str, in_channels: int | None) -> int:
+    """Input channels: as given, else 2 polarities for the dvs stem and 3 (RGB) for the others."""
+    return in_channels or (2 if stem == "dvs" else 3)
+
+
+def input_size(arguments) -> tuple[int, int, int]:
+    """The declared sample ``(C, H, W)`` of a SEW ResNet built with ``arguments``: the stem's
+    channels and design size (:data:`STEM_SIZES`)."""
+    stem = arguments["stem"]
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+    size = STEM_SIZES[stem]
+    return _stem_channels(stem, arguments["in_channels"]), size, size
 
 
 class SEWResNet(TwinNetwork):
@@ -53,7 +70,7 @@ class SEWResNet(TwinNetwork):
         if not spiking and cnf != "ADD":
             raise ValueError(f"the ANN twin of SEW ResNet supports cnf='ADD' only; {cnf} is logic on binary spikes")
         self.input_kind = "events" if stem == "dvs" else "static"
-        in_channels = in_channels or (2 if stem == "dvs" else 3)
+        in_channels = _stem_channels(stem, in_channels)
         config = NeuronConfig.coerce(neuron, IF_NEURON)
         factory = functools.partial(make_neuron, config) if spiking else _relu
         block_name, layers = DEPTHS[depth]
@@ -84,5 +101,6 @@ class SEWResNet(TwinNetwork):
 
 for _depth in DEPTHS:
     register_model(f"sew_resnet{_depth}", input_kind="static", builder=functools.partial(SEWResNet, depth=_depth),
+                   input_size=input_size, any_spatial_size=True,
                    description=f"SEW ResNet-{_depth} (SpikingJelly zoo), IF neurons, ADD/AND/IAND, "
                                "imagenet/cifar/dvs stem")

@@ -10,7 +10,7 @@ from ..neurons import NeuronConfig
 from ..twin import TwinBuilder, TwinNetwork, Voting, conv_bn
 
 
-@register_model("stds_cifarnet", input_kind="static",
+@register_model("stds_cifarnet", input_kind="static", input_size=("in_channels", "image_size", "image_size"),
                 description="STDS CIFAR-10 net: 6 conv (width 256) + 2 fc, LIF, T=8, voting (36.7 M prunable weights)")
 class STDSCifarNet(TwinNetwork):
     """conv 3->w + BN (direct encoding, computed once) -> LIF; 2 x [conv w->w + BN, LIF];
