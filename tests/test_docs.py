@@ -40,3 +40,14 @@ def test_the_validation_table_gives_each_data_set_s_real_split():
             assert len(holdout(DATASETS[name].train_size, 0.1, 0)[1]) == int(held.replace(",", "")), name
             covered.add(name)
     assert covered == set(DATASETS)
+
+
+def test_the_scheduler_table_is_what_the_classes_declare():
+    """docs/pruning.md's table of schedulers is the registry's own (facts declared once, on the class)."""
+    from snn_stp.pruning.schedulers import scheduler_table
+
+    text = (ROOT / "docs" / "pruning.md").read_text()
+    table = text.split("<!-- scheduler table: generated, do not edit by hand -->\n")[1].split(
+        "<!-- end of the scheduler table -->")[0]
+    assert table == scheduler_table(), "regenerate it: python -c 'from snn_stp.pruning.schedulers import " \
+                                       "scheduler_table; print(scheduler_table())'"

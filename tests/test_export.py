@@ -566,7 +566,7 @@ def test_export_command_writes_a_graph_snntorch_runs_and_a_sparse_checkpoint(tmp
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote {tmp_path / 'm.nir'}: NIR graph of 7 nodes, weight sparsity ")
     graph = nir.read(tmp_path / "m.nir")
-    model, _ = snn_stp.train.builders.model_from_checkpoint(run / "checkpoints" / "last.pt")
+    model = snn_stp.train.restore.restore_checkpoint(run).model
     steps = (torch.rand(1, 5, 64) * 8).expand(4, 5, 64)  # direct encoding: the same sample at every step
     assert torch.allclose(run_snntorch(graph, steps).mean(0), model(steps[0]), atol=1e-5)
     done = snn_stp_command("export", str(run), "--format", "sparse", "--out", str(tmp_path / "m.pt"))

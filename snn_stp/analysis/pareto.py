@@ -266,6 +266,12 @@ def markdown_tables(outcomes: list[Outcome], levels=DEFAULT_LEVELS, accuracy: st
     return "\n".join(lines) + "\n"
 
 
+def wanted(run_count: int, from_sweep: bool) -> bool:
+    """Whether ``compare`` and ``plot`` draw the Pareto figure and level tables: beyond two runs
+    (two are a pair, compared side by side), or for a sweep, whatever its size."""
+    return run_count > 2 or from_sweep
+
+
 def write_pareto(runs: list[Run], out: str | Path, levels=DEFAULT_LEVELS, accuracy: str = "final") -> list[Path]:
     """``pareto.png``/``.pdf`` and ``pareto.md`` in ``out``; returns the files."""
     out = Path(out)

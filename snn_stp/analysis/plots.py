@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..errors import UsageError
 from .figures import plt, save  # pyplot with the file-only backend selected
-from .pareto import write_pareto
+from .pareto import wanted as pareto_wanted, write_pareto
 from .runs import Run, is_sweep, load_model, read_run, run_paths
 
 
@@ -272,6 +272,6 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None, layers: li
         if len(runs) <= MAX_RUN_LEGEND:
             written += save(plot_accuracy_vs_sparsity(runs), folder, "accuracy_vs_sparsity")
             written += save(plot_accuracy_vs_energy(runs), folder, "accuracy_vs_energy")
-        if len(runs) > 2 or sweeps:
+        if pareto_wanted(len(runs), bool(sweeps)):
             written += write_pareto(runs, folder)
     return written

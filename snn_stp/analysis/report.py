@@ -121,7 +121,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
     out = Path(out)
     levels = tuple(levels or pareto.DEFAULT_LEVELS)
     front = []
-    if len(runs) > 2 or any(is_sweep(p) for p in paths):
+    if pareto.wanted(len(runs), any(is_sweep(p) for p in paths)):
         pareto.write_pareto(runs, out, levels, accuracy)
         front = ["## Accuracy against sparsity", "", "![accuracy vs sparsity per scheduler](pareto.png)", "",
                  pareto.markdown_tables([pareto.outcome(r) for r in runs], levels, accuracy), "## Runs", ""]

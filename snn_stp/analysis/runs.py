@@ -90,6 +90,7 @@ def run_paths(paths: list[str | Path]) -> list[Path]:
 
 def load_model(run: Run, checkpoint: str = "last.pt"):
     """The run's model rebuilt from its config with the checkpoint's weights (CPU, eval mode)."""
-    from ..train.builders import model_from_checkpoint
+    from ..train.restore import restore_checkpoint
 
-    return model_from_checkpoint(run.path / rundir.CHECKPOINTS / checkpoint)
+    restored = restore_checkpoint(run.path, checkpoint)
+    return restored.model, restored.config

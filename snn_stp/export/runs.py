@@ -11,7 +11,8 @@ from ..data import dataset_spec
 from ..errors import SnnStpWarning, UsageError
 from ..files import atomic_path
 from ..model_registry import MODELS
-from ..train.builders import model_and_state, model_arguments
+from ..train.builders import model_arguments
+from ..train.restore import checkpoint_file, restore_checkpoint
 from .nir_graph import DEFAULT_DT, check_time_step, export_nir
 from .sparse_checkpoint import save_sparse
 
@@ -44,10 +45,11 @@ def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = 
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
     check_time_step(dt)  # before the checkpoint is read
-    run, out = Path(run), Path(out)
-    path = run / rundir.CHECKPOINTS / checkpoint if run.is_dir() else run
+    out = Path(out)
+    path = checkpoint_file(run, checkpoint)
     check_output_file(out, overwrite, path)
-    model, config, state = model_and_state(path)
+    restored = restore_checkpoint(path)
+    model, config, state = restored.model, restored.config, restored.state
     training = training_progress(path, config, state)
     if not training["finished"]:
         warnings.warn(f"{path} is from an unfinished run (epoch {training['epoch']} of {training['epochs']}, step "

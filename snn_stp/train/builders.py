@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -55,25 +54,6 @@ def model_arguments(config: Config, num_classes: int | None = None) -> dict:
             options["neuron"] = dict(m.neuron)
     return {"name": m.name, "num_classes": m.num_classes or num_classes, "in_channels": m.in_channels,
             "spiking": m.spiking, **options}
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Config]:
-    """The model of an snn-stp checkpoint, rebuilt from the checkpoint's own config (not a possibly
-    edited config.yaml) with its weights and thresholds: CPU, eval mode, still sparsified."""
-    model, config, _ = model_and_state(path)
-    return model, config
-
-
-def model_and_state(path: str | Path) -> tuple[nn.Module, Config, dict]:
-    """:func:`model_from_checkpoint` and the checkpoint's whole state (epoch, step, schedulers)."""
-    from .config import from_dict
-
-    state = ckpt.load(path)
-    config = from_dict(state["config"])
-    model = make_model(config, dataset_spec(config.data.name).num_classes, torch.device("cpu"),
-                       load_initial_weights=False)
-    model.load_state_dict(state["model"])
-    return model.eval(), config, state
 
 
 def _build_sparsified(config: Config, num_classes: int, device: torch.device) -> nn.Module:

@@ -30,19 +30,24 @@ def setup(device_request: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_request == "auto":
-        device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        device = torch.device(device_request)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"train.device {device_request!r} asked for CUDA, but torch sees no CUDA device")
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local}")
+    device = resolve_device(device_request, local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank, world, local, device)
+
+
+def resolve_device(device_request: str = "auto", local_rank: int = 0) -> torch.device:
+    """``train.device`` as a device: ``auto`` is this process's GPU where torch sees one, else the CPU."""
+    if device_request == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device_request)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device {device_request!r} asked for CUDA, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
 
 
 def teardown(context: DistContext, finished: bool = False) -> None:

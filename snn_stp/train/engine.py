@@ -30,10 +30,11 @@ from .. import pruning, rundir
 from ..data import SeededSamples, dataset_spec, make_loader, validation_count
 from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
-from . import distributed
-from .builders import (make_loss, make_lr_scheduler, make_model, make_optimizer,
+from . import distributed, evaluation
+from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, make_optimizer,
                        make_splits, make_threshold_scheduler)
 from .config import Config, save_config
+from .restore import restore_checkpoint
 
 METRIC_KEYS = ("epoch", "step", "lr", "threshold", "final_threshold", "l1_coefficient", "train_loss", "train_acc", "val_loss",
                "val_acc", "test_loss", "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity",
@@ -326,42 +327,16 @@ class Trainer:
         dataset = self.test_set if split == "test" else self.val_set
         indices = list(range(self.ctx.rank, len(dataset), self.ctx.world_size))
         loader = self._loader(split, c.data.eval_batch_size or c.data.batch_size, indices, c.data.workers)
-        self.network.eval()
-        # Summed on the device, read once at the end (no wait for the device per batch).
-        totals, n = torch.zeros(3, dtype=torch.float64, device=self.device), 0
-        for inputs, labels in self._progress(loader, "evaluate"):
-            inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                output = self.network(inputs).float()
-            top = output.topk(min(5, output.shape[1]), dim=1).indices
-            totals += torch.stack([self.loss_fn(output, labels).double() * len(labels),
-                                   (top[:, 0] == labels).sum().double(), (top == labels[:, None]).any(1).sum().double()])
-            n += len(labels)
-        loss, top1, top5, n = distributed.all_sum(totals.tolist() + [n], self.ctx)
-        return {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}
+        return evaluation.measure(self.network, loader, self.loss_fn, self.device, self.amp, self.ctx,
+                                  show_progress=not self.quiet and self.ctx.is_main)
 
-    @torch.no_grad()
     def analyze(self) -> dict:
         """Spike statistics (spiking models) and operation counts on the first
         ``train.analysis_samples`` test samples (rank 0 only; it writes the metrics)."""
-        c = self.config
-        n = min(c.train.analysis_samples, len(self.test_set))
-        if not n or not self.ctx.is_main:
+        if not self.ctx.is_main:
             return {}
-        from ..measure import count_operations, spike_statistics
+        return evaluation.analyze(self.model, self.test_set, self.config, self.device)
 
-        loader = make_loader(self.test_set, c.data.name, n, self.spiking, sampler=_IndexSampler(list(range(n))))
-        inputs, _ = next(iter(loader))
-        inputs = inputs.to(self.device)
-        self.model.eval()
-        ops = count_operations(self.model, inputs, energy_table=c.train.energy_table).as_dict()
-        result = {"ops": {k: v for k, v in ops.items() if k != "layers"}, "layer_ops": ops["layers"]}
-        if self.spiking:
-            stats = spike_statistics(self.model, inputs)
-            result.update(firing_rate=stats.rates, silent_fraction=stats.silent, mean_firing_rate=stats.total_rate)
-        return result
-
-    # -- state ---------------------------------------------------------------------------------
     def _fresh_partial(self) -> dict:
         return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "support": pruning.support(self.model)}
 
@@ -486,10 +461,7 @@ class Trainer:
             f"{self.checkpoints / rundir.LAST}. Continue exactly with: snn-stp resume {self.run_dir}")
 
     def _progress(self, iterable, description: str):
-        if self.quiet or not self.ctx.is_main:
-            return iterable
-        from tqdm import tqdm
-        return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True, disable=None)  # off without a TTY
+        return evaluation.with_progress(iterable, description, not self.quiet and self.ctx.is_main)
 
     def _best_window(self) -> tuple[str, Callable[[dict], bool]]:
         """Which epochs may become best.pt, in words (the summary and the final line say it) and as
@@ -561,30 +533,26 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
     """Accuracy and sparsity of a checkpoint (or a run directory's ``checkpoints/last.pt``).
 
     The model is rebuilt from the checkpoint's own configuration and evaluated with the
-    threshold saved in it (a buffer of the model), without any training step; nothing is written.
+    threshold saved in it (a buffer of the model), on the test split, with the code the training
+    loop measures with; nothing is trained and nothing is written.
     """
-    from .config import from_dict
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / rundir.CHECKPOINTS / rundir.LAST).exists():
-            from ..errors import RunDirectoryError
-            raise RunDirectoryError(f"{path} holds no checkpoints/{rundir.LAST} (is it a run directory? "
-                                    f"{'it holds: ' + rundir.describe(path) if rundir.holds_run(path) else 'it holds no run'}"
-                                    "); give a run directory or a checkpoint file")
-        path = path / rundir.CHECKPOINTS / rundir.LAST
-    state = ckpt.load(path)
-    config = from_dict(state["config"])
-    trainer = Trainer(config, path.parent.parent, state=state, quiet=quiet)
-    test = trainer.evaluate()
-    analysis = trainer.analyze()
-    report = pruning.weight_sparsity(trainer.model)
+    restored = restore_checkpoint(path)
+    config, state = restored.config, restored.state
+    device = distributed.resolve_device(config.train.device)
+    model = restored.model.to(device)
+    test_set = make_dataset(config, "test", model)
+    loader = make_loader(test_set, config.data.name, config.data.eval_batch_size or config.data.batch_size,
+                         bool(getattr(model, "spiking", False)), num_workers=config.data.workers)
+    test = evaluation.measure(model, loader, make_loss(config), device, bool(config.train.amp and device.type == "cuda"),
+                              distributed.DistContext(device=device), show_progress=not quiet)
+    analysis = evaluation.analyze(model, test_set, config, device)
+    report = pruning.weight_sparsity(model)
     thresholds = {layer.name: float(layer.parametrization.threshold)
-                  for layer in pruning.pruned_layers(trainer.model, pruning.SoftThreshold)}
-    return {"checkpoint": str(path), "epoch": state["epoch"], "global_step": state["global_step"],
+                  for layer in pruning.pruned_layers(model, pruning.SoftThreshold)}
+    return {"checkpoint": str(restored.path), "epoch": state["epoch"], "global_step": state["global_step"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
             **sparsity_figures(report), "parameter_counts": report.counts(), "layer_sparsity": report.layers,
-            "threshold": state["threshold_scheduler"]["threshold"], "layer_thresholds": thresholds, **analysis}
+            "threshold": restored.threshold_state["threshold"], "layer_thresholds": thresholds, **analysis}
 
 
 def _number(value) -> str:
