@@ -149,11 +149,8 @@ def print_registries() -> None:
 
 
 def run_training(args) -> int:
-    """``train`` or ``resume``: the run directory is locked for the whole command (one writer per
-    run); a new run that fails before its first checkpoint leaves no folder behind."""
-    import contextlib
-    import os
-    import shutil
+    """``train`` or ``resume``: the config of ``train`` built from its arguments (``--config``,
+    ``--set``, ``--init-from``), then trained (or the run resumed) by :func:`train_config`."""
     import time
     from pathlib import Path
 
@@ -161,15 +158,29 @@ def run_training(args) -> int:
     from .train import load_config
 
     if args.command == "resume":
-        run_dir = Path(args.run_dir)
-        config = None
-    else:
-        config = load_config(args.config, args.set)
-        if args.init_from:
-            config.model.init_from = args.init_from
-        run_dir = Path(args.out or rundir.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
-                                                        f"{config.pruning.scheduler}")
-    dry_run = getattr(args, "dry_run", False)
+        return train_config(None, Path(args.run_dir), quiet=args.quiet)
+    config = load_config(args.config, args.set)
+    if args.init_from:
+        config.model.init_from = args.init_from
+    run_dir = Path(args.out or rundir.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
+                                                    f"{config.pruning.scheduler}")
+    return train_config(config, run_dir, quiet=args.quiet, overwrite=getattr(args, "overwrite", False),
+                        dry_run=getattr(args, "dry_run", False))
+
+
+def train_config(config, run_dir, quiet: bool = False, overwrite: bool = False, dry_run: bool = False) -> int:
+    """Train ``config`` (a :class:`snn_stp.train.Config`) into ``run_dir``, or resume the run there
+    (``config`` None), as ``snn-stp train`` (``resume``) does, printing the same lines; returns 0.
+    The run directory is locked for the whole run (one writer per run); a new run that fails
+    before its first checkpoint leaves no folder behind (``overwrite``: replace the run it holds)."""
+    import contextlib
+    import os
+    import shutil
+    from pathlib import Path
+
+    from . import rundir
+
+    run_dir = Path(run_dir)
     # Rank 0 writes the run (torchrun's other ranks only compute); a dry run writes nothing; resume
     # locks only a folder that exists (load_resume_state says what is wrong with a missing one).
     writes = int(os.environ.get("RANK", "0")) == 0 and not dry_run and (config is not None or run_dir.is_dir())
@@ -177,17 +188,17 @@ def run_training(args) -> int:
     if writes and config is not None:
         # Refused before the lock too, so that a refused command leaves the folder as it was (the
         # lock file names its holder); checked again under the lock.
-        rundir.refuse_existing(run_dir, getattr(args, "overwrite", False))
+        rundir.refuse_existing(run_dir, overwrite)
     with rundir.writer_lock(run_dir) if writes else contextlib.nullcontext():
         try:
-            return _train_locked(args, config, run_dir, dry_run)
+            return _train_locked(config, run_dir, quiet, overwrite, dry_run)
         except BaseException:
             if writes and created and not (run_dir / rundir.CHECKPOINTS / rundir.LAST).exists():
                 shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: no empty or half-made folder stays
             raise
 
 
-def _train_locked(args, config, run_dir, dry_run: bool) -> int:
+def _train_locked(config, run_dir, quiet: bool, overwrite: bool, dry_run: bool) -> int:
     from .train import Trainer
     from .train.resume import load_resume_state
 
@@ -200,8 +211,7 @@ def _train_locked(args, config, run_dir, dry_run: bool) -> int:
     if config.train.steady_allocator:
         from .train.allocator import use_steady_allocator
         use_steady_allocator()
-    trainer = Trainer(config, run_dir, state=state, quiet=args.quiet, dry_run=dry_run,
-                      overwrite=getattr(args, "overwrite", False))
+    trainer = Trainer(config, run_dir, state=state, quiet=quiet, dry_run=dry_run, overwrite=overwrite)
     if dry_run:
         parameters = sum(p.numel() for p in trainer.model.parameters())
         print(f"dry run: {config.model.name} ({'spiking' if trainer.spiking else 'ANN'}, {parameters:,} parameters), "
@@ -361,22 +371,57 @@ def run_sweep_command(args) -> int:
     return 0
 
 
-def run_logged(args: list[str], log_path: str) -> int:
-    """``snn-stp ARGS`` in this process, its output appended to ``log_path``; the exit status (a sweep
-    worker's job: see :func:`snn_stp.sweeps.run_sweep`)."""
+def run_logged(job, log_path: str) -> int:
+    """A sweep worker's job (a :class:`snn_stp.sweeps.Job`, see :func:`snn_stp.sweeps.run_sweep`): its
+    config trained into its run directory by :func:`train_config`, as ``snn-stp train`` would (no
+    config: the run there resumed), in this process, with the output appended to ``log_path``
+    under the equivalent command line; returns that command's exit status. The config arrives as
+    built, never through command-line text."""
+    import argparse
     import contextlib
     import shlex
     import traceback
+    from pathlib import Path
 
+    command = "resume" if job.config is None else "train"
+    # What a failure's message reads of the command's arguments (see _interrupted_hint).
+    args = argparse.Namespace(command=command, debug=False, run_dir=job.run_dir, out=job.run_dir)
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ snn-stp {shlex.join(args)}", flush=True)
+        print(f"$ snn-stp {shlex.join(job.command)}", flush=True)
         try:
-            return main(args)
-        except SystemExit as error:  # argparse
+            return _run_reported(args, lambda: train_config(job.config, Path(job.run_dir), quiet=True,
+                                                            overwrite=job.overwrite))
+        except SystemExit as error:
             return error.code if isinstance(error.code, int) else 1
         except Exception:  # a bug: its traceback goes to the log, the sweep goes on
             traceback.print_exc()
             return 1
+
+
+def _run_reported(args, work) -> int:
+    """``work()`` as every command runs (:func:`main`, and a sweep's worker, which starts fresh: the
+    plugins are imported here): an expected failure is one ``snn-stp COMMAND: ...`` line on stderr and an exit
+    status; anything else is raised."""
+    from .errors import SnnStpError, TrainingInterrupted
+
+    warnings.showwarning = _show_warning
+    try:
+        from .plugins import load_plugins
+        load_plugins()
+        return work()
+    except SnnStpError as error:
+        if args.debug:
+            raise
+        return _fail(args.command, error, INTERRUPTED if isinstance(error, TrainingInterrupted) else 1)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        return _fail(args.command, _interrupted_hint(args), INTERRUPTED)
+    except OSError as error:
+        if args.debug or error.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(args.command, f"{error.strerror or error}{where}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -427,26 +472,7 @@ def _fail(command: str, message: str, status: int = 1) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import SnnStpError, TrainingInterrupted
-
-    warnings.showwarning = _show_warning
-    try:
-        from .plugins import load_plugins
-        load_plugins()
-        return dispatch(args)
-    except SnnStpError as error:
-        if args.debug:
-            raise
-        return _fail(args.command, error, INTERRUPTED if isinstance(error, TrainingInterrupted) else 1)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        return _fail(args.command, _interrupted_hint(args), INTERRUPTED)
-    except OSError as error:
-        if args.debug or error.errno not in ENVIRONMENT_ERRNOS:
-            raise
-        where = f" ({error.filename})" if error.filename else ""
-        return _fail(args.command, f"{error.strerror or error}{where}")
+    return _run_reported(args, lambda: dispatch(args))
 
 
 def _interrupted_hint(args) -> str:

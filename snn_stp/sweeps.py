@@ -14,9 +14,10 @@ A sweep is described by a YAML file, or by ``--grid key=v1,v2`` on the command l
       - {pruning.scheduler: [dense]}
     definitions: {}                       # optional, not read: YAML anchors (&name) for the others (*name)
 
-Each point is one run directory under the sweep's folder, named after its values, trained by
-``snn-stp train`` in one of ``jobs`` worker processes. Every point's config is built and
-checked before anything runs. Run again, a sweep skips the finished points, resumes the ones a
+Each point is one run directory under the sweep's folder, named after its values, trained as
+``snn-stp train`` would train it, in one of ``jobs`` worker processes. Every point's config is
+built (from the typed values of the file or command line, never through their text) and checked
+before anything runs. Run again, a sweep skips the finished points, resumes the ones a
 kill interrupted (``snn-stp resume``) and starts the rest; a point whose folder holds a run of
 another config is refused, never overwritten. ``results.csv`` (one row per point: the swept values,
 accuracies, both sparsity figures, D, the implied L1 coefficient, firing rate, energy, wall time)
@@ -37,14 +38,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import yaml
 
 from . import rundir
 from .errors import ConfigError, RunDirectoryError
 from .files import parse_value, read_yaml, write_text_atomic
-from .train.config import RESUME_MUTABLE_KEYS, differences, from_dict, load_config
+from .train.config import RESUME_MUTABLE_KEYS, Config, differences, from_dict, load_config
 
 SWEEP_FILE = "sweep.yaml"
 RESULTS = rundir.SWEEP_RESULTS
@@ -59,13 +60,43 @@ RESULT_COLUMNS = ("final_test_acc", "pruned_layer_sparsity", "test_acc_at_best_v
                   "mean_firing_rate", "energy_pj_effective", "energy_pj_dense", "seconds")
 
 
+class Setting(NamedTuple):
+    """One config setting of a point: its dotted key, its typed value, and where it comes from (for
+    error messages)."""
+
+    key: str
+    value: Any
+    source: str
+
+
 @dataclass
 class Point:
-    """One run of a sweep: its values per axis (a label for a named axis) and its config overrides."""
+    """One run of a sweep: its values per axis (a label for a named axis), its config settings (in
+    order: a later one wins) and, once :func:`plan` built it, its config."""
 
     values: dict[str, Any]
-    overrides: list[str] = field(default_factory=list)
+    settings: list[Setting] = field(default_factory=list)
     name: str = ""
+    config: Config | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def overrides(self) -> list[str]:
+        """The settings as ``snn-stp train --set`` values (``key=JSON``): what the point's log shows as
+        the equivalent command. The run itself gets the typed values, not these strings."""
+        return [f"{s.key}={json.dumps(s.value, default=str)}" for s in self.settings]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a sweep worker runs for a point: train ``config`` into ``run_dir`` (``overwrite``: replace
+    what a run killed before its first checkpoint left there), or resume the run in ``run_dir``
+    (``config`` None). ``command`` is the equivalent ``snn-stp`` command line, the first line of the
+    point's log. It goes to a spawned worker process, so it pickles (a :class:`Config` of plain values)."""
+
+    run_dir: str
+    config: Config | None
+    overwrite: bool = False
+    command: tuple[str, ...] = ()
 
 
 @dataclass
@@ -154,13 +185,17 @@ def points(sweep: Sweep) -> list[Point]:
         axes = {**sweep.grid, **variant}
         options = [[(name, label) for label in (axis if isinstance(axis, dict) else axis)] for name, axis in axes.items()]
         for combination in itertools.product(*options):
-            values, overrides = {}, [f"{k}={json.dumps(v)}" for k, v in sweep.settings.items()]
+            values = {}
+            settings = [Setting(k, v, f"the sweep's setting {k!r}") for k, v in sweep.settings.items()]
             for name, label in combination:
                 values[name] = label
                 axis = axes[name]
-                settings = axis[label] if isinstance(axis, dict) else {name: label}
-                overrides += [f"{k}={json.dumps(v)}" for k, v in settings.items()]
-            found.append(Point(values, overrides))
+                if isinstance(axis, dict):
+                    settings += [Setting(k, v, f"setting {k!r} of label {label!r} of sweep axis {name!r}")
+                                 for k, v in axis[label].items()]
+                else:
+                    settings.append(Setting(name, label, f"sweep axis {name!r}"))
+            found.append(Point(values, settings))
     _name(found, sweep.axes)
     names = [p.name for p in found]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -186,11 +221,12 @@ def _label(value) -> str:
 def plan(sweep: Sweep, out: Path) -> list[tuple[Point, str]]:
     """Each point with what a run of the sweep does for it: ``done``, ``resume``, ``start`` or ``restart``
     (a run killed before its first checkpoint). Every point's config is built (errors name the
-    point) and compared with what its folder already holds."""
+    point) from the typed settings of the point, kept in ``point.config``, and compared with what its
+    folder already holds."""
     planned = []
     for point in points(sweep):
         try:
-            config = load_config(sweep.base, point.overrides)
+            config = point.config = load_config(sweep.base, settings=point.settings)
         except ConfigError as error:
             raise ConfigError(f"sweep point {point.name}: {error}") from None
         folder = out / point.name
@@ -222,15 +258,17 @@ def _check_same_config(folder: Path, config, point: Point) -> None:
             "the sweep was edited since it ran. Use another --out, or remove that folder to run the point again")
 
 
-def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[list[str], str], int], jobs: int = 1,
+def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[Job, str], int], jobs: int = 1,
               quiet: bool = False) -> list[dict]:
     """Run every point not yet finished, ``jobs`` at a time; returns the rows of ``results.csv``.
 
     The points run in ``jobs`` worker processes that each train one point after another:
-    ``runner(args, log_path)`` runs ``snn-stp ARGS`` there with its output in
-    ``logs/<point>.log`` and returns the exit status (the command line's, which sits above this
-    module, passes it in). A process start costs about 3 s, as much as a digits run. Every run seeds and configures torch itself, so a point's numbers do not
-    depend on what its worker ran before. A point that fails is recorded (status ``failed``, its
+    ``runner(job, log_path)`` runs a :class:`Job` there (trains the point's config as ``snn-stp
+    train`` does, or resumes it) with its output in ``logs/<point>.log`` and returns the exit
+    status of the equivalent command (the command line's, which sits above this module, passes it
+    in: a module-level function, as the job goes to a spawned process). A process start costs
+    about 3 s, as much as a digits run. Every run seeds and configures torch itself, so a point's
+    numbers do not depend on what its worker ran before. A point that fails is recorded (status ``failed``, its
     log's last line) and the others go on. Workers get ``OMP_NUM_THREADS`` = cores / jobs (at
     least 1) unless the environment sets it.
     """
@@ -244,7 +282,7 @@ def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[list[str], str], 
 
 
 def _run_planned(sweep: Sweep, out: Path, planned: list[tuple[Point, str]],
-                 runner: Callable[[list[str], str], int], jobs: int, quiet: bool) -> list[dict]:
+                 runner: Callable[[Job, str], int], jobs: int, quiet: bool) -> list[dict]:
     (out / LOGS).mkdir(exist_ok=True)
     write_text_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     status = {p.name: ("done" if state == "done" else "pending") for p, state in planned}
@@ -261,7 +299,7 @@ def _run_planned(sweep: Sweep, out: Path, planned: list[tuple[Point, str]],
     try:
         futures = {}
         for point, state in todo:
-            futures[pool.submit(runner, _command(sweep, point, out, state), str(out / LOGS / f"{point.name}.log"))] \
+            futures[pool.submit(runner, _job(sweep, point, out, state), str(out / LOGS / f"{point.name}.log"))] \
                 = point.name
         for done, future in enumerate(as_completed(futures), start=1):
             name = futures[future]
@@ -305,8 +343,18 @@ def _stop_when_orphaned(parent: int) -> None:
     os._exit(1)
 
 
+def _job(sweep: Sweep, point: Point, out: Path, state: str) -> Job:
+    """What runs ``point`` from its ``state``: its config as :func:`plan` built it, or a resume."""
+    config = None
+    if state != "resume":
+        config = point.config if point.config is not None else load_config(sweep.base, settings=point.settings)
+    command = tuple(_command(sweep, point, out, state))
+    return Job(str(out / point.name), config, overwrite=state == "restart", command=command)
+
+
 def _command(sweep: Sweep, point: Point, out: Path, state: str) -> list[str]:
-    """The ``snn-stp`` arguments that run ``point`` from its ``state``."""
+    """The ``snn-stp`` arguments equivalent to the job that runs ``point`` from its ``state`` (shown
+    in the point's log)."""
     folder = out / point.name
     if state == "resume":
         return ["resume", "--quiet", str(folder)]

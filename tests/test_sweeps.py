@@ -306,3 +306,63 @@ def test_a_calibrated_run_and_a_hand_set_one_are_different_series():
     for name in ("gmp", "str", "gradr", "dense"):  # no target to calibrate, or one they always take
         assert pareto.method_of(config(scheduler=name, target_sparsity=0.9)) == name
     assert pareto.method_of(config(scheduler="gmp", target_sparsity=0.9)) == "gmp"
+
+
+# -- typed settings: a point's values never go through text -------------------------------------
+
+#: Values that do not survive their command-line text: JSON writes 1e-10 without a dot, which YAML
+#: 1.1 reads back as the string "1e-10" (so optim.betas was refused); 0.1 + 0.2 has 17 digits.
+TYPED_SWEEP = """
+set: {model.options: {hidden: 16}, train.epochs: 1, data.batch_size: 128, train.analysis_samples: 8,
+      pruning.target_sparsity: 0.30000000000000004}
+grid: {optim.betas: [[0.9, 1.0e-10]]}
+"""
+
+
+def test_a_points_typed_values_reach_its_config_and_its_worker_exactly(tmp_path):
+    import pickle
+
+    from snn_stp.sweeps import _job
+
+    with pytest.raises(ConfigError, match=r"optim.betas must be two numbers in \[0, 1\), got \[0.9, '1e-10'\]"):
+        load_config(None, ["optim.betas=[0.9, 1e-10]"])  # the same value as text: a string inside the list
+    sweep = read_sweep(write(tmp_path / "s.yaml", TYPED_SWEEP))
+    [(point, state)] = plan(sweep, tmp_path / "out")
+    assert state == "start" and point.name == "betas-_0.9__1e-10_"
+    assert point.config.optim.betas == [0.9, 1e-10] and point.config.pruning.target_sparsity == 0.1 + 0.2
+    # What the spawned worker gets: the Config itself, pickled (not the command line its log shows).
+    job = pickle.loads(pickle.dumps(_job(sweep, point, tmp_path / "out", state)))
+    assert job.config == point.config and job.config.pruning.given_keys == point.config.pruning.given_keys
+    assert (job.run_dir, job.overwrite) == (str(tmp_path / "out" / point.name), False)
+    assert job.command[:4] == ("train", "--quiet", "--out", job.run_dir)
+    assert "optim.betas=[0.9, 1e-10]" in job.command  # the log's equivalent command, as before
+
+
+def test_a_settings_key_that_is_not_a_section_names_its_source(tmp_path):
+    sweep = read_sweep(write(tmp_path / "s.yaml", "set: {train.epochs: 2, train.epochs.x: 1}\ngrid: {train.seed: [0]}"))
+    with pytest.raises(ConfigError, match=r"^sweep point seed-0: the sweep's setting 'train.epochs.x': 'epochs' is "
+                                          r"not a section$"):
+        plan(sweep, tmp_path / "out")
+    sweep = read_sweep(grid=["train.seed=0"], settings=["train.epochs=2"])
+    sweep.grid["task"] = {"a": {"train.seed.x": 1}}
+    with pytest.raises(ConfigError, match=r"setting 'train.seed.x' of label 'a' of sweep axis 'task': 'seed' is not"):
+        plan(sweep, tmp_path / "out")
+
+
+@pytest.mark.slow  # a spawned worker trains the point
+def test_a_sweep_trains_the_typed_values_of_its_points(tmp_path):
+    from snn_stp import cli
+    from snn_stp.files import read_yaml
+
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(write(tmp_path / "s.yaml", TYPED_SWEEP)), "--out", str(out), "--quiet"]) == 0
+    folder = out / "betas-_0.9__1e-10_"
+    saved = read_yaml(folder / "config.yaml")
+    assert saved["optim"]["betas"] == [0.9, 1e-10] and saved["pruning"]["target_sparsity"] == 0.1 + 0.2
+    assert saved["model"]["options"] == {"hidden": 16}
+    log = (out / "logs" / f"{folder.name}.log").read_text().splitlines()
+    assert log[0] == (f"$ snn-stp train --quiet --out {folder} --set 'model.options={{\"hidden\": 16}}' --set "
+                      "train.epochs=1 --set data.batch_size=128 --set train.analysis_samples=8 --set "
+                      "pruning.target_sparsity=0.30000000000000004 --set 'optim.betas=[0.9, 1e-10]'")
+    assert [row["status"] for row in csv.DictReader(open(out / "results.csv"))] == ["done"]
+    assert [state for _, state in plan(read_sweep(tmp_path / "s.yaml"), out)] == ["done"]  # the same config

@@ -7,15 +7,15 @@ any PyTorch model (ANN baselines and SpikingJelly networks alike).
 from .functional import GRADIENT_RULES, inverse_soft_threshold, soft_threshold, soft_threshold_ste
 from .learning_rates import simulate_learning_rates
 from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold
-from .schedulers import (GMP, LATS, PGH, SLATS, STR, THRESHOLD_SCHEDULERS, Dense, Fixed, GradR, LATSEpoch, Linear,
-                         MaskScheduler, ScheduledThreshold, ShapedThreshold, Sine, ThresholdScheduler,
+from .schedulers import (CONTEXT_ARGUMENTS, GMP, LATS, PGH, SLATS, STR, THRESHOLD_SCHEDULERS, Dense, Fixed, GradR,
+                         LATSEpoch, Linear, MaskScheduler, ScheduledThreshold, ShapedThreshold, Sine, ThresholdScheduler,
                          build_threshold_scheduler, register_threshold_scheduler, scheduler_class)
 from .sparsify import (DEFAULT_PRUNABLE_TYPES, NORMALIZATION_TYPES, RULES, PrunedLayer, bake, pruned_layers,
                        select_modules, sparsify)
 from .statistics import SparsityReport, SupportChange, support, support_change, weight_sparsity
 
 __all__ = [
-    "GRADIENT_RULES", "RULES", "THRESHOLD_SCHEDULERS", "DEFAULT_PRUNABLE_TYPES", "NORMALIZATION_TYPES",
+    "GRADIENT_RULES", "RULES", "THRESHOLD_SCHEDULERS", "CONTEXT_ARGUMENTS", "DEFAULT_PRUNABLE_TYPES", "NORMALIZATION_TYPES",
     "soft_threshold", "soft_threshold_ste", "inverse_soft_threshold", "simulate_learning_rates",
     "PruningParametrization", "SoftThreshold", "FixedSignReLU", "MagnitudeMask",
     "sparsify", "bake", "select_modules", "pruned_layers", "PrunedLayer",

@@ -180,7 +180,9 @@ def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_sch
                # A constant LR needs no simulation (millions of steps in the long recipes).
                "lr_scheduler": None if constant_lr else lr_scheduler}
     accepted = cls.arguments()
-    kwargs = {name: value for name, value in context.items() if name in accepted}
+    # Every argument the scheduler contract says the loop supplies (a KeyError here: a new
+    # CONTEXT_ARGUMENTS entry this loop does not know yet).
+    kwargs = {name: context[name] for name in pruning.CONTEXT_ARGUMENTS if name in accepted}
     kwargs.update({name: value for name, value in p.scheduler_arguments.items()
                    if name not in cls.parametrization_arguments and value is not None})
     if p.target_sparsity is not None and "target_sparsity" in accepted:

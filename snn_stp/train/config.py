@@ -247,9 +247,11 @@ def find_config(path: str | Path) -> Path:
                       f"{', '.join(p.stem for p in recipe_files())}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                settings: list[tuple[str, Any, str]] | None = None) -> Config:
     """The default config, or ``path`` (a YAML file or a shipped recipe's name), with ``key.sub=value``
-    overrides (values in YAML syntax)."""
+    overrides (values in YAML syntax), then ``settings``: ``(key, value, source)`` with typed values
+    (a sweep's points), each applied by :func:`apply_setting`."""
     data: dict = {}
     if path is not None:
         path = find_config(path)
@@ -260,16 +262,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.05")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        target = data
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"override {item!r}: '{part}' is not a section")
-        target[parts[-1]] = parse_value(raw, f"override {item!r}")
+        source = f"override {item!r}"
+        apply_setting(data, key, parse_value(raw, source), source)
+    for key, value, source in settings or []:
+        apply_setting(data, key, value, source)
     config = from_dict(data)
     validate(config)
     return config
+
+
+def apply_setting(data: dict, key: str, value: Any, source: str) -> None:
+    """Set the dotted ``key`` (``section.key``, or deeper into a mapping) of the config mapping
+    ``data`` to ``value``, a typed value (a copy of it: a later setting may change keys inside it),
+    creating the sections on the way. ``source`` names where the setting came from in the error
+    raised when a part of the key is not a section. The values are checked when the mapping
+    becomes a :class:`Config` (:func:`from_dict`)."""
+    import copy
+
+    parts = key.strip().split(".")
+    target = data
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: '{part}' is not a section")
+    target[parts[-1]] = copy.deepcopy(value)
 
 
 def save_config(config: Config, path: str | Path) -> None:
