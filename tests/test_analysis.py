@@ -1,6 +1,5 @@
 """Operation counts against hand computation, spike statistics, plots and the comparison report."""
 
-import json
 import re
 
 import pytest
@@ -15,6 +14,8 @@ from snn_stp.models import build_model
 from snn_stp.snn import make_neuron, stateless
 from snn_stp.measure import spike_statistics
 from snn_stp.train import Trainer, load_config
+
+from conftest import metrics_records
 
 
 # -- counts ----------------------------------------------------------------------------------
@@ -91,20 +92,17 @@ def test_firing_rate_and_silent_neurons_of_a_hand_made_spike_tensor():
 # -- run directories, plots, report ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    made = {}
-    for name, extra in (("snn", []), ("ann", ["model.spiking=false"])):
-        config = load_config(overrides=["model.options={hidden: 32}", "train.epochs=2", "data.batch_size=32",
-                                        "train.analysis_samples=64"] + extra)
-        Trainer(config, root / name, quiet=True).fit()
-        made[name] = root / name
-    return made
+def runs(small_run, tmp_path_factory):
+    """The shared small SNN run and its ANN twin, trained alike."""
+    ann = tmp_path_factory.mktemp("runs") / "ann"
+    config = load_config(overrides=["model.options={hidden: 32}", "train.epochs=2", "data.batch_size=32",
+                                    "train.analysis_samples=64", "model.spiking=false"])
+    Trainer(config, ann, quiet=True).fit()
+    return {"snn": small_run, "ann": ann}
 
 
 def test_training_logs_spike_statistics_and_operations(runs):
-    snn = [json.loads(line) for line in (runs["snn"] / "metrics.jsonl").read_text().splitlines()]
-    ann = [json.loads(line) for line in (runs["ann"] / "metrics.jsonl").read_text().splitlines()]
+    snn, ann = metrics_records(runs["snn"]), metrics_records(runs["ann"])
     last = snn[-1]
     assert set(last["firing_rate"]) == {"body.0", "body.2"} and set(last["silent_fraction"]) == {"body.0", "body.2"}
     assert 0 < last["mean_firing_rate"] < 1
@@ -165,8 +163,7 @@ def test_plot_command_writes_png_and_pdf(runs, tmp_path, capsys):
 
 def test_compare_report_rows_and_ratios(runs, tmp_path):
     report = compare_runs([runs["snn"], runs["ann"]], tmp_path).read_text()
-    snn = json.loads((runs["snn"] / "metrics.jsonl").read_text().splitlines()[-1])
-    ann = json.loads((runs["ann"] / "metrics.jsonl").read_text().splitlines()[-1])
+    snn, ann = metrics_records(runs["snn"])[-1], metrics_records(runs["ann"])[-1]
     assert "| snn | spiking_mlp | yes | lats |" in report and "| ann | spiking_mlp | no | lats |" in report
     assert "45nm_fp32: 4.6 pJ per MAC, 0.9 pJ per accumulate" in report and "not a measurement" in report
     row = re.search(r"\| energy effective \(µJ\) \| (\S+) \| (\S+) \| (\S+) \|", report)

@@ -2,8 +2,6 @@
 reports goes with the sparsity of its own checkpoint."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -14,11 +12,9 @@ from snn_stp.sweeps import point_results
 from snn_stp.train import Trainer, evaluate_checkpoint, load_config
 from snn_stp.train import checkpoint as ckpt
 
+from conftest import metrics_records, sets, snn_stp
+
 SMALL = ["model.options={hidden: 32}", "data.batch_size=32", "train.analysis_samples=0"]
-
-
-def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -29,7 +25,7 @@ def test_with_a_target_best_pt_is_an_epoch_at_the_target_and_its_sparsity_is_rep
     config = load_config(overrides=SMALL + ["train.epochs=4", "pruning.scheduler=gmp", "pruning.target_sparsity=0.9",
                                             "pruning.end_epoch=2"])
     summary = Trainer(config, tmp_path, quiet=True).fit()
-    epochs = records(tmp_path)
+    epochs = metrics_records(tmp_path)
     assert [r["best_eligible"] for r in epochs] == [abs(r["pruned_layer_sparsity"] - 0.9) <= 0.01 for r in epochs]
     assert [r["best_eligible"] for r in epochs] == [False, True, True, True]  # s_f set after 2 epochs
     chosen = max((r for r in epochs if r["best_eligible"]), key=lambda r: r["val_acc"])
@@ -56,11 +52,8 @@ def test_with_a_target_best_pt_is_an_epoch_at_the_target_and_its_sparsity_is_rep
 def test_a_run_that_never_reaches_its_target_has_no_best_pt_and_says_so(tmp_path):
     """LATS asked for 90% with a tolerance of 0.01 points (one weight in 10,000): no epoch lands
     that close, so there is no best.pt, and the final line says which epochs would have been eligible."""
-    process = subprocess.run([sys.executable, "-m", "snn_stp", "train", "--quiet", "--out", tmp_path / "run",
-                              "--set", "pruning.target_sparsity=0.9", "--set", "pruning.target_tolerance=0.0001",
-                              "--set", "train.epochs=2",
-                              *[arg for item in SMALL for arg in ("--set", item)]],
-                             capture_output=True, text=True, timeout=300)
+    process = snn_stp("train", "--quiet", "--out", tmp_path / "run", "--set", "pruning.target_sparsity=0.9", "--set",
+                      "pruning.target_tolerance=0.0001", "--set", "train.epochs=2", *sets(*SMALL))
     assert process.returncode == 0, process.stderr
     assert ("; no best.pt: no epoch was among the epochs within 0.01 point(s) of the target sparsity 90.00% (pruned "
             "layers);") in process.stdout

@@ -11,6 +11,8 @@ import torch
 from snn_stp import cli
 from snn_stp.data import DataError, digits_split, load_digits_arrays
 
+from conftest import snn_stp
+
 
 def test_digits_contents_and_split():
     images, labels = load_digits_arrays()
@@ -38,10 +40,9 @@ def test_missing_or_corrupt_digits_file_is_a_clear_error(tmp_path):
 
 
 def test_cli_rejects_unknown_commands_and_bad_settings():
-    proc = subprocess.run([sys.executable, "-m", "snn_stp", "fly"], capture_output=True, text=True)
+    proc = snn_stp("fly")
     assert proc.returncode == 2 and "invalid choice: 'fly'" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "snn_stp", "train", "--set", "pruning.scheduler=foo"],
-                          capture_output=True, text=True)
+    proc = snn_stp("train", "--set", "pruning.scheduler=foo")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("snn-stp train: pruning.scheduler 'foo' is unknown; valid:")
     assert "Traceback" not in proc.stderr

@@ -1,6 +1,8 @@
 """Every data set through its real class, from tiny files written in the real on-disk format."""
 
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import h5py
@@ -13,6 +15,8 @@ from snn_stp.data import DATASETS, DataError, DatasetNotFoundError, build_datase
 from snn_stp.data import digits_dvs
 from snn_stp.data.digits import load_digits_arrays
 from snn_stp.data.frames import FrameSpec
+
+from conftest import write_cifar
 
 
 # -- writers of the real formats ----------------------------------------------------------------
@@ -45,42 +49,32 @@ def nmnist_bytes(x, y, p, t):
 
 
 def write_bin_tree(base, folders, total, events=3, size=34):
-    """``total`` N-MNIST-format .bin files spread over ``folders``; returns {path: n_events}."""
-    counts = {}
+    """``total`` N-MNIST-format .bin files spread over ``folders``; returns {path: n_events}.
+
+    File ``i`` holds ``events + i % 3`` events placed by ``i % size``: the files with the same two
+    residues are byte for byte the same, so each is a hard link to the first one written (creating
+    10,000 inodes, not reading them, is what took seconds, and far longer on a disk that is still
+    discarding the blocks of the previous session's trees). Replace a file (unlink it) to change
+    it: writing into one changes its twins."""
+    counts, first = {}, {}
+    for folder in folders:
+        (base / folder).mkdir(parents=True, exist_ok=True)
     for i in range(total):
-        folder = folders[i % len(folders)]
-        path = base / folder / f"{i:05d}.bin"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = base / folders[i % len(folders)] / f"{i:05d}.bin"
         n = events + i % 3
-        x = (np.arange(n) * 7 + i) % size
-        y = (np.arange(n) * 5 + i) % size
-        path.write_bytes(nmnist_bytes(x, y, np.arange(n) % 2, np.arange(n) * 1000))
+        key = (i % 3, i % size)
+        if key in first:
+            try:
+                os.link(first[key], path)
+            except OSError:  # a file system without hard links
+                path.write_bytes(first[key].read_bytes())
+        else:
+            x = (np.arange(n) * 7 + i) % size
+            y = (np.arange(n) * 5 + i) % size
+            path.write_bytes(nmnist_bytes(x, y, np.arange(n) % 2, np.arange(n) * 1000))
+            first[key] = path
         counts[str(path)] = n
     return counts
-
-
-def write_cifar(root, name="cifar10", per_batch=4, seed=0, protocol=pickle.DEFAULT_PROTOCOL):
-    """The python-pickle CIFAR batches (data uint8 [N, 3072] channel-major, labels)."""
-    rng = np.random.default_rng(seed)
-    if name == "cifar10":
-        base = root / "cifar-10-batches-py"
-        files, key, meta = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels", "batches.meta"
-        meta_content = {"label_names": [f"class{i}" for i in range(10)]}
-        classes = 10
-    else:
-        base = root / "cifar-100-python"
-        files, key, meta = ["train", "test"], "fine_labels", "meta"
-        meta_content = {"fine_label_names": [f"class{i}" for i in range(100)]}
-        classes = 100
-    base.mkdir(parents=True)
-    for f in files:
-        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 key: [int(v) for v in rng.integers(0, classes, per_batch)]}
-        with open(base / f, "wb") as fh:
-            pickle.dump(batch, fh, protocol=protocol)
-    with open(base / meta, "wb") as fh:
-        pickle.dump(meta_content, fh, protocol=protocol)
-    return base
 
 
 def write_aedat4(path, t, x, y, p, width=128, height=128):
@@ -291,11 +285,20 @@ def test_dvs_gesture(tmp_path):
     assert sorted(set(ds.labels)) == list(range(11))
 
 
-def test_nmnist(tmp_path):
-    base = tmp_path / "NMNIST"
-    counts = write_bin_tree(base / "Train", [str(d) for d in range(10)], 10000)
-    (base / "train.zip").write_bytes(b"")
-    ds = build_dataset("nmnist", "train", root=tmp_path, time_steps=3, cache=False)
+@pytest.fixture(scope="module")
+def nmnist_root(tmp_path_factory):
+    """N-MNIST's training split as extracted (NMNIST/Train/<digit>/<n>.bin, the 10,000 files its
+    check asks for), written once for the tests that read it; returns the root and each file's
+    event count. A test that damages a file puts it back."""
+    root = tmp_path_factory.mktemp("nmnist")
+    counts = write_bin_tree(root / "NMNIST" / "Train", [str(d) for d in range(10)], 10000)
+    (root / "NMNIST" / "train.zip").write_bytes(b"")
+    return root, counts
+
+
+def test_nmnist(nmnist_root):
+    root, counts = nmnist_root
+    ds = build_dataset("nmnist", "train", root=root, time_steps=3, cache=False)
     assert len(ds) == 10000
     for i in (0, 1234, 9999):
         frames, label = ds[i]
@@ -476,27 +479,33 @@ def test_time_window_frames_are_cropped_or_padded_to_T(digits_dvs_root):
     assert torch.equal(padded[:4], frames)
 
 
-def test_empty_recordings_name_the_file(tmp_path):
+def test_empty_recordings_name_the_file(tmp_path, nmnist_root):
     write_dvs_gesture(tmp_path)
     ds = build_dataset("dvs_gesture", "train", root=tmp_path, time_steps=4, cache=False)
     victim = ds.files[ds.indices[7]]
     np.save(victim, np.zeros((0, 4), dtype=np.int64))
     with pytest.raises(DataError, match=f"{victim} holds no events \\(dvs_gesture, train\\)"):
         ds[7]
-    base = tmp_path / "NMNIST"
-    write_bin_tree(base / "Train", [str(d) for d in range(10)], 10000)
-    (base / "train.zip").write_bytes(b"")
-    ds = build_dataset("nmnist", "train", root=tmp_path, time_steps=3, cache=False)
-    victim = ds.files[ds.indices[3]]
-    open(victim, "wb").close()
-    with pytest.raises(DataError, match=f"{victim} holds no events \\(nmnist, train\\)"):
-        ds[3]
-    # A stray folder would crash Tonic's reader (label = last character of the folder name) or be
-    # read as a digit: refused, named.
-    (base / "Train" / "extra").mkdir()
-    (base / "Train" / "extra" / "copy.bin").write_bytes(b"")
-    with pytest.raises(DataError, match=f"{base}/Train/extra holds .bin files but is not a digit folder"):
-        build_dataset("nmnist", "train", root=tmp_path, time_steps=3, cache=False)
+    root, _ = nmnist_root
+    base = root / "NMNIST"
+    ds = build_dataset("nmnist", "train", root=root, time_steps=3, cache=False)
+    victim = Path(ds.files[ds.indices[3]])
+    original = victim.read_bytes()
+    try:
+        victim.unlink()  # a hard link to its twins (see write_bin_tree): replaced, not written into
+        victim.touch()
+        with pytest.raises(DataError, match=f"{victim} holds no events \\(nmnist, train\\)"):
+            ds[3]
+        # A stray folder would crash Tonic's reader (label = last character of the folder name) or be
+        # read as a digit: refused, named.
+        (base / "Train" / "extra").mkdir()
+        (base / "Train" / "extra" / "copy.bin").write_bytes(b"")
+        with pytest.raises(DataError, match=f"{base}/Train/extra holds .bin files but is not a digit folder"):
+            build_dataset("nmnist", "train", root=root, time_steps=3, cache=False)
+    finally:  # the shared tree as it was, for the other tests
+        victim.unlink(missing_ok=True)
+        victim.write_bytes(original)
+        shutil.rmtree(base / "Train" / "extra", ignore_errors=True)
 
 
 def test_labels_out_of_range_name_the_file(tmp_path):

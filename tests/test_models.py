@@ -38,11 +38,16 @@ T = 2
 
 #: Full-width deep models: seconds per test on 2 cores, so they run in CI's slow step.
 HEAVY = {"sew_resnet34", "sew_resnet50", "resnet50"}
+#: The full-width ResNet-18s (11 M weights, about a second a test): by default they run the
+#: gradient test (a forward and backward pass reaching every pruned weight) and SEW ResNet-18 the
+#: firing test (tests/test_export.py prunes, bakes and runs it too); every other per-model check
+#: runs on the small models by default and on these in the slow set.
+RESNET18S = {"sew_resnet18", "cifar_resnet18"}
 
 
-def light_first(names):
-    """``names`` as pytest parameters, the heavy ones marked ``slow``."""
-    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+def light_first(names, heavy=HEAVY):
+    """``names`` as pytest parameters, the ``heavy`` ones marked ``slow``."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in heavy else n for n in names]
 
 
 def realistic_input(name, batch=4, steps=T, spiking=True, seed=0):
@@ -99,7 +104,7 @@ def test_registry_errors_list_what_is_valid():
 
 # -- shapes, counts, training step -------------------------------------------------------------
 
-@pytest.mark.parametrize("name", light_first(SPIKING))
+@pytest.mark.parametrize("name", light_first(SPIKING, HEAVY | RESNET18S))
 @pytest.mark.parametrize("spiking", [True, False], ids=["snn", "ann_twin"])
 def test_spiking_models_and_twins_forward_backward(name, spiking):
     model = small(name, spiking)
@@ -112,7 +117,7 @@ def test_spiking_models_and_twins_forward_backward(name, spiking):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", light_first(ANN_ONLY))
+@pytest.mark.parametrize("name", light_first(ANN_ONLY, HEAVY | RESNET18S))
 def test_ann_baselines_forward_backward(name):
     model = small(name, spiking=False)
     out = model(realistic_input(name))
@@ -148,7 +153,7 @@ def test_parameter_counts_of_known_architectures():
         assert count(ours) == count(twin) == count(zoo)
 
 
-@pytest.mark.parametrize("name", light_first(SPIKING))
+@pytest.mark.parametrize("name", light_first(SPIKING, HEAVY | RESNET18S))
 def test_twins_share_module_names(name):
     snn, ann = small(name), small(name, spiking=False)
     def weight_names(m):
@@ -165,7 +170,7 @@ def test_conv_classifier_option_makes_every_layer_a_conv():
         assert model(x).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", light_first(sorted(MODELS)))
+@pytest.mark.parametrize("name", light_first(sorted(MODELS), HEAVY | RESNET18S))
 def test_every_model_prunes_steps_and_bakes(name):
     spiking = MODELS[name].has_spiking
     model = small(name, spiking)
@@ -219,7 +224,7 @@ def test_every_model_declares_its_input_shape():
         assert MODELS[name].check_sample(shape, options) == shape, name  # the test shapes are accepted
 
 
-@pytest.mark.parametrize("name", light_first(sorted(MODELS)))
+@pytest.mark.parametrize("name", light_first(sorted(MODELS), HEAVY | RESNET18S))
 def test_declared_input_shape_runs_through_the_model(name):
     """Each registered model takes a sample of its declared shape (SNN and ANN twin alike; one
     sample in eval mode: the shapes are what is tested, the gradient test below trains)."""
@@ -295,9 +300,12 @@ def test_input_kinds_are_defined_once():
 # -- spiking behaviour -----------------------------------------------------------------------
 
 STEMS = [(name, {}) for name in SPIKING] + [("sew_resnet18", {"stem": "imagenet"}), ("sew_resnet18", {"stem": "dvs"})]
+#: The ImageNet stem runs a 224 px input through the full-width network (a second): slow set.
+SLOW_STEMS = [("sew_resnet18", "imagenet")]
 
 
-@pytest.mark.parametrize("name, extra", [pytest.param(n, e, marks=pytest.mark.slow) if n in HEAVY else (n, e)
+@pytest.mark.parametrize("name, extra", [pytest.param(n, e, marks=pytest.mark.slow)
+                                         if n in HEAVY or (n, e.get("stem")) in SLOW_STEMS else (n, e)
                                          for n, e in STEMS], ids=[f"{n}-{e.get('stem', '')}" for n, e in STEMS])
 def test_every_spiking_layer_fires_at_initialization(name, extra):
     model = small(name, **extra)
@@ -316,7 +324,7 @@ def test_every_spiking_layer_fires_at_initialization(name, extra):
     assert not dead_or_saturated, dead_or_saturated
 
 
-@pytest.mark.parametrize("name", light_first(SPIKING))
+@pytest.mark.parametrize("name", light_first(SPIKING, HEAVY | RESNET18S))
 def test_state_is_reset_between_forwards(name):
     model = small(name).eval()
     x = realistic_input(name)
@@ -324,7 +332,7 @@ def test_state_is_reset_between_forwards(name):
         assert torch.equal(model(x), model(x))
 
 
-@pytest.mark.parametrize("name", ["stds_cifarnet", "sew_resnet18", "spiking_mlp"])
+@pytest.mark.parametrize("name", ["stds_cifarnet", pytest.param("sew_resnet18", marks=pytest.mark.slow), "spiking_mlp"])
 def test_direct_encoding_equals_repeating_the_input(name):
     """Static input: the first conv + BN run once, then repeat T times; same as T copies as events."""
     model = small(name, time_steps=3).eval()
@@ -386,7 +394,7 @@ def test_spiking_model_state_dict_round_trip_after_pruning():
         assert torch.equal(model(x), fresh(x))
 
 
-@pytest.mark.parametrize("name", light_first(SPIKING))
+@pytest.mark.parametrize("name", light_first(SPIKING, HEAVY | RESNET18S))
 def test_set_step_mode_switches_the_whole_model_to_single_steps_with_the_same_output(name):
     from spikingjelly.activation_based import functional
 

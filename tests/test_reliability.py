@@ -11,14 +11,16 @@ import json
 import os
 import resource
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from snn_stp import cli
 from snn_stp.train import checkpoint as ckpt
+
+# error_line and snn_stp are imported from this module by test_sweeps.py too.
+from conftest import error_line, metrics_records, sets, snn_stp, write_cifar  # noqa: F401
 
 CONFIG = """
 model: {name: spiking_mlp, time_steps: 4, options: {hidden: 32}}
@@ -32,22 +34,6 @@ PER_EPOCH = 21  # ceil(1294 / 64): the 1,438 training digits minus the 144 of th
 STEPS = 3 * PER_EPOCH
 
 
-def snn_stp(*args, env=None, **options) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "snn_stp", *map(str, args)], capture_output=True, text=True,
-                          env=environment, timeout=300, **options)
-
-
-def error_line(process: subprocess.CompletedProcess, command: str, status: int = 1) -> str:
-    """The one line an expected failure prints (warnings aside), checked for no traceback."""
-    assert process.returncode == status, (process.returncode, process.stderr[-2000:])
-    assert "Traceback" not in process.stderr, process.stderr[-3000:]
-    lines = [line for line in process.stderr.splitlines() if line and not line.startswith("snn-stp: warning:")]
-    assert len(lines) == 1, process.stderr
-    assert lines[0].startswith(f"snn-stp {command}: "), lines[0]
-    return lines[0][len(f"snn-stp {command}: "):]
-
-
 def snapshot(folder: Path) -> dict:
     """Every file under ``folder`` with its content hash and modification time; not the lock file,
     which names whichever process last held the folder (a refused resume held it while checking)."""
@@ -56,8 +42,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k != "epoch_seconds"} for record in metrics_records(run)]
 
 
 def assert_same_result(run: Path, reference: Path) -> None:
@@ -92,22 +77,23 @@ def config_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(config_file, tmp_path_factory) -> Path:
-    """The uninterrupted run every interrupted one must reproduce exactly."""
+    """The uninterrupted run every interrupted one must reproduce exactly. Trained here, through the
+    command line's own entry point, on one thread as the child processes run (results depend on
+    the thread count bit for bit): a child would first spend 4 s importing torch and torch._dynamo
+    (which torch.use_deterministic_algorithms imports)."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    process = snn_stp("train", "--config", config_file, "--out", run, "--quiet")
-    assert process.returncode == 0, process.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(["train", "--config", str(config_file), "--out", str(run), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return run
 
 
 @pytest.fixture()
-def copy_of(reference, tmp_path):
-    import shutil
-
-    def copy() -> Path:
-        target = tmp_path / "run"
-        shutil.copytree(reference, target, copy_function=shutil.copy2)
-        return target
-    return copy
+def copy_of(reference, run_copy):
+    return lambda: run_copy(reference)
 
 
 # -- 1. never destroy a run -----------------------------------------------------------------------
@@ -388,8 +374,6 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(config_file, 
 
 @pytest.mark.slow
 def test_a_corrupt_data_file_is_one_line(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_data import write_cifar
     base = write_cifar(tmp_path)
     (base / "data_batch_2").write_bytes(b"not a pickle")
     message = error_line(snn_stp("train", "--out", tmp_path / "run", "--set", "data.name=cifar10", "--set",
@@ -437,8 +421,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(config_file, reference, t
 def test_bad_settings_fail_before_training_through_the_cli(setting, expected, tmp_path):
     if setting == "train.device=cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    sets = [arg for item in setting.split(";") for arg in ("--set", item)]  # several settings, ;-separated
-    message = error_line(snn_stp("train", "--out", tmp_path / "run", *sets), "train")
+    message = error_line(snn_stp("train", "--out", tmp_path / "run", *sets(*setting.split(";"))),  # ;-separated
+                         "train")
     assert message.startswith(expected)
     assert not (tmp_path / "run" / "config.yaml").exists()
 

@@ -14,10 +14,10 @@ import torch
 from snn_stp import cli
 from snn_stp.errors import CheckpointError
 from snn_stp.train import checkpoint as ckpt
-from test_reliability import error_line, snn_stp
 
-TINY = ["--set", "model.options={hidden: 16}", "--set", "train.epochs=1", "--set", "data.batch_size=256",
-        "--set", "train.analysis_samples=8"]
+from conftest import TINY, error_line, metrics_records, sets, snn_stp
+
+TINY_ARGS = sets(*TINY)  # on the command line
 
 
 class Payload:
@@ -33,7 +33,7 @@ class Payload:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("safety") / "run"
-    assert cli.main(["train", "--quiet", "--out", str(out), *TINY]) == 0
+    assert cli.main(["train", "--quiet", "--out", str(out), *TINY_ARGS]) == 0
     return out
 
 
@@ -123,12 +123,9 @@ def test_a_file_from_other_code_is_refused_then_converted_when_trusted(tmp_path)
 
 @pytest.mark.slow  # one subprocess per command
 @pytest.mark.parametrize("command", ["eval", "resume", "init-from", "export-nir", "export-sparse", "plot", "sweep-resume"])
-def test_no_command_runs_a_payload(run, tmp_path, command):
-    import shutil
-
+def test_no_command_runs_a_payload(run, run_copy, tmp_path, command):
     marker = tmp_path / "PWNED"
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = run_copy(run)
     last = copy / "checkpoints" / "last.pt"
     poisoned(run / "checkpoints" / "last.pt", last, marker)
     expected = f"{last} " + REFUSED.format(path=last)
@@ -138,7 +135,7 @@ def test_no_command_runs_a_payload(run, tmp_path, command):
         (copy / "summary.json").unlink()
         assert error_line(snn_stp("resume", copy), "resume") == expected
     elif command == "init-from":
-        process = snn_stp("train", "--init-from", last, "--out", tmp_path / "new", *TINY)
+        process = snn_stp("train", "--init-from", last, "--out", tmp_path / "new", *TINY_ARGS)
         assert error_line(process, "train") == expected
     elif command.startswith("export"):
         process = snn_stp("export", copy, "--format", command.split("-")[1], "--out", tmp_path / "model.out")
@@ -148,11 +145,11 @@ def test_no_command_runs_a_payload(run, tmp_path, command):
     else:
         sweep = tmp_path / "sweep"
         assert cli.main(["sweep", "--grid", "train.seed=0", "--quiet", "--out", str(sweep),
-                         *TINY]) == 0
+                         *TINY_ARGS]) == 0
         point = next(p for p in sweep.iterdir() if (p / "checkpoints").is_dir())
         (point / "summary.json").unlink()  # an interrupted point: the sweep resumes it
         poisoned(point / "checkpoints" / "last.pt", point / "checkpoints" / "last.pt", marker)
-        process = snn_stp("sweep", "--grid", "train.seed=0", "--out", sweep, *TINY)
+        process = snn_stp("sweep", "--grid", "train.seed=0", "--out", sweep, *TINY_ARGS)
         assert error_line(process, "sweep").startswith("1 run(s) failed: ")
         log = next((sweep / "logs").glob("*.log")).read_text()
         assert f"snn-stp resume: {point / 'checkpoints' / 'last.pt'} was refused: loading it would call posix.system" \
@@ -176,13 +173,10 @@ def holder_pid(folder: Path, timeout: float = 240.0, process=None) -> int:
     raise AssertionError(f"nobody took {lock}")
 
 
-def test_a_second_writer_is_refused_and_a_killed_holder_never_blocks(run, tmp_path):
-    import shutil
-
+def test_a_second_writer_is_refused_and_a_killed_holder_never_blocks(run, run_copy, tmp_path):
     from snn_stp import rundir
 
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = run_copy(run)
     (copy / "summary.json").unlink()
     with rundir.writer_lock(copy):
         process = snn_stp("resume", copy)
@@ -203,37 +197,35 @@ def test_a_second_writer_is_refused_and_a_killed_holder_never_blocks(run, tmp_pa
 
 @pytest.mark.slow  # a training run in the background while others try to write it
 def test_two_processes_never_write_one_run(tmp_path):
-    import json
     import signal
     import subprocess
 
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "snn_stp", "train", "--quiet", "--out", str(out), *TINY,
+    first = subprocess.Popen([sys.executable, "-m", "snn_stp", "train", "--quiet", "--out", str(out), *TINY_ARGS,
                               "--set", "train.epochs=40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid = holder_pid(out, process=first)
     assert pid == first.pid
-    for args, command in ((["train", "--out", out, "--overwrite", *TINY], "train"), (["resume", out], "resume"),
-                          (["train", "--out", out, *TINY], "train")):
+    for args, command in ((["train", "--out", out, "--overwrite", *TINY_ARGS], "train"), (["resume", out], "resume"),
+                          (["train", "--out", out, *TINY_ARGS], "train")):
         message = error_line(snn_stp(*args), command)
         assert message.startswith(f"{out} is being written by another process (pid {pid} on "), message
     first.send_signal(signal.SIGKILL)
     first.wait()
     finished = snn_stp("resume", out)
     assert finished.returncode == 0, finished.stderr
-    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [record["epoch"] for record in metrics_records(out)]
     assert epochs == list(range(1, 41))
 
 
 @pytest.mark.slow  # a sweep in the background, stopped by Ctrl-C and by SIGKILL
 def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_path):
     import csv
-    import json
     import signal
     import subprocess
     import time
 
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "snn_stp", "sweep", "--grid", "train.seed=0,1,2", *TINY, "--set",
+    command = [sys.executable, "-m", "snn_stp", "sweep", "--grid", "train.seed=0,1,2", *TINY_ARGS, "--set",
                "train.epochs=15", "--out", str(out), "--jobs", "1"]
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
@@ -272,7 +264,7 @@ def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_
     with open(out / "results.csv") as f:
         assert [row["status"] for row in csv.DictReader(f)] == ["done"] * 3
     for seed in range(3):
-        epochs = [json.loads(line)["epoch"] for line in (out / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()]
+        epochs = [record["epoch"] for record in metrics_records(out / f"seed-{seed}")]
         assert epochs == list(range(1, 16)), (seed, epochs)
 
 
@@ -300,15 +292,12 @@ def test_export_never_overwrites_silently(run, tmp_path):
     assert ckpt.load_file(out)["metadata"]["training"] == result["training"]
 
 
-def test_an_unfinished_run_exports_with_a_warning_and_says_so(run, tmp_path):
-    import shutil
-
+def test_an_unfinished_run_exports_with_a_warning_and_says_so(run, run_copy, tmp_path):
     import nir
 
     from snn_stp.export.runs import UnfinishedRunWarning, export_run
 
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = run_copy(run)
     (copy / "summary.json").unlink()
     state = ckpt.load(copy / "checkpoints" / "last.pt")
     state["config"]["train"]["epochs"] = 3  # as if the run had two epochs to go
@@ -381,11 +370,8 @@ def test_hostile_or_broken_sweep_files_are_one_line(tmp_path):
 
 # -- runs stay true -------------------------------------------------------------------------------
 @pytest.mark.slow  # subprocesses
-def test_resuming_a_finished_run_with_a_torn_line_rewrites_nothing(run, tmp_path):
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+def test_resuming_a_finished_run_with_a_torn_line_rewrites_nothing(run, run_copy, tmp_path):
+    copy = run_copy(run)
     with open(copy / "metrics.jsonl", "ab") as f:
         f.write(b'{"epoch": 2, "test_acc": 0.1')  # torn since: a damaged copy, a full disk
     before = {p.name: p.read_bytes() for p in (copy / "summary.json", copy / "metrics.jsonl")}
@@ -396,14 +382,12 @@ def test_resuming_a_finished_run_with_a_torn_line_rewrites_nothing(run, tmp_path
     assert {p.name: p.read_bytes() for p in (copy / "summary.json", copy / "metrics.jsonl")} == before
 
 
-def test_a_lost_final_record_is_measured_again_not_taken_from_another_epoch(run, tmp_path):
+def test_a_lost_final_record_is_measured_again_not_taken_from_another_epoch(run, run_copy, tmp_path):
     import json
-    import shutil
 
     from snn_stp.train import evaluate_checkpoint
 
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy = run_copy(run)
     (copy / "summary.json").unlink()
     (copy / "metrics.jsonl").write_text('{"epoch": 0, "step": 0, "test_acc": 0.5}\n')  # epoch 1's record is gone
     assert cli.main(["resume", "--quiet", str(copy)]) == 0

@@ -15,26 +15,8 @@ import snn_stp
 from snn_stp.pruning import schedules
 from snn_stp.pruning.schedulers import CONTEXT_ARGUMENTS
 
-
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
-
-
-def blobs(n=256, seed=1):
-    """Four Gaussian clusters in 16 dimensions: a tiny but real classification task."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(4, 16, generator=g) * 2
-    y = torch.arange(n) % 4
-    x = centers[y] + torch.randn(n, 16, generator=g)
-    return x, y
-
-
-def warmup_cosine(opt, warmup, total):
-    return torch.optim.lr_scheduler.SequentialLR(opt, [
-        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warmup),
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=1e-4),
-    ], milestones=[warmup])
+from conftest import TINY, blobs, error_line, metrics_records, mlp, sets, warmup_cosine
+from conftest import snn_stp as snn_stp_command  # snn_stp is the package here
 
 
 def train(model, opt, sched, steps, lrs=None, data=None, batch=32):
@@ -363,6 +345,41 @@ def test_str_sparsity_responds_to_init_and_weight_decay():
     assert sched.threshold == pytest.approx(sum(sched.layer_thresholds().values()) / 2)
 
 
+def test_str_reports_the_mean_sigmoid_of_its_logits_and_each_step_s_implied_l1():
+    """STR observes what the optimizer does to its logits s: after every step ``threshold`` is the
+    mean over the layers of d = sigmoid(s), and ``l1_coefficient`` the mean over the layers of
+    ``(d_new - d_old) / (lr * step_scale) + wd * d_old``: the LR of that step (a new one every step
+    here), SGD's momentum factor ``(1 - dampening) / (1 - momentum)``, the weight decay on s."""
+    momentum, dampening, wd = 0.9, 0.2, 0.05
+    model = mlp()
+    snn_stp.sparsify(model, rule="exact", trainable_threshold_init=-3.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=momentum, dampening=dampening, weight_decay=wd)
+    lrs = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k))
+    sched = snn_stp.build_threshold_scheduler("str", model, opt)
+    logits = [layer.parametrization.threshold_logit for layer in sched.layers]
+    assert len(logits) == 2
+
+    def thresholds():
+        return [float(torch.sigmoid(s.detach())) for s in logits]
+
+    assert sched.threshold == pytest.approx(math.fsum(thresholds()) / 2, rel=1e-12) == float(torch.sigmoid(
+        torch.tensor(-3.0)))
+    step_scale = (1 - dampening) / (1 - momentum)
+    x, y = blobs()
+    for k in range(6):
+        before, lr = thresholds(), opt.param_groups[0]["lr"]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[32 * k:32 * k + 32]), y[32 * k:32 * k + 32]).backward()
+        opt.step()
+        lrs.step()
+        sched.step()
+        after = thresholds()
+        assert all(new != old for new, old in zip(after, before)) and lr == pytest.approx(0.2 / (1 + k))
+        assert sched.threshold == pytest.approx(math.fsum(after) / 2, rel=1e-12)
+        implied = [(new - old) / (lr * step_scale) + wd * old for new, old in zip(after, before)]
+        assert sched.l1_coefficient == pytest.approx(math.fsum(implied) / 2, rel=1e-9)
+
+
 def test_str_requires_trainable_thresholds():
     model = sparsified(rule="exact")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -413,6 +430,58 @@ def test_gradr_follows_the_reference_rejects_low_targets_and_takes_the_prior_sig
     opt.step()
     sched.step()
     assert torch.allclose(theta, torch.full_like(theta, sched.mu - 0.04 - 0.1 * 1.0))
+
+
+@pytest.mark.filterwarnings("ignore:Adam scales each weight's step")  # no L1 objective under Adam: None
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_gradr_moves_theta_by_its_prior_beyond_the_optimizer_s_step(optimizer):
+    """After optimizer step t Grad R moves theta by exactly ``-alpha * lr / (1 - beta1^t) *
+    sign(theta_before - mu)``, ``mu = ln(2 (1 - s)) / alpha``, the sign taken before the step:
+    Adam's bias correction of its first moment (beta1 = 0.8 here), none (1) under SGD. The
+    optimizer's own step is measured on a copy of the model and the optimizer state stepped alone.
+    Under SGD the prior is the L1 term ``alpha / step_scale`` of the objective."""
+    alpha, target, beta1 = 0.5, 0.55, 0.8
+    mu = math.log(2 * (1 - target)) / alpha  # -0.21
+    model = mlp()
+    snn_stp.sparsify(model, rule="gradr")
+
+    def make(parameters):
+        if optimizer == "adam":
+            return torch.optim.Adam(parameters, lr=0.05, betas=(beta1, 0.99))
+        return torch.optim.SGD(parameters, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-3)
+
+    opt = make(model.parameters())
+    lrs = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k))
+    sched = snn_stp.build_threshold_scheduler("gradr", model, opt, alpha=alpha, target_sparsity=target)
+    assert sched.mu == pytest.approx(mu, rel=1e-15)
+    torch.manual_seed(3)
+    with torch.no_grad():  # latent weights on both sides of mu: the prior pushes some down, some up
+        for layer in sched.layers:
+            layer.theta.copy_(mu + 0.1 * torch.randn_like(layer.theta))
+    x, y = blobs()
+    for t in range(1, 5):
+        alone = copy.deepcopy(model)
+        alone_opt = make(alone.parameters())
+        alone_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # its own buffers, not opt's
+        before = [layer.theta.detach().clone() for layer in sched.layers]
+        lr = opt.param_groups[0]["lr"]
+        for net, optim in ((model, opt), (alone, alone_opt)):
+            optim.zero_grad()
+            nn.functional.cross_entropy(net(x[:64]), y[:64]).backward()
+        alone_opt.step()
+        opt.step()
+        lrs.step()
+        sched.step()
+        correction = 1 - beta1 ** t if optimizer == "adam" else 1.0
+        signs = [torch.sign(theta - mu) for theta in before]
+        assert all((sign > 0).any() and (sign < 0).any() for sign in signs)
+        for layer, own, sign in zip(sched.layers, snn_stp.pruned_layers(alone), signs):
+            expected = own.theta.detach() - alpha * lr / correction * sign
+            torch.testing.assert_close(layer.theta.detach(), expected, rtol=0, atol=1e-6)
+        if optimizer == "sgd":
+            assert sched.l1_coefficient == pytest.approx(alpha * (1 - 0.9) / (1 - 0.1), rel=1e-12)
+        else:
+            assert sched.l1_coefficient is None
 
 
 def test_gradr_keeps_signs():
@@ -597,24 +666,22 @@ def test_a_plugin_module_named_in_the_environment_registers_its_scheduler(monkey
 def test_a_scheduler_from_a_test_module_trains_through_snn_stp(tmp_path):
     """One file and its decorator: ``snn-stp list`` shows it, ``snn-stp train`` runs it (d follows
     its formula at every epoch end), and a process without the plugin refuses the run by name."""
-    from test_reliability import error_line, snn_stp as command
-
     plugin = {"SNN_STP_PLUGINS": "scheduler_plugin", "PYTHONPATH": str(TESTS)}
-    listing = command("list", env=plugin)
+    listing = snn_stp_command("list", env=plugin)
     assert listing.returncode == 0, listing.stderr
     assert "test_cubic" in listing.stdout and "d_t = D x^3" in listing.stdout
     out = tmp_path / "run"
-    trained = command("train", "--quiet", "--out", out, "--set", "pruning.scheduler=test_cubic",
-                      "--set", "pruning.final_threshold=0.1", "--set", "train.epochs=3", "--set", "model.options={hidden: 16}",
-                      "--set", "data.batch_size=256", "--set", "train.analysis_samples=8", env=plugin)
+    trained = snn_stp_command("train", "--quiet", "--out", out, *sets(*TINY, "pruning.scheduler=test_cubic",
+                                                                     "pruning.final_threshold=0.1", "train.epochs=3"),
+                              env=plugin)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(out)
     total = records[-1]["step"]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for record in records:
         assert record["threshold"] == pytest.approx(0.1 * (record["step"] / total) ** 3, rel=1e-9)
     assert json.loads((out / "summary.json").read_text())["weight_sparsity"] > 0
-    refused = command("eval", out, env={"SNN_STP_PLUGINS": ""})
+    refused = snn_stp_command("eval", out, env={"SNN_STP_PLUGINS": ""})
     assert error_line(refused, "eval").startswith(
         "pruning.scheduler 'test_cubic' is unknown; valid: dense, fixed, gmp, gradr, lats, lats_epoch, linear, pgh, "
         "sine, slats, str (a scheduler of your own registers when its module is imported: name the module in "

@@ -2,7 +2,6 @@
 and keep their shape after; sine and linear re-aim D until the end."""
 
 import io
-import json
 import math
 
 import pytest
@@ -12,7 +11,7 @@ from torch import nn
 import snn_stp
 from snn_stp.pruning.statistics import threshold_for_sparsity
 
-from test_schedulers import blobs, mlp, warmup_cosine
+from conftest import blobs, metrics_records, mlp, warmup_cosine
 
 STEPS = 240
 SHAPED = ["lats", "lats_epoch", "slats", "pgh", "sine", "linear"]
@@ -217,7 +216,7 @@ def test_lats_targets_on_the_digits_snn(tmp_path, target):
 
     config = load_config(overrides=[f"pruning.target_sparsity={target}", "train.analysis_samples=0"])
     summary = Trainer(config, tmp_path, quiet=True).fit()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(tmp_path)
     lambdas = [r["l1_coefficient"] for r in records]
     assert min(lambdas) >= 0
     after = lambdas[len(lambdas) // 5:]

@@ -17,16 +17,13 @@ from snn_stp.data import make_loader
 from snn_stp.train.builders import make_lr_scheduler, make_model, make_optimizer
 from snn_stp.train.config import from_dict, recipe_files
 
+from conftest import metrics_records, write
+
 RECIPES = recipe_files()
 # 2 epochs of 81 steps (the 1,294 digits left for training once the validation split, 10% of the
 # 1,438, is held out; batch 16): enough steps for BatchNorm's running statistics (momentum 0.1) to
 # forget their initial values, so that evaluation means something.
 SMALL = ["model.options={hidden: 32}", "train.epochs=2", "data.batch_size=16"]
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 # -- configs ----------------------------------------------------------------------------------
@@ -174,21 +171,28 @@ def test_weight_decay_skips_batchnorm_unless_asked():
     assert len(make_optimizer(load_config(overrides=["optim.decay_norm=true"]), model).param_groups) == 1
 
 
+def slow(*overrides):
+    return pytest.param(list(overrides), marks=pytest.mark.slow)
+
+
+# A run each (about a second): two by default (another loss and optimizer; the ANN twin with another
+# scheduler and LR schedule), the other schedulers' runs in the slow set (tests/test_schedulers.py
+# drives each scheduler by default).
 @pytest.mark.parametrize("overrides", [
     ["train.loss=mse", "optim.name=adam", "optim.lr=0.01"],
-    ["train.label_smoothing=0.1", "schedule.name=step", "schedule.step_size=1", "optim.grad_clip=1.0"],
+    slow("train.label_smoothing=0.1", "schedule.name=step", "schedule.step_size=1", "optim.grad_clip=1.0"),
     ["model.spiking=false", "pruning.scheduler=slats", "schedule.name=constant"],
-    ["pruning.scheduler=fixed", "pruning.init=inverse", "pruning.final_threshold=0.05"],
-    ["pruning.scheduler=gmp", "pruning.target_sparsity=0.5"],
-    ["pruning.scheduler=str", "pruning.trainable_threshold_init=-5", "optim.weight_decay=0.001"],
-    ["pruning.scheduler=gradr", "pruning.alpha=0.5", "pruning.target_sparsity=0.6", "optim.name=adam",
-     "optim.lr=0.01"],
+    slow("pruning.scheduler=fixed", "pruning.init=inverse", "pruning.final_threshold=0.05"),
+    slow("pruning.scheduler=gmp", "pruning.target_sparsity=0.5"),
+    slow("pruning.scheduler=str", "pruning.trainable_threshold_init=-5", "optim.weight_decay=0.001"),
+    slow("pruning.scheduler=gradr", "pruning.alpha=0.5", "pruning.target_sparsity=0.6", "optim.name=adam",
+         "optim.lr=0.01"),
 ])
 def test_loss_optimizer_and_scheduler_paths_train(tmp_path, overrides):
     config = load_config(overrides=SMALL + overrides)
     summary = Trainer(config, tmp_path, quiet=True).fit()
     assert summary["epochs_done"] == 2 and summary["global_step"] == 2 * 81
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(tmp_path)
     assert records[-1]["train_acc"] > 0.4 and summary["final_test_acc"] > 0.3  # chance is 0.1
     assert all(r["train_loss"] == r["train_loss"] for r in records)  # not NaN
 
@@ -199,7 +203,7 @@ def test_default_main_job_end_to_end(tmp_path, capsys):
     assert cli.main(["train", "--quiet", "--out", str(tmp_path), "--set", "train.epochs=3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("final test accuracy") and f"run directory {tmp_path}" in out
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert set(METRIC_KEYS) <= set(records[-1])
     assert records[-1]["threshold"] == pytest.approx(0.2)
@@ -214,15 +218,38 @@ def test_default_main_job_end_to_end(tmp_path, capsys):
     assert load_config(tmp_path / "config.yaml").train.epochs == 3
 
 
-def test_eval_of_a_checkpoint_uses_its_saved_threshold(tmp_path, capsys):
-    config = load_config(overrides=SMALL)
-    Trainer(config, tmp_path, quiet=True).fit()
-    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    result = evaluate_checkpoint(tmp_path)
+def test_eval_of_a_checkpoint_uses_its_saved_threshold(small_run, capsys):
+    last = metrics_records(small_run)[-1]
+    result = evaluate_checkpoint(small_run)
     assert result["test_acc"] == last["test_acc"] and result["weight_sparsity"] == last["weight_sparsity"]
     assert list(result["layer_thresholds"].values()) == pytest.approx([0.2] * 3)
-    assert cli.main(["eval", str(tmp_path)]) == 0
+    assert cli.main(["eval", str(small_run)]) == 0
     assert f"test accuracy {last['test_acc']:.2%}" in capsys.readouterr().out
+
+
+def test_eval_of_a_mid_run_checkpoint_uses_its_threshold_not_the_final_one(tmp_path, capsys):
+    """At the end of a run d = D, so an evaluation that rebuilt the final threshold would pass the
+    test above. Here the checkpoint is from the end of epoch 1 of a 3-epoch LATS schedule (the run
+    stops there with train.max_steps; the schedules keep their full length), where d < D: the
+    evaluation must report that checkpoint's d in every layer, and the accuracy and sparsity its
+    epoch logged."""
+    config = load_config(overrides=["model.options={hidden: 32}", "data.batch_size=32", "train.epochs=3",
+                                    "train.max_steps=41", "train.analysis_samples=0"])
+    assert Trainer(config, tmp_path / "run", quiet=True).fit()["epochs_done"] == 1
+    (record,) = metrics_records(tmp_path / "run")  # epoch 1's line
+    final = config.pruning.final_threshold
+    assert record["step"] == 41 and final == 0.2
+    assert 0 < record["threshold"] < 0.9 * final  # mid-schedule: well below D
+    mid_run = tmp_path / "epoch1.pt"  # the file on its own, away from its run directory
+    mid_run.write_bytes((tmp_path / "run" / "checkpoints" / "last.pt").read_bytes())
+    result = evaluate_checkpoint(mid_run)
+    assert (result["epoch"], result["global_step"]) == (1, 41)
+    assert list(result["layer_thresholds"].values()) == pytest.approx([record["threshold"]] * 3, rel=1e-6)
+    assert result["test_acc"] == record["test_acc"]
+    assert result["weight_sparsity"] == record["weight_sparsity"]
+    assert result["all_weight_sparsity"] == record["all_weight_sparsity"]
+    assert cli.main(["eval", str(mid_run)]) == 0
+    assert f"test accuracy {record['test_acc']:.2%}" in capsys.readouterr().out
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -335,8 +362,7 @@ def test_reading_the_loss_every_k_steps_trains_the_same_run(tmp_path):
     sparse_reads.fit()
     a, b = every_step.model.state_dict(), sparse_reads.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    first, second = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-                     for run in ("a", "b")]
+    first, second = [metrics_records(tmp_path / run) for run in ("a", "b")]
     for x, y in zip(first, second):
         assert x["train_acc"] == y["train_acc"] and x["test_acc"] == y["test_acc"]
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-12)
@@ -421,10 +447,11 @@ def test_the_validation_split_is_fixed_disjoint_and_selects_best_pt(tmp_path):
     assert len(validation) == 144 and len(train) == 1294 and not set(train) & set(validation)
     assert (train, validation) == holdout(1438, 0.1, seed=0) != holdout(1438, 0.1, seed=1)
     assert holdout(10, 0.0) == (list(range(10)), [])
-    trainer = Trainer(load_config(overrides=SMALL + ["train.seed=5"]), tmp_path / "a", quiet=True)
+    batch32 = "data.batch_size=32"  # half the steps of SMALL's 16: the splits and the rule are what is tested
+    trainer = Trainer(load_config(overrides=SMALL + ["train.seed=5", batch32]), tmp_path / "a", quiet=True)
     assert trainer.train_set.indices == train and trainer.val_set.indices == validation  # not the run's seed
     summary = trainer.fit()
-    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(tmp_path / "a")
     # lats with a final D prunes until the last step: only the last epoch is at the run's sparsity.
     assert [r["best_eligible"] for r in records] == [False, True]
     chosen = max((r for r in records if r["best_eligible"]), key=lambda r: r["val_acc"])  # the first of ties
@@ -433,7 +460,7 @@ def test_the_validation_split_is_fixed_disjoint_and_selects_best_pt(tmp_path):
     assert summary["best_weight_sparsity"] == chosen["pruned_layer_sparsity"]
     assert summary["best_rule"] == f"the epochs from step {2 * trainer.steps_per_epoch} on, where the pruning schedule has ended"
     assert ckpt.load(tmp_path / "a" / "checkpoints" / "best.pt")["epoch"] == chosen["epoch"]
-    unselected = Trainer(load_config(overrides=SMALL + ["train.epochs=1", "data.validation_fraction=0"]),
+    unselected = Trainer(load_config(overrides=SMALL + ["train.epochs=1", "data.validation_fraction=0", batch32]),
                          tmp_path / "b", quiet=True)
     summary = unselected.fit()
     assert len(unselected.train_set) == 1438 and summary["best_epoch"] is None and summary["best_val_acc"] is None
