@@ -173,6 +173,17 @@ def holder_pid(folder: Path, timeout: float = 240.0, process=None) -> int:
     raise AssertionError(f"nobody took {lock}")
 
 
+def wait_for_file(path: Path, process, timeout: float = 240.0) -> None:
+    """Poll until ``path`` exists (no fixed wait), failing if ``process`` ends first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
 def test_a_second_writer_is_refused_and_a_killed_holder_never_blocks(run, run_copy, tmp_path):
     from snn_stp import rundir
 
@@ -205,6 +216,10 @@ def test_two_processes_never_write_one_run(tmp_path):
                               "--set", "train.epochs=40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid = holder_pid(out, process=first)
     assert pid == first.pid
+    # Frozen once it has a checkpoint to resume from: however fast this machine trains, it is still
+    # the writer when the others try (a stopped process keeps its lock; SIGKILL ends it all the same).
+    wait_for_file(out / "checkpoints" / "last.pt", first)
+    first.send_signal(signal.SIGSTOP)
     for args, command in ((["train", "--out", out, "--overwrite", *TINY_ARGS], "train"), (["resume", out], "resume"),
                           (["train", "--out", out, *TINY_ARGS], "train")):
         message = error_line(snn_stp(*args), command)

@@ -19,12 +19,10 @@ from snn_stp.errors import ConfigError
 from snn_stp.sweeps import plan, points, read_sweep
 from snn_stp.train.config import load_config, save_config
 
+from conftest import error_line, write
+from conftest import snn_stp as run_cli
+
 TINY = ["model.options={hidden: 16}", "train.epochs=1", "data.batch_size=128", "train.analysis_samples=8"]
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 # -- grids ------------------------------------------------------------------------------------
@@ -111,14 +109,13 @@ def test_a_point_whose_folder_holds_another_config_is_refused(tmp_path):
     (["missing.yaml", "--out", "OUT"], "sweep file missing.yaml does not exist; give a YAML file with a grid"),
 ])
 def test_sweep_failures_are_one_line(tmp_path, args, expected):
-    from test_reliability import error_line, snn_stp as run_cli
-
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
     message = error_line(run_cli("sweep", *args, cwd=tmp_path), "sweep")
     assert message.startswith(expected), message
     assert not (tmp_path / "out").exists()  # nothing started
 
-def snn_stp(*args, **options):
+def start_cli(*args, **options) -> subprocess.Popen:
+    """``snn-stp ARGS`` started in the background."""
     return subprocess.Popen([sys.executable, "-m", "snn_stp", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **options)
 
@@ -129,7 +126,7 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
     sets = [arg for item in TINY for arg in ("--set", item)]
     command = ["sweep", "--grid", "pruning.scheduler=lats,sine", "--grid", "pruning.target_sparsity=0.5,0.8",
                *sets, "--out", out, "--jobs", "1"]
-    process = snn_stp(*command, start_new_session=True)
+    process = start_cli(*command, start_new_session=True)
     first = out / "scheduler-lats__target_sparsity-0.5" / "summary.json"
     deadline = time.monotonic() + 240
     while not first.is_file() and process.poll() is None and time.monotonic() < deadline:
@@ -141,7 +138,7 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["status"] for r in rows][0] == "done" and {r["status"] for r in rows[1:]} <= {"pending", "done"}
 
-    again = snn_stp(*command)
+    again = start_cli(*command)
     stdout, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr
     assert "1 finished already" in stdout or "2 finished already" in stdout
@@ -170,7 +167,7 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
                                                   .splitlines())]
     assert swept == alone
     # A third run has nothing left to do.
-    done = snn_stp(*command)
+    done = start_cli(*command)
     stdout, _ = done.communicate(timeout=120)
     assert done.returncode == 0 and "4 finished already, 0 to run" in stdout
     # compare and plot read the sweep folder.

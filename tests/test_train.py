@@ -207,6 +207,7 @@ def test_default_main_job_end_to_end(tmp_path, capsys):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert set(METRIC_KEYS) <= set(records[-1])
     assert records[-1]["threshold"] == pytest.approx(0.2)
+    assert {r["final_threshold"] for r in records} == {0.2}  # the D it is scheduled toward, said every epoch
     assert len({round(r["l1_coefficient"], 12) for r in records}) == 1  # LATS: one lambda
     assert 0 < records[-1]["weight_sparsity"] < 1 and records[-1]["step"] == 3 * 21
     assert set(records[-1]["layer_sparsity"]) == {"encoder.0.weight", "body.1.0.weight", "body.3.0.weight"}

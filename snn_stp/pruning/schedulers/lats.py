@@ -87,6 +87,7 @@ class LATS(ScheduledThreshold):
             self._aim()
         else:
             check_threshold(final_threshold, "final_threshold")
+            self.final_threshold = float(final_threshold)  # reported: the D the run is scheduled toward
             if total_steps is None and (lr_sum is None or self.compensate_weight_decay):
                 raise ValueError("lats with final_threshold needs total_steps (to simulate the LR schedule)"
                                  + ("" if self.compensate_weight_decay else
