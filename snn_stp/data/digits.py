@@ -72,7 +72,7 @@ class Digits(torch.utils.data.Dataset):
         return self.x[index], int(self.y[index])
 
 
-@register_dataset("digits", "static", 10, "[64] pixels in 0..1", "bundled UCI 8x8 handwritten digits (1,438 / 359)",
-                  1438, check_present=lambda root, split: check_digits_file(), bundled=True)
+@register_dataset("digits", "static", 10, (64,), "bundled UCI 8x8 handwritten digits (1,438 / 359)",
+                  1438, check_present=lambda root, split: check_digits_file(), bundled=True, note="pixels in 0..1")
 def build_digits(request: DataRequest) -> Digits:
     return Digits(request.split)

@@ -64,10 +64,10 @@ class EventSource:
     cache_key: dict = field(default_factory=dict)
 
     @property
-    def sample(self) -> str:
-        """One sample's frames, as ``snn-stp list`` shows it."""
+    def shape(self) -> tuple[int, ...]:
+        """One frame: ``(P, H, W)``, or ``(W * H * P,)`` input channels with ``flat_frames``."""
         w, h, p = self.sensor_size
-        return f"[T, {w * h * p}]" if self.flat_frames else f"[T, {p}, {h}, {w}]"
+        return (w * h * p,) if self.flat_frames else (p, h, w)
 
     def check_present(self, root: Path, split: str) -> None:
         """Raise :class:`DatasetNotFoundError` listing every missing file or folder of ``split``."""
@@ -96,7 +96,7 @@ def register_event_source(source: EventSource, check_present: Callable[[Path, st
         return EventFrames(source, request.root, request.split, request.frames, cache_root=request.cache_root,
                            download=request.download)
 
-    register_dataset(source.name, "events", source.num_classes, source.sample, source.description, source.train_size,
+    register_dataset(source.name, "events", source.num_classes, source.shape, source.description, source.train_size,
                      check_present=check_present or source.check_present, bundled=bundled)(build)
     return source
 

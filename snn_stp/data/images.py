@@ -181,19 +181,19 @@ def imagenet(root: str | Path, split: str, augment: bool = True) -> torch.utils.
     return torchvision.datasets.ImageFolder(str(folder), transform=imagenet_transform(split == "train", augment))
 
 
-@register_dataset("cifar10", "static", 10, "[3, 32, 32]", "CIFAR-10 (torchvision), crop+flip, normalized", 50000,
+@register_dataset("cifar10", "static", 10, (3, 32, 32), "CIFAR-10 (torchvision), crop+flip, normalized", 50000,
                   check_present=lambda root, split: cifar_reader("cifar10")._raise_if_missing(Path(root)))
 def build_cifar10(request: DataRequest) -> torch.utils.data.Dataset:
     return cifar("cifar10", request.root, request.split, request.augment, request.download)
 
 
-@register_dataset("cifar100", "static", 100, "[3, 32, 32]", "CIFAR-100 (torchvision), crop+flip, normalized", 50000,
+@register_dataset("cifar100", "static", 100, (3, 32, 32), "CIFAR-100 (torchvision), crop+flip, normalized", 50000,
                   check_present=lambda root, split: cifar_reader("cifar100")._raise_if_missing(Path(root)))
 def build_cifar100(request: DataRequest) -> torch.utils.data.Dataset:
     return cifar("cifar100", request.root, request.split, request.augment, request.download)
 
 
-@register_dataset("imagenet", "static", 1000, "[3, 224, 224]", "ImageNet ILSVRC 2012 as ImageFolder train/ and val/",
+@register_dataset("imagenet", "static", 1000, (3, 224, 224), "ImageNet ILSVRC 2012 as ImageFolder train/ and val/",
                   1281167, check_present=check_imagenet_present)
 def build_imagenet(request: DataRequest) -> torch.utils.data.Dataset:
     return imagenet(request.root, request.split, request.augment)

@@ -16,7 +16,6 @@ sample per time step, which a model must accept, is :meth:`DatasetSpec.sample_sh
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -57,61 +56,53 @@ class DatasetSpec:
         name: registry name.
         input_kind: ``static`` or ``events`` (see the module docstring).
         num_classes: label count; labels are ``0 .. num_classes - 1``.
-        sample: one input's shape for ``snn-stp list``: the shape in brackets first, with a leading
-            ``T`` for event frames (``[3, 32, 32]``, ``[64] pixels in 0..1``, ``[T, 2, 34, 34]``);
-            :meth:`sample_shape` reads it.
+        shape: one sample per time step, without time and batch: ``(64,)`` for the digits,
+            ``(3, 32, 32)`` for CIFAR, ``(P, H, W)`` event frames, ``(700,)`` for SHD's channels.
         description: one line for ``snn-stp list``.
         train_size: training samples of the full data set (dry runs report steps per epoch).
         build: ``build(request) -> Dataset`` of ``(input, label)`` samples.
         check_present: ``check_present(root, split)``: a :class:`DatasetNotFoundError` naming every
             missing file (looks, reads nothing).
         bundled: shipped with snn_stp (or generated from what is), nothing to obtain.
+        note: what ``snn-stp list`` adds after the shape (``pixels in 0..1``).
     """
 
     name: str
     input_kind: str
     num_classes: int
-    sample: str
+    shape: tuple[int, ...]
     description: str
     train_size: int
     build: Callable[[DataRequest], torch.utils.data.Dataset]
     check_present: Callable[[Path, str], None]
     bundled: bool = False
+    note: str = ""
 
     @property
     def kind(self) -> str:
         """Alias of :attr:`input_kind`."""
         return self.input_kind
 
+    @property
+    def sample(self) -> str:
+        """One input as ``snn-stp list`` shows it: ``[3, 32, 32]``, ``[T, 2, 34, 34]`` for event
+        frames (T of them), then the note."""
+        dims = ", ".join(map(str, self.shape))
+        text = f"[T, {dims}]" if self.input_kind == "events" else f"[{dims}]"
+        return f"{text} {self.note}" if self.note else text
+
     def sample_shape(self, downsample: float | None = None) -> tuple[int, ...]:
-        """One sample per time step, without time and batch: ``(64,)`` for the digits,
-        ``(3, 32, 32)`` for CIFAR, ``(P, H, W)`` event frames, ``(700,)`` for SHD.
-
-        ``downsample``: the event frames' spatial factor (``FrameSpec.downsample``), which scales
-        H and W as the frames are made (``FrameSpec.sensor_after``).
-        """
-        shape = parse_sample(self.sample, self.input_kind)
+        """One sample per time step, without time and batch (:attr:`shape`); ``downsample``: the
+        event frames' spatial factor (``FrameSpec.downsample``), which scales H and W as the
+        frames are made (``FrameSpec.sensor_after``)."""
         if downsample is None:
-            return shape
-        if self.input_kind != "events" or len(shape) != 3:
+            return self.shape
+        if self.input_kind != "events" or len(self.shape) != 3:
             raise ValueError(f"downsample scales H and W of event frames [P, H, W]; {self.name} samples are "
-                             f"{self.input_kind} {shape}")
-        w, h, p = FrameSpec(1, downsample=downsample).sensor_after((shape[2], shape[1], shape[0]))
+                             f"{self.input_kind} {self.shape}")
+        p, h, w = self.shape
+        w, h, p = FrameSpec(1, downsample=downsample).sensor_after((w, h, p))
         return p, h, w
-
-
-def parse_sample(sample: str, input_kind: str) -> tuple[int, ...]:
-    """The per-step shape in a data set's ``sample`` text: ``"[T, 2, 34, 34]"`` -> ``(2, 34, 34)``
-    (event frames lead with ``T``), ``"[64] pixels in 0..1"`` -> ``(64,)``."""
-    match = re.match(r"\s*\[([^\]]*)\]", sample)
-    entries = [e.strip() for e in match.group(1).split(",")] if match else []
-    if input_kind == "events" and entries[:1] == ["T"]:
-        entries = entries[1:]
-    if not entries or not all(e.isdigit() and int(e) > 0 for e in entries):
-        lead = "[T, " if input_kind == "events" else "["
-        raise ValueError(f"a data set's sample must begin with its shape in brackets, {lead}sizes...] for "
-                         f"{input_kind} data (e.g. '{lead}2, 34, 34]'), got {sample!r}")
-    return tuple(int(e) for e in entries)
 
 
 #: Every registered data set, in catalog order: bundled first, then static, then event data
@@ -119,18 +110,22 @@ def parse_sample(sample: str, input_kind: str) -> tuple[int, ...]:
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, input_kind: str, num_classes: int, sample: str, description: str, train_size: int,
-                     check_present: Callable[[Path, str], None], bundled: bool = False) -> Callable:
-    """Decorator registering ``build(request)`` as the builder of data set ``name``."""
+def register_dataset(name: str, input_kind: str, num_classes: int, shape: tuple[int, ...], description: str,
+                     train_size: int, check_present: Callable[[Path, str], None], bundled: bool = False,
+                     note: str = "") -> Callable:
+    """Decorator registering ``build(request)`` as the builder of data set ``name``, whose samples
+    have ``shape`` per time step (see :class:`DatasetSpec`)."""
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
-    parse_sample(sample, input_kind)  # a sample text without a shape fails here, not at export
+    if not (isinstance(shape, tuple) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise TypeError(f"data set {name!r}: shape must be a tuple of positive sizes (one sample per time step, "
+                        f"e.g. (3, 32, 32)), got {shape!r}")
 
     def add(build: Callable[[DataRequest], torch.utils.data.Dataset]):
         if name in DATASETS:
             raise ValueError(f"data set {name!r} is already registered")
-        spec = DatasetSpec(name, input_kind, num_classes, sample, description, train_size, build, check_present,
-                           bundled)
+        spec = DatasetSpec(name, input_kind, num_classes, shape, description, train_size, build, check_present,
+                           bundled, note)
         ordered = sorted([*DATASETS.values(), spec], key=lambda s: (not s.bundled, s.input_kind != "static"))
         DATASETS.clear()
         DATASETS.update((s.name, s) for s in ordered)
