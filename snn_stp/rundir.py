@@ -320,3 +320,13 @@ def best_record(metrics: list[dict]) -> dict | None:
         if improves_best(record, NO_BEST_ACCURACY if best is None else best["val_acc"]):
             best = record
     return best
+
+
+def slurm_job(placement: dict) -> str | None:
+    """The Slurm job a run trained in, from its summary's ``placement``: the job id, or
+    ``ARRAYJOB_INDEX`` for a job array's task (as Slurm's own tools write it); None outside Slurm."""
+    slurm = placement.get("slurm", {})
+    if "array_task_id" in slurm and "array_job_id" in slurm:
+        return f"{slurm['array_job_id']}_{slurm['array_task_id']}"
+    return slurm.get("job_id")
+

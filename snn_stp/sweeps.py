@@ -57,7 +57,8 @@ SWEEP_KEYS = ("base", "set", "grid", "variants", "definitions")
 RESULT_COLUMNS = ("final_test_acc", "pruned_layer_sparsity", "test_acc_at_best_val", "best_weight_sparsity",
                   "best_val_acc", "best_epoch",
                   "all_weight_sparsity", "target_sparsity", "final_threshold", "threshold", "l1_coefficient",
-                  "mean_firing_rate", "energy_pj_effective", "energy_pj_dense", "seconds")
+                  "mean_firing_rate", "energy_pj_effective", "energy_pj_dense", "seconds", "launcher", "host",
+                  "slurm_job")
 
 
 class Setting(NamedTuple):
@@ -414,8 +415,11 @@ def point_results(folder: Path) -> dict:
     metrics = rundir.read_metrics(folder) if (folder / rundir.METRICS).is_file() else []
     last = metrics[-1] if metrics else {}
     ops = last.get("ops", {})
+    placement = summary.get("placement", {})  # where it ran (runs written before: not recorded)
     values = {**summary, "mean_firing_rate": last.get("mean_firing_rate"),
-              "energy_pj_effective": ops.get("energy_pj_effective"), "energy_pj_dense": ops.get("energy_pj_dense")}
+              "energy_pj_effective": ops.get("energy_pj_effective"), "energy_pj_dense": ops.get("energy_pj_dense"),
+              "launcher": placement.get("launcher"), "host": placement.get("host"),
+              "slurm_job": rundir.slurm_job(placement)}
     if "best_weight_sparsity" not in summary:  # a run written before best.pt's sparsity was kept
         values["best_weight_sparsity"] = "unknown"
     return {column: values.get(column) for column in RESULT_COLUMNS}

@@ -1,6 +1,8 @@
 """Operation counts against hand computation, spike statistics, plots and the comparison report."""
 
+import os
 import re
+import socket
 
 import pytest
 import torch
@@ -165,6 +167,8 @@ def test_compare_report_rows_and_ratios(runs, tmp_path):
     report = compare_runs([runs["snn"], runs["ann"]], tmp_path).read_text()
     snn, ann = metrics_records(runs["snn"])[-1], metrics_records(runs["ann"])[-1]
     assert "| snn | spiking_mlp | yes | lats |" in report and "| ann | spiking_mlp | no | lats |" in report
+    if "SLURM_JOB_ID" not in os.environ:  # where each run trained, the table's last column
+        assert report.count(f" | local on {socket.gethostname()} |") == 2
     assert "45nm_fp32: 4.6 pJ per MAC, 0.9 pJ per accumulate" in report and "not a measurement" in report
     row = re.search(r"\| energy effective \(µJ\) \| (\S+) \| (\S+) \| (\S+) \|", report)
     expected = snn["ops"]["energy_pj_effective"] / ann["ops"]["energy_pj_effective"]

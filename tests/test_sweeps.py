@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,6 +146,8 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
     assert first.stat().st_mtime_ns == stamp  # skipped, not run again
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["status"] for r in rows] == ["done"] * 4
+    if "SLURM_JOB_ID" not in os.environ:  # where each point ran (a local worker process)
+        assert {(r["launcher"], r["host"], r["slurm_job"]) for r in rows} == {("local", socket.gethostname(), "")}
     for row in rows:
         # sine is re-aimed to the end; lats is calibrated by mid-run and then keeps its lambda (at 50%
         # on this short run it lands several points off: docs/pruning.md).

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,9 @@ def test_default_main_job_end_to_end(tmp_path, capsys):
     assert (tmp_path / "checkpoints" / "last.pt").is_file() and (tmp_path / "checkpoints" / "best.pt").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["final_test_acc"] == records[-1]["test_acc"] and summary["epochs_done"] == 3
+    if "SLURM_JOB_ID" not in os.environ:  # where it ran (tests/test_slurm.py: inside a Slurm job)
+        assert summary["placement"] == {"launcher": "local", "host": socket.gethostname(), "device": "cpu",
+                                        "world_size": 1}
     assert load_config(tmp_path / "config.yaml").train.epochs == 3
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import rundir
 from ..measure import ENERGY_TABLES
 from ..train.config import RESUME_MUTABLE_KEYS
 from . import pareto
@@ -44,13 +45,25 @@ def _fmt(value) -> str:
     return f"{value:.4g}"
 
 
+def ran_on(summary: dict) -> str:
+    """Where a run trained, from its summary's ``placement``: ``local on HOST`` or ``slurm job ID on
+    NODE`` (``ARRAYJOB_INDEX`` in a job array); ``–`` for runs that did not record it."""
+    placement = summary.get("placement")
+    if not placement:
+        return "–"
+    job = rundir.slurm_job(placement)
+    if job:
+        return f"slurm job {job} on {placement.get('slurm', {}).get('node', placement['host'])}"
+    return f"{placement['launcher']} on {placement['host']}"
+
+
 def run_row(run: Run) -> dict:
     """The report's numbers for one run (final epoch), and the test accuracy of the epoch with the best
     validation accuracy (the model best.pt holds; never chosen on the test set)."""
     last = run.last
     pruning = run.config["pruning"]
     row = {"run": run.name, "model": run.config["model"]["name"], "spiking": run.spiking,
-           "scheduler": pruning["scheduler"], "D": _D(run), "epoch": last["epoch"]}
+           "scheduler": pruning["scheduler"], "D": _D(run), "epoch": last["epoch"], "ran on": ran_on(run.summary)}
     row.update({title: get(last) for title, get in COLUMNS})
     chosen = best_record(run.metrics)
     row[BEST_VALIDATION] = 100 * chosen["test_acc"] if chosen else None
@@ -132,7 +145,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
     tables = sorted({r.last["ops"]["energy_table"] for r in runs if "ops" in r.last})
     rows = [run_row(r) for r in runs]
     titles = [title for title, _ in COLUMNS] + [BEST_VALIDATION, BEST_SPARSITY]
-    head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + titles
+    head = ["run", "model", "spiking", "scheduler", "D", "epoch"] + titles + ["ran on"]
     lines = ["# ANN vs SNN comparison", "", *front,
              "Final epoch of each run. Weight sparsity is given twice: over the pruned layers (the figure of the "
              "paper tables and the reference code) and over all weights, layers left dense included; neither counts "
@@ -145,7 +158,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, levels=None, accuracy
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row["run"]), row["model"], "yes" if row["spiking"] else "no", row["scheduler"],
-                 _fmt(row["D"]), str(row["epoch"])] + [_fmt(row[title]) for title in titles]
+                 _fmt(row["D"]), str(row["epoch"])] + [_fmt(row[title]) for title in titles] + [row["ran on"]]
         lines.append("| " + " | ".join(cells) + " |")
     twins = pairs(runs)
     if len(twins) > MAX_PAIR_SECTIONS:

@@ -78,3 +78,27 @@ def all_gather(value, context: DistContext) -> list:
     gathered = [None] * context.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+#: Slurm's environment variables a run records (``summary.json``'s ``placement``), by the name it
+#: records them under.
+SLURM_VARIABLES = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID",
+                   "array_task_id": "SLURM_ARRAY_TASK_ID", "node": "SLURMD_NODENAME",
+                   "partition": "SLURM_JOB_PARTITION", "restart_count": "SLURM_RESTART_COUNT"}
+
+
+def placement(context: DistContext) -> dict:
+    """Where this process runs, for the run's summary: the launcher (``slurm`` inside a Slurm job,
+    else ``local``), the host, the device and GPU model, the world size, and the Slurm job's ids
+    (array job and index, node, partition, how often it was requeued) where there is one."""
+    import socket
+
+    found = {"launcher": "slurm" if "SLURM_JOB_ID" in os.environ else "local", "host": socket.gethostname(),
+             "device": str(context.device), "world_size": context.world_size}
+    if context.device.type == "cuda":
+        found["gpu"] = torch.cuda.get_device_name(context.device)
+    slurm = {key: os.environ[name] for key, name in SLURM_VARIABLES.items() if name in os.environ}
+    if slurm:
+        found["slurm"] = slurm
+    return found
+

@@ -511,7 +511,7 @@ class Trainer:
                 "final_threshold": self._final_threshold(), "target_sparsity": self.config.pruning.target_sparsity,
                 "l1_coefficient": self.thresholds.run_l1_coefficient, "l1_coefficient_constant": self.thresholds.l1_is_constant,
                 "l1_coefficient_last_step": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
-                "world_size": self.ctx.world_size,
+                "world_size": self.ctx.world_size, "placement": distributed.placement(self.ctx),
                 "ranks": ranks, "final_test_acc_reevaluated": reevaluated}
 
 
