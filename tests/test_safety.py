@@ -240,8 +240,10 @@ def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_
     import time
 
     out = tmp_path / "sweep"
+    # Small batches: a point takes seconds even on a fast machine, so the sweep is still at its first
+    # point when it is interrupted (with TINY's batch a whole sweep could end while the test looked).
     command = [sys.executable, "-m", "snn_stp", "sweep", "--grid", "train.seed=0,1,2", *TINY_ARGS, "--set",
-               "train.epochs=15", "--out", str(out), "--jobs", "1"]
+               "train.epochs=15", "--set", "data.batch_size=16", "--out", str(out), "--jobs", "1"]
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
     assert holder_pid(out, process=sweep) == sweep.pid
@@ -250,6 +252,7 @@ def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_
     worker = holder_pid(out / "seed-0", process=sweep)  # a worker process trains the first point
 
     # Ctrl-C as a terminal sends it: to the whole process group. The sweep stops, resumable, exit 130.
+    assert sweep.poll() is None and not (out / "seed-0" / "summary.json").exists(), "the first point ended already"
     os.killpg(sweep.pid, signal.SIGINT)
     _, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, stderr
