@@ -244,8 +244,10 @@ def test_a_sweep_has_one_writer_stops_on_ctrl_c_and_its_workers_die_with_it(tmp_
     # point when it is interrupted (with TINY's batch a whole sweep could end while the test looked).
     command = [sys.executable, "-m", "snn_stp", "sweep", "--grid", "train.seed=0,1,2", *TINY_ARGS, "--set",
                "train.epochs=15", "--set", "data.batch_size=16", "--out", str(out), "--jobs", "1"]
+    # Ctrl-C acts as in a terminal even where this test itself was started in the background (a
+    # shell starts background jobs with SIGINT ignored, and a child inherits that).
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert holder_pid(out, process=sweep) == sweep.pid
     second = snn_stp(*command[3:])
     assert error_line(second, "sweep").startswith(f"{out} is being written by another process (pid {sweep.pid} on ")
