@@ -346,9 +346,7 @@ def _stop_when_orphaned(parent: int) -> None:
 
 def _job(sweep: Sweep, point: Point, out: Path, state: str) -> Job:
     """What runs ``point`` from its ``state``: its config as :func:`plan` built it, or a resume."""
-    config = None
-    if state != "resume":
-        config = point.config if point.config is not None else load_config(sweep.base, settings=point.settings)
+    config = None if state == "resume" else point.config  # plan() built it (and checked it)
     command = tuple(_command(sweep, point, out, state))
     return Job(str(out / point.name), config, overwrite=state == "restart", command=command)
 
