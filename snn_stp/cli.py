@@ -13,7 +13,8 @@ import errno
 import sys
 import warnings
 
-#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it); a run stopped
+#: by another stop signal exits with 128 + that signal (SIGTERM 143, SIGUSR2 140).
 INTERRUPTED = 130
 #: OSErrors that come from the machine, not from a bug: reported in one line.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
@@ -29,10 +30,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "compare runs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name, **kwargs):
-        return sub.add_parser(name, parents=[common], **kwargs)
+    def add(name, parents=(), **kwargs):
+        return sub.add_parser(name, parents=[common, *parents], **kwargs)
 
-    train = add("train", help="train (and prune) a model from a config; with none, the embedded default",
+    cluster = argparse.ArgumentParser(add_help=False)
+    slurm = cluster.add_argument_group("where it runs", "with --launcher slurm, each run is a Slurm job submitted "
+                                                         "through submitit (docs/cluster.md); the options are sbatch's")
+    slurm.add_argument("--launcher", choices=("local", "slurm"),
+                       help="local: on this machine (default); slurm: as Slurm job(s)")
+    slurm.add_argument("--partition", help="Slurm partition")
+    slurm.add_argument("--time", help="time limit of one start of a job: minutes or HH:MM:SS, D-HH:MM (default 60); "
+                                      "a longer run is requeued and resumes from its checkpoint")
+    slurm.add_argument("--nodes", type=int, help="nodes per job (default 1)")
+    slurm.add_argument("--gpus-per-job", type=int, help="GPUs per job, one DDP process each (default 0)")
+    slurm.add_argument("--tasks-per-node", type=int,
+                       help="DDP processes per node of a CPU job (default: one per GPU, or 1)")
+    slurm.add_argument("--cpus-per-job", type=int, help="CPU cores per job (per node), split among its processes")
+    slurm.add_argument("--mem", help="memory per node, e.g. 64G")
+    slurm.add_argument("--account", help="Slurm account to charge")
+    slurm.add_argument("--qos", help="Slurm quality of service")
+    slurm.add_argument("--constraint", help="node features the job needs, e.g. a100")
+    slurm.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm-extra exclusive=user (repeatable)")
+    slurm.add_argument("--no-wait", action="store_true",
+                       help="submit and exit; collect later (sweep: snn-stp sweep --out DIR or sweep-status DIR)")
+
+    train = add("train", parents=[cluster], help="train (and prune) a model from a config; with none, the embedded default",
                 description="Train a model from a YAML config (default: a spiking MLP on the bundled digits pruned "
                             "with LATS, seconds on 2 CPU cores).")
     train.add_argument("--config", help="a YAML config file, or the name of a shipped recipe (see snn-stp list)")
@@ -50,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="build model, optimizer and schedulers and check the data files, then stop")
     evaluate = add("eval", help="evaluate a run directory or checkpoint with its saved threshold")
     evaluate.add_argument("path", help="RUN_DIR (uses checkpoints/last.pt) or a checkpoint file")
-    resume = add("resume", help="continue a run from its last checkpoint, exactly",
+    resume = add("resume", parents=[cluster], help="continue a run from its last checkpoint, exactly",
                  description="Continue a run from RUN_DIR/checkpoints/last.pt with the config stored in the "
                              "checkpoint; config.yaml may only change the keys listed in docs/reliability.md.")
     resume.add_argument("run_dir")
@@ -71,20 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
                          help="sparsities of the accuracy table, in %% (default 90,95,98,99)")
     compare.add_argument("--accuracy", choices=("final", "best_val"), default="final",
                          help="the test accuracy of the final epoch (default) or of the best-validation epoch")
-    sweep = add("sweep", help="a grid of runs over config keys, in parallel, resumable; writes results.csv",
+    sweep = add("sweep", parents=[cluster],
+                help="a grid of runs over config keys, in parallel or on a cluster, resumable; writes results.csv",
                 description="Train one run per point of a grid over config keys (scheduler x target sparsity x "
-                            "seed x any key), JOBS at a time. Run it again to continue a killed sweep: finished "
-                            "points are skipped, interrupted ones resumed. Writes OUT/results.csv.")
+                            "seed x any key), JOBS at a time here or as Slurm jobs. Run it again to continue a killed "
+                            "sweep: finished points are skipped, interrupted ones resumed; with only --out, the sweep "
+                            "that folder holds. Writes OUT/results.csv.")
     sweep.add_argument("sweep_file", nargs="?", metavar="SWEEP_FILE",
-                       help="a YAML file with base, set, grid and variants (see docs/training.md)")
+                       help="a YAML file with base, set, grid, variants, launcher and slurm (see docs/training.md)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="an axis of the grid, e.g. --grid pruning.target_sparsity=0.9,0.95 (repeatable)")
     sweep.add_argument("--config", help="the base config of every point: a YAML file or a shipped recipe")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every point")
     sweep.add_argument("--out", required=True, help="the sweep's folder: one run directory per point, results.csv")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1); each gets cores / jobs threads")
+    sweep.add_argument("--jobs", type=int,
+                       help="runs at a time (local: default 1, each gets cores / jobs threads; slurm: default no limit)")
     sweep.add_argument("--dry-run", action="store_true", help="build every point's config and list the points")
     sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
+    status = add("sweep-status", help="where each point of a sweep stands (done, queued, running, failed)",
+                 description="Show each point of the sweep in SWEEP_DIR: finished, queued or running as a Slurm job, "
+                             "failed (with the log to read), interrupted or not started; rewrites results.csv with "
+                             "what has finished. snn-stp sweep --out SWEEP_DIR submits what is missing.")
+    status.add_argument("sweep_dir", metavar="SWEEP_DIR")
     export = add("export", help="a run's model as a NIR graph or a compact sparse checkpoint",
                  description="Export the model of a run directory (or checkpoint file): --format nir writes a NIR "
                              "graph (BatchNorm folded, pruned zeros kept, neuron parameters and the time step stated; "
@@ -157,15 +188,102 @@ def run_training(args) -> int:
     from . import rundir
     from .train import load_config
 
+    on_slurm = _launcher(args) == "slurm"
     if args.command == "resume":
+        if on_slurm:
+            return submit_run(args, None, Path(args.run_dir))
         return train_config(None, Path(args.run_dir), quiet=args.quiet)
     config = load_config(args.config, args.set)
     if args.init_from:
         config.model.init_from = args.init_from
     run_dir = Path(args.out or rundir.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model.name}-"
                                                     f"{config.pruning.scheduler}")
+    if on_slurm and not args.dry_run:
+        return submit_run(args, config, run_dir)
     return train_config(config, run_dir, quiet=args.quiet, overwrite=getattr(args, "overwrite", False),
                         dry_run=getattr(args, "dry_run", False))
+
+
+#: The command-line options of the Slurm launcher (``--partition`` ...) as Slurm option names.
+SLURM_ARGUMENTS = ("partition", "time", "nodes", "gpus_per_job", "tasks_per_node", "cpus_per_job", "mem", "account",
+                   "qos", "constraint")
+
+
+def _launcher(args, configured: str = "local") -> str:
+    """``--launcher``, else ``configured`` (a sweep file's); Slurm options without the Slurm launcher
+    and ``--no-wait`` without it are refused, since they would be ignored."""
+    from .errors import UsageError
+    launcher = args.launcher or configured
+    if launcher != "slurm":
+        given = [f"--{name.replace('_', '-')}" for name in SLURM_ARGUMENTS if getattr(args, name) is not None]
+        given += ["--slurm-extra"] * bool(args.slurm_extra) + ["--no-wait"] * args.no_wait
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to Slurm jobs: add --launcher slurm (or launcher: slurm "
+                             "in the sweep file)")
+    return launcher
+
+
+def _slurm_settings(args) -> dict:
+    """The Slurm options given on the command line, by their names in a sweep file's ``slurm``."""
+    from .errors import UsageError
+    from .files import parse_value
+    found = {name: getattr(args, name) for name in SLURM_ARGUMENTS if getattr(args, name) is not None}
+    if "time" in found and found["time"].isdigit():
+        found["time"] = int(found["time"])
+    for item in args.slurm_extra:
+        key, _, value = item.partition("=")
+        if not key.strip() or not _:
+            raise UsageError(f"--slurm-extra {item!r} must look like KEY=VALUE, e.g. --slurm-extra exclusive=user")
+        found.setdefault("extra", {})[key.strip()] = parse_value(value, f"--slurm-extra {item!r}")
+    return found
+
+
+def submit_run(args, config, run_dir) -> int:
+    """``train`` (``config``) or ``resume`` (None) as one Slurm job: submitted, then waited for
+    (unless ``--no-wait``) and reported as the command would report it here. Requeued at each time
+    limit, the job resumes from its checkpoint; Ctrl-C cancels it (it saves a checkpoint)."""
+    import signal
+
+    from . import rundir
+    from .errors import RunDirectoryError, TrainingInterrupted
+    from .launch import Job, Work
+    from .launch.slurm import RUN_JOBS_FILE, SLURM_FOLDER, SlurmLauncher, read_records, slurm_options
+    from .train import load_config
+
+    if config is not None:
+        rundir.refuse_existing(run_dir, args.overwrite)
+        command = ["train", "--quiet", "--out", str(run_dir), *(["--config", args.config] if args.config else []),
+                   *[part for item in args.set for part in ("--set", item)],
+                   *(["--init-from", args.init_from] if args.init_from else [])]
+    elif rundir.run_state(run_dir) not in ("resume", "done"):
+        raise RunDirectoryError(f"{run_dir} holds no checkpoint to resume ({rundir.CHECKPOINTS}/{rundir.LAST} is "
+                                "missing); start the run with snn-stp train")
+    else:
+        command = ["resume", "--quiet", str(run_dir)]
+    folder = run_dir / SLURM_FOLDER
+    launcher = SlurmLauncher(run_logged, slurm_options(_slurm_settings(args), "the command line"),
+                             folder / RUN_JOBS_FILE, folder)
+    log = folder / f"{args.command}.log"
+    job = Job(str(run_dir), config, resume=config is None, overwrite=bool(getattr(args, "overwrite", False)),
+              command=tuple(command))
+    launcher.submit([Work(run_dir.name, job, str(log))])
+    record = read_records(folder / RUN_JOBS_FILE)[run_dir.name]
+    print(f"Slurm job {record['job_id']} {launcher.describe()}: {args.command} {run_dir}; the run's output goes to "
+          f"{log}, Slurm's to {record['stderr']}", flush=True)
+    if args.no_wait:
+        print(f"not waiting: squeue -j {record['job_id']} shows it; it finishes by itself (requeued from its "
+              f"checkpoint at each time limit), then snn-stp eval {run_dir}")
+        return 0
+    try:
+        ended = next(launcher.as_finished())
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted; {launcher.cancel()}: continue with snn-stp resume {run_dir} "
+                                  "--launcher slurm", signal.SIGINT) from None
+    if ended.code != 0:
+        from .sweeps import last_line
+        return _fail(args.command, f"{last_line(log)} ({ended.note}; the run's output {log})")
+    print(final_line(rundir.read_summary(run_dir), load_config(str(run_dir / rundir.CONFIG)), run_dir))
+    return 0
 
 
 def train_config(config, run_dir, quiet: bool = False, overwrite: bool = False, dry_run: bool = False) -> int:
@@ -314,6 +432,8 @@ def dispatch(args) -> int:
         print(f"wrote {compare_runs(args.runs, args.out, _levels(args.levels), args.accuracy)}")
     elif args.command == "sweep":
         return run_sweep_command(args)
+    elif args.command == "sweep-status":
+        return run_sweep_status(args)
     elif args.command == "export":
         return run_export(args)
     elif args.command == "convert-checkpoint":
@@ -353,16 +473,25 @@ def _levels(text: str) -> tuple[float, ...]:
 def run_sweep_command(args) -> int:
     from pathlib import Path
 
-    from .sweeps import RESULTS, plan, read_sweep, run_sweep
+    from .sweeps import RESULTS, SWEEP_FILE, plan, read_sweep, run_sweep
 
-    sweep = read_sweep(args.sweep_file, args.grid, args.config, args.set)
+    source = args.sweep_file
+    if source is None and not args.grid and (Path(args.out) / SWEEP_FILE).is_file():
+        source = Path(args.out) / SWEEP_FILE  # only --out: the sweep that folder holds, to continue or collect
+    sweep = read_sweep(source, args.grid, args.config, args.set, args.launcher, _slurm_settings(args))
+    _launcher(args, sweep.launcher)
     if args.dry_run:
         planned = plan(sweep, Path(args.out))
         print(f"{len(planned)} point(s) in {args.out}, every config checked:")
         for point, state in planned:
             print(f"  {point.name}: {state}")
         return 0
-    rows = run_sweep(sweep, args.out, run_logged, args.jobs, args.quiet)
+    rows = run_sweep(sweep, args.out, sweep.launcher_for(args.out, run_logged, args.jobs), args.quiet,
+                     wait=not args.no_wait)
+    if args.no_wait:
+        print(f"submitted; snn-stp sweep-status {args.out} shows where each point stands, and snn-stp sweep --out "
+              f"{args.out} waits for them, collects {Path(args.out) / RESULTS} and submits what is missing")
+        return 0
     failed = [row["name"] for row in rows if row["status"] == "failed"]
     print(f"wrote {Path(args.out) / RESULTS} ({len(rows) - len(failed)} of {len(rows)} run(s) finished)")
     if failed:
@@ -371,10 +500,36 @@ def run_sweep_command(args) -> int:
     return 0
 
 
+def run_sweep_status(args) -> int:
+    """``sweep-status``: a line per point, counts, and results.csv rewritten when no sweep holds the folder."""
+    from collections import Counter
+    from pathlib import Path
+
+    from . import rundir
+    from .sweeps import RESULTS, read_saved, sweep_status, write_results
+
+    out = Path(args.sweep_dir)
+    sweep = read_saved(out)
+    found = sweep_status(sweep, out)
+    width = max(len(point.name) for point, _, _ in found)
+    for point, status, detail in found:
+        print(f"  {point.name:<{width}}  {status:<11} {detail}".rstrip())
+    counts = Counter(status for _, status, _ in found)
+    print(f"{len(found)} point(s) in {out}: " + ", ".join(f"{n} {status}" for status, n in counts.most_common()))
+    try:
+        with rundir.writer_lock(out, "sweep"):
+            write_results([(point, status) for point, status, _ in found], out,
+                          {point.name: status for point, status, _ in found})
+        print(f"wrote {out / RESULTS}")
+    except rundir.FolderInUse:
+        print(f"{out / RESULTS} is left to the sweep that is waiting for these runs")
+    return 0
+
+
 def run_logged(job, log_path: str) -> int:
-    """A sweep worker's job (a :class:`snn_stp.sweeps.Job`, see :func:`snn_stp.sweeps.run_sweep`): its
-    config trained into its run directory by :func:`train_config`, as ``snn-stp train`` would (no
-    config: the run there resumed), in this process, with the output appended to ``log_path``
+    """A launched job (a :class:`snn_stp.launch.Job`, run by a sweep's worker process or a Slurm
+    job): its config trained into its run directory by :func:`train_config`, as ``snn-stp train``
+    would (or the run there resumed), in this process, with the output appended to ``log_path``
     under the equivalent command line; returns that command's exit status. The config arrives as
     built, never through command-line text."""
     import argparse
@@ -383,14 +538,14 @@ def run_logged(job, log_path: str) -> int:
     import traceback
     from pathlib import Path
 
-    command = "resume" if job.config is None else "train"
+    command = "resume" if job.resume else "train"
     # What a failure's message reads of the command's arguments (see _interrupted_hint).
     args = argparse.Namespace(command=command, debug=False, run_dir=job.run_dir, out=job.run_dir)
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ snn-stp {shlex.join(job.command)}", flush=True)
+        print(f"$ snn-stp {shlex.join(job.command_line)}", flush=True)
         try:
-            return _run_reported(args, lambda: train_config(job.config, Path(job.run_dir), quiet=True,
-                                                            overwrite=job.overwrite))
+            return _run_reported(args, lambda: train_config(None if job.resume else job.config, Path(job.run_dir),
+                                                            quiet=True, overwrite=job.overwrite))
         except SystemExit as error:
             return error.code if isinstance(error.code, int) else 1
         except Exception:  # a bug: its traceback goes to the log, the sweep goes on
@@ -412,7 +567,7 @@ def _run_reported(args, work) -> int:
     except SnnStpError as error:
         if args.debug:
             raise
-        return _fail(args.command, error, INTERRUPTED if isinstance(error, TrainingInterrupted) else 1)
+        return _fail(args.command, error, 128 + error.signal_number if isinstance(error, TrainingInterrupted) else 1)
     except KeyboardInterrupt:
         if args.debug:
             raise

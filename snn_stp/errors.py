@@ -46,7 +46,13 @@ class TrainingDiverged(SnnStpError, RuntimeError):
 
 
 class TrainingInterrupted(SnnStpError):
-    """Ctrl-C (SIGINT) or SIGTERM stopped training at a step boundary; a checkpoint was saved."""
+    """A stop signal (Ctrl-C's SIGINT, SIGTERM, or SIGUSR2, which Slurm sends before a time limit)
+    stopped training at a step boundary; a checkpoint was saved. ``signal_number`` is that signal:
+    a command stopped by it exits with 128 + it, as a shell reports a process the signal ended."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
 
 
 class SnnStpWarning(UserWarning):

@@ -159,6 +159,18 @@ def holds_run(run_dir: str | Path) -> bool:
                                  or any((run_dir / CHECKPOINTS).glob("*.pt")))
 
 
+def run_state(run_dir: str | Path) -> str:
+    """What running ``run_dir`` means now: ``done`` (its summary is written), ``resume`` (a
+    checkpoint to continue from), ``restart`` (a run killed before its first checkpoint left files:
+    start again over them) or ``start`` (nothing there yet)."""
+    run_dir = Path(run_dir)
+    if not holds_run(run_dir):
+        return "start"
+    if (run_dir / SUMMARY).is_file():
+        return "done"
+    return "resume" if (run_dir / CHECKPOINTS / LAST).is_file() else "restart"
+
+
 def describe(run_dir: str | Path) -> str:
     """What a run directory holds, in a few words: its epochs and newest checkpoint."""
     run_dir = Path(run_dir)

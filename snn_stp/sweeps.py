@@ -30,12 +30,7 @@ import csv
 import io
 import itertools
 import json
-import multiprocessing
-import os
 import signal
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -43,7 +38,10 @@ from typing import Any, Callable, NamedTuple
 import yaml
 
 from . import rundir
-from .errors import ConfigError, RunDirectoryError
+from .errors import ConfigError, RunDirectoryError, TrainingInterrupted
+from .launch import Finished, Job, LocalPool, Work
+from .launch.slurm import (JOBS_FILE, SLURM_FOLDER, SlurmLauncher, SlurmOptions, live_states, outcome, read_records,
+                           slurm_options)
 from .files import parse_value, read_yaml, write_text_atomic
 from .train.config import RESUME_MUTABLE_KEYS, Config, differences, from_dict, load_config
 
@@ -51,7 +49,8 @@ SWEEP_FILE = "sweep.yaml"
 RESULTS = rundir.SWEEP_RESULTS
 LOGS = "logs"
 #: The keys of a sweep file; ``definitions`` is not read (it holds YAML anchors the others reuse).
-SWEEP_KEYS = ("base", "set", "grid", "variants", "definitions")
+SWEEP_KEYS = ("base", "set", "grid", "variants", "launcher", "slurm", "definitions")
+LAUNCHERS = ("local", "slurm")
 
 #: The numbers of a finished point, from its summary.json and its last metrics record.
 RESULT_COLUMNS = ("final_test_acc", "pruned_layer_sparsity", "test_acc_at_best_val", "best_weight_sparsity",
@@ -87,25 +86,14 @@ class Point:
         return [f"{s.key}={json.dumps(s.value, default=str)}" for s in self.settings]
 
 
-@dataclass(frozen=True)
-class Job:
-    """What a sweep worker runs for a point: train ``config`` into ``run_dir`` (``overwrite``: replace
-    what a run killed before its first checkpoint left there), or resume the run in ``run_dir``
-    (``config`` None). ``command`` is the equivalent ``snn-stp`` command line, the first line of the
-    point's log. It goes to a spawned worker process, so it pickles (a :class:`Config` of plain values)."""
-
-    run_dir: str
-    config: Config | None
-    overwrite: bool = False
-    command: tuple[str, ...] = ()
-
-
 @dataclass
 class Sweep:
     base: str | None
     settings: dict[str, Any]
     grid: dict[str, Any]
     variants: list[dict[str, Any]]
+    launcher: str = "local"
+    slurm: dict[str, Any] = field(default_factory=dict)
 
     @property
     def axes(self) -> list[str]:
@@ -116,13 +104,30 @@ class Sweep:
         return names
 
     def to_dict(self) -> dict:
-        return {"base": self.base, "set": self.settings, "grid": self.grid, "variants": self.variants}
+        return {"base": self.base, "set": self.settings, "grid": self.grid, "variants": self.variants,
+                "launcher": self.launcher, **({"slurm": self.slurm} if self.slurm else {})}
+
+    def slurm_options(self, max_parallel: int | None = None) -> SlurmOptions:
+        """The options of this sweep's Slurm jobs (``max_parallel``: at most that many at a time)."""
+        extra = {"max_parallel": max_parallel} if max_parallel else {}
+        return slurm_options({**self.slurm, **extra}, "the sweep's slurm settings")
+
+    def launcher_for(self, out: str | Path, runner: Callable[[Job, str], int], jobs: int | None = None):
+        """What runs this sweep's points: ``jobs`` worker processes here (default 1), or Slurm jobs
+        (at most ``jobs`` at a time, when given). ``runner`` runs one :class:`Job` in its process."""
+        if jobs is not None and jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+        if self.launcher == "slurm":
+            return SlurmLauncher(runner, self.slurm_options(jobs), Path(out) / JOBS_FILE, Path(out) / LOGS / SLURM_FOLDER)
+        return LocalPool(runner, jobs or 1)
 
 
 def read_sweep(path: str | Path | None = None, grid: list[str] | None = None, base: str | None = None,
-               settings: list[str] | None = None) -> Sweep:
-    """The sweep of a YAML file (optional) with ``--grid key=v1,v2`` axes, a ``--config`` base and
-    ``--set key=value`` settings added (the command line wins over the file)."""
+               settings: list[str] | None = None, launcher: str | None = None,
+               slurm: dict[str, Any] | None = None) -> Sweep:
+    """The sweep of a YAML file (optional) with ``--grid key=v1,v2`` axes, a ``--config`` base,
+    ``--set key=value`` settings, a launcher and Slurm options added (the command line wins over
+    the file)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -137,7 +142,12 @@ def read_sweep(path: str | Path | None = None, grid: list[str] | None = None, ba
         if data.get("base") is not None and (path.parent / str(data["base"])).is_file():
             data["base"] = str((path.parent / str(data["base"])).resolve())
     sweep = Sweep(base=base or data.get("base"), settings=dict(_mapping(data.get("set"), "set")),
-                  grid=dict(_mapping(data.get("grid"), "grid")), variants=list(data.get("variants") or []))
+                  grid=dict(_mapping(data.get("grid"), "grid")), variants=list(data.get("variants") or []),
+                  launcher=launcher or data.get("launcher") or "local",
+                  slurm={**_mapping(data.get("slurm"), "slurm"), **(slurm or {})})
+    if sweep.launcher not in LAUNCHERS:
+        raise ConfigError(f"the sweep's launcher {sweep.launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    sweep.slurm_options()  # checked now, before anything runs
     for item in settings or []:
         key, value = _split(item, "--set")
         sweep.settings[key] = parse_value(value, f"--set {item!r}")
@@ -230,16 +240,9 @@ def plan(sweep: Sweep, out: Path) -> list[tuple[Point, str]]:
             config = point.config = load_config(sweep.base, settings=point.settings)
         except ConfigError as error:
             raise ConfigError(f"sweep point {point.name}: {error}") from None
-        folder = out / point.name
-        state = "start"
-        if rundir.holds_run(folder):
-            _check_same_config(folder, config, point)
-            if (folder / rundir.SUMMARY).is_file():
-                state = "done"
-            elif (folder / rundir.CHECKPOINTS / rundir.LAST).is_file():
-                state = "resume"
-            else:
-                state = "restart"
+        state = rundir.run_state(out / point.name)
+        if state != "start":
+            _check_same_config(out / point.name, config, point)
         planned.append((point, state))
     return planned
 
@@ -259,107 +262,66 @@ def _check_same_config(folder: Path, config, point: Point) -> None:
             "the sweep was edited since it ran. Use another --out, or remove that folder to run the point again")
 
 
-def run_sweep(sweep: Sweep, out: str | Path, runner: Callable[[Job, str], int], jobs: int = 1,
-              quiet: bool = False) -> list[dict]:
-    """Run every point not yet finished, ``jobs`` at a time; returns the rows of ``results.csv``.
+def run_sweep(sweep: Sweep, out: str | Path, launcher, quiet: bool = False, wait: bool = True) -> list[dict]:
+    """Run every point not yet finished through ``launcher`` (:class:`snn_stp.launch.LocalPool`:
+    worker processes here; :class:`snn_stp.launch.slurm.SlurmLauncher`: Slurm jobs); returns the
+    rows of ``results.csv``, rewritten as each point finishes.
 
-    The points run in ``jobs`` worker processes that each train one point after another:
-    ``runner(job, log_path)`` runs a :class:`Job` there (trains the point's config as ``snn-stp
-    train`` does, or resumes it) with its output in ``logs/<point>.log`` and returns the exit
-    status of the equivalent command (the command line's, which sits above this module, passes it
-    in: a module-level function, as the job goes to a spawned process). A process start costs
-    about 3 s, as much as a digits run. Every run seeds and configures torch itself, so a point's
-    numbers do not depend on what its worker ran before. A point that fails is recorded (status ``failed``, its
-    log's last line) and the others go on. Workers get ``OMP_NUM_THREADS`` = cores / jobs (at
-    least 1) unless the environment sets it.
+    Each point's :class:`Job` trains its config as ``snn-stp train`` does (or resumes it) with its
+    output in ``logs/<point>.log``. Every run seeds and configures torch itself, so a point's
+    numbers do not depend on where it ran or what ran before it. A point that fails is recorded
+    (status ``failed``, its log's last line) and the others go on. ``wait`` False (cluster jobs
+    only): submit and return; running the sweep again (or ``snn-stp sweep-status``) collects.
     """
     out = Path(out)
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     plan(sweep, out)  # every point's config checked before anything is written
     with rundir.writer_lock(out, "sweep"):
         # Planned again under the lock: a sweep that held it until now may have moved points on.
-        return _run_planned(sweep, out, plan(sweep, out), runner, jobs, quiet)
+        return _run_planned(sweep, out, plan(sweep, out), launcher, quiet, wait)
 
 
-def _run_planned(sweep: Sweep, out: Path, planned: list[tuple[Point, str]],
-                 runner: Callable[[Job, str], int], jobs: int, quiet: bool) -> list[dict]:
+def _run_planned(sweep: Sweep, out: Path, planned: list[tuple[Point, str]], launcher, quiet: bool,
+                 wait: bool) -> list[dict]:
     (out / LOGS).mkdir(exist_ok=True)
     write_text_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     status = {p.name: ("done" if state == "done" else "pending") for p, state in planned}
     todo = [(p, state) for p, state in planned if state != "done"]
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
-    say(f"sweep of {len(planned)} run(s) in {out}: {len(planned) - len(todo)} finished already, {len(todo)} to run, "
-        f"{jobs} at a time")
     finished: dict[str, dict] = {}
     if not todo:
+        say(f"sweep of {len(planned)} run(s) in {out}: {len(planned)} finished already, 0 to run")
         return write_results(planned, out, status, finished)
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(threads,))
+    work = [Work(p.name, _job(sweep, p, out, state), str(out / LOGS / f"{p.name}.log")) for p, state in todo]
     try:
-        futures = {}
-        for point, state in todo:
-            futures[pool.submit(runner, _job(sweep, point, out, state), str(out / LOGS / f"{point.name}.log"))] \
-                = point.name
-        for done, future in enumerate(as_completed(futures), start=1):
-            name = futures[future]
-            code = future.result()
-            status[name] = "done" if code == 0 else "failed"
+        submitted = launcher.submit(work)
+        say(f"sweep of {len(planned)} run(s) in {out}: {len(planned) - len(todo)} finished already, {len(todo)} to run: "
+            f"{submitted}")
+        if not wait:
+            return write_results(planned, out, status, finished)
+        for done, ended in enumerate(launcher.as_finished(), start=1):
+            status[ended.name] = "done" if ended.code == 0 else "failed"
             rows = write_results(planned, out, status, finished)
-            row = next(r for r in rows if r["name"] == name)
+            row = next(r for r in rows if r["name"] == ended.name)
             seconds = f" ({row['seconds']:.0f} s of training)" if isinstance(row.get("seconds"), float) else ""
-            say(f"[{done}/{len(todo)}] {name}: {_outcome(row, code, out)}{seconds}")
+            say(f"[{done}/{len(todo)}] {ended.name}: {_outcome(row, ended, out)}{seconds}")
     except KeyboardInterrupt:
-        # The workers got the Ctrl-C too: a run in progress saves a checkpoint and returns.
-        pool.shutdown(wait=True, cancel_futures=True)
+        note = launcher.cancel()
         write_results(planned, out, status, finished)
-        raise
-    pool.shutdown()
+        raise TrainingInterrupted(f"interrupted; the finished runs are kept and {note}: run the same snn-stp sweep "
+                                  "command again to continue", signal.SIGINT) from None
     return write_results(planned, out, status, finished)
 
 
-def _start_worker(threads: str) -> None:
-    """A worker's setup: its thread count before torch is imported, Ctrl-C ignored while idle (a
-    run installs its own handler, which saves a checkpoint), and a watch on the sweep process."""
-    os.environ["OMP_NUM_THREADS"] = threads
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True, name="sweep-watch").start()
-
-
-#: Seconds between a worker's checks that the sweep process is alive, and the grace a run gets to
-#: save its checkpoint once it is not.
-WATCH_SECONDS, ORPHAN_GRACE_SECONDS = 1.0, 120.0
-
-
-def _stop_when_orphaned(parent: int) -> None:
-    """Stop this worker once the sweep process is gone (killed: ``kill -9`` runs no clean-up, and a
-    process pool's workers would otherwise go on training queued points with nobody collecting
-    them). SIGTERM makes the run in progress save a checkpoint at the next step and return; an
-    idle worker just ends. The next ``snn-stp sweep`` resumes from those checkpoints."""
-    while os.getppid() == parent:
-        time.sleep(WATCH_SECONDS)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(ORPHAN_GRACE_SECONDS)
-    os._exit(1)
-
-
 def _job(sweep: Sweep, point: Point, out: Path, state: str) -> Job:
-    """What runs ``point`` from its ``state``: its config as :func:`plan` built it, or a resume."""
-    config = None if state == "resume" else point.config  # plan() built it (and checked it)
-    command = tuple(_command(sweep, point, out, state))
-    return Job(str(out / point.name), config, overwrite=state == "restart", command=command)
+    """What runs ``point`` from its ``state``: its config as :func:`plan` built it (plan checked it),
+    trained or resumed."""
+    return Job(str(out / point.name), point.config, resume=state == "resume", overwrite=state == "restart",
+               command=tuple(_command(sweep, point, out)))
 
 
-def _command(sweep: Sweep, point: Point, out: Path, state: str) -> list[str]:
-    """The ``snn-stp`` arguments equivalent to the job that runs ``point`` from its ``state`` (shown
-    in the point's log)."""
-    folder = out / point.name
-    if state == "resume":
-        return ["resume", "--quiet", str(folder)]
-    command = ["train", "--quiet", "--out", str(folder)]
-    if state == "restart":
-        command.append("--overwrite")
+def _command(sweep: Sweep, point: Point, out: Path) -> list[str]:
+    """The ``snn-stp train`` arguments equivalent to training ``point`` (shown in the point's log)."""
+    command = ["train", "--quiet", "--out", str(out / point.name)]
     if sweep.base:
         command += ["--config", str(sweep.base)]
     for item in point.overrides:
@@ -367,15 +329,55 @@ def _command(sweep: Sweep, point: Point, out: Path, state: str) -> list[str]:
     return command
 
 
-def _outcome(row: dict, code: int, out: Path) -> str:
-    if code != 0:
-        return f"failed (exit {code}): {row.get('error', '')} - see {out / LOGS / (row['name'] + '.log')}"
+def _outcome(row: dict, ended: Finished, out: Path) -> str:
+    if ended.code != 0:
+        how = f"exit {ended.code}" if ended.code is not None else ended.note
+        return f"failed ({how}): {row.get('error', '')} - see {out / LOGS / (row['name'] + '.log')}"
     acc, sparsity = row.get("final_test_acc"), row.get("pruned_layer_sparsity")
     return f"test {_pct(acc)}, sparsity {_pct(sparsity)}"
 
 
 def _pct(value) -> str:
     return "–" if value in (None, "") else f"{100 * float(value):.2f}%"
+
+
+def read_saved(out: str | Path) -> Sweep:
+    """The sweep a folder was run with (its ``sweep.yaml``)."""
+    path = Path(out) / SWEEP_FILE
+    if not path.is_file():
+        raise ConfigError(f"{out} holds no sweep ({SWEEP_FILE} is missing): give the sweep file or --grid that "
+                          f"started it, or the --out of a sweep that ran")
+    return read_sweep(path)
+
+
+def sweep_status(sweep: Sweep, out: str | Path) -> list[tuple[Point, str, str]]:
+    """Each point of the sweep in ``out`` with where it stands and a detail: ``done``; a Slurm job's
+    state (``pending``, ``running``, ...) while it is queued; ``failed`` or ``cancelled`` (a job
+    that ended without finishing its run: Slurm's word, the log to read); ``interrupted`` (a
+    checkpoint to resume from); ``not started``."""
+    out = Path(out)
+    planned = plan(sweep, out)
+    records = read_records(out / JOBS_FILE)
+    live = live_states([r["job_id"] for r in records.values()]) if records else {}
+    found = []
+    for point, state in planned:
+        record, log = records.get(point.name), out / LOGS / f"{point.name}.log"
+        if state == "done":
+            found.append((point, "done", ""))
+        elif record and record["job_id"] in live:
+            found.append((point, live[record["job_id"]].lower(), f"Slurm job {record['job_id']}"))
+        elif record:
+            ended = outcome(point.name, record).note
+            cancelled = "CANCELLED" in ended
+            found.append((point, "cancelled" if cancelled else "failed",
+                          f"{last_line(log)} - {ended}, the run's output {log}".lstrip(" -")))
+        elif state == "resume":
+            found.append((point, "interrupted", f"resumes from {out / point.name / rundir.CHECKPOINTS / rundir.LAST}"))
+        elif log.is_file():
+            found.append((point, "failed", f"{last_line(log)} - see {log}"))
+        else:
+            found.append((point, "not started", ""))
+    return found
 
 
 def write_results(planned: list[tuple[Point, str]], out: Path, status: dict[str, str],
@@ -395,7 +397,7 @@ def write_results(planned: list[tuple[Point, str]], out: Path, status: dict[str,
                 finished[point.name] = point_results(out / point.name)
             row.update(finished[point.name])
         if status[point.name] == "failed":
-            row["error"] = _last_line(out / LOGS / f"{point.name}.log")
+            row["error"] = last_line(out / LOGS / f"{point.name}.log")
         row["run_dir"] = point.name
         rows.append(row)
     columns = ["name", "status", *axes, *RESULT_COLUMNS, "error", "run_dir"]
@@ -423,9 +425,10 @@ def point_results(folder: Path) -> dict:
     return {column: values.get(column) for column in RESULT_COLUMNS}
 
 
-def _last_line(path: Path) -> str:
+def last_line(path: str | Path) -> str:
+    """The last non-empty line of a log (at most 300 characters), or nothing."""
     try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
     return lines[-1][:300] if lines else ""

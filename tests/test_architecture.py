@@ -22,8 +22,9 @@ FLOORS = {
     "snn": 4, "ann": 4, "data": 4,
     "model_registry": 3, "models": 5, "measure": 5,
     "train": 6,
-    "analysis": 7, "sweeps": 7, "export": 7,
-    "cli": 8, "__main__": 9,
+    "analysis": 7, "launch": 7, "export": 7,
+    "sweeps": 8,
+    "cli": 9, "__main__": 10,
 }
 
 

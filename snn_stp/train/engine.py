@@ -55,6 +55,12 @@ def sparsity_figures(report: pruning.SparsityReport) -> dict:
 #: step after a checkpoint (its loss vouches for that checkpoint).
 HOST_READ_STEPS = 20
 
+#: The signals that stop training at the next step boundary with a checkpoint: Ctrl-C, SIGTERM (a
+#: kill, a cancelled or preempted cluster job) and SIGUSR2, which Slurm sends ahead of a job's time
+#: limit when asked (``sbatch --signal``; the Slurm launcher asks) and whose default action would
+#: end the process without one.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name))
+
 
 class _IndexSampler(torch.utils.data.Sampler):
     """Yields a list of indices (one epoch's order, minus the batches already done); the list is
@@ -131,6 +137,7 @@ class Trainer:
             self._restore(state)
         self.writer = None
         self._stop_requested = self._stop_agreed = False
+        self._stop_signal = signal.SIGINT  # the first stop signal that arrived
         self._unverified = False  # last.pt awaits the loss of the next step on its weights
         self._read_next = False  # every rank reads the loss of the step after a checkpoint
         self._last_loss, self._read_step = math.nan, self.global_step
@@ -147,8 +154,9 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end (or ``train.max_steps``); returns the summary.
 
-        Ctrl-C (SIGINT) or SIGTERM stop training at the next step boundary with a checkpoint
-        (:class:`TrainingInterrupted`); a second Ctrl-C stops at once, keeping the last checkpoint.
+        Ctrl-C (SIGINT), SIGTERM or SIGUSR2 (what Slurm sends ahead of a time limit, see
+        :data:`STOP_SIGNALS`) stop training at the next step boundary with a checkpoint
+        (:class:`TrainingInterrupted`); a second one stops at once, keeping the last checkpoint.
         """
         # One writer per run: a library caller gets the lock here; under snn-stp the command holds it already.
         with rundir.writer_lock(self.run_dir) if self.ctx.is_main else contextlib.nullcontext():
@@ -438,8 +446,8 @@ class Trainer:
             f"it: snn-stp train --init-from {last} --set optim.lr=... --out NEW_RUN_DIR")
 
     def _catch_stop_signals(self) -> dict:
-        """SIGINT/SIGTERM set a flag (the loop saves and stops at the next step); a second one
-        raises KeyboardInterrupt at once. Only in the main thread (signal's rule)."""
+        """A :data:`STOP_SIGNALS` signal sets a flag (the loop saves and stops at the next step); a
+        second one raises KeyboardInterrupt at once. Only in the main thread (signal's rule)."""
         if threading.current_thread() is not threading.main_thread():
             return {}
         previous = {}
@@ -447,18 +455,19 @@ class Trainer:
         def request_stop(signum, frame):
             if self._stop_requested:
                 raise KeyboardInterrupt
-            self._stop_requested = True
+            self._stop_requested, self._stop_signal = True, signum
             if self.ctx.is_main and sys.stderr.isatty():  # a person at a terminal: say it was heard
                 print(f"\nsnn-stp: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
                       "(again to stop at once)", file=sys.stderr, flush=True)
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, request_stop)
         return previous
 
     def _interrupted(self) -> None:
         raise TrainingInterrupted(
             f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; checkpoint saved as "
-            f"{self.checkpoints / rundir.LAST}. Continue exactly with: snn-stp resume {self.run_dir}")
+            f"{self.checkpoints / rundir.LAST}. Continue exactly with: snn-stp resume {self.run_dir}",
+            self._stop_signal)
 
     def _progress(self, iterable, description: str):
         return evaluation.with_progress(iterable, description, not self.quiet and self.ctx.is_main)

@@ -1,0 +1,354 @@
+"""Jobs on a Slurm cluster, through submitit: a sweep's points as one job array, or a single run.
+
+Each job runs :class:`SlurmRun`: it decides at every start what its run directory needs (a job
+started again after a requeue resumes from the checkpoint its previous start saved), joins the
+job's tasks into one torch.distributed group when it has several (one per GPU), and trains. Ahead of
+the time limit Slurm sends SIGUSR2 (``signal_delay_s`` before it); training stops at the next step
+boundary with a checkpoint and submitit requeues the job, which resumes exactly. A preempted or
+``scontrol requeue`` d job gets SIGTERM: the same checkpoint, and Slurm requeues it. A job stopped
+this way returns no result, so nobody waiting takes it for finished.
+
+Whether a job is still queued or running is asked of ``squeue`` (every cluster has it; ``sacct``
+needs the accounting database, which small clusters lack), what it ended as of ``scontrol``, and
+whether it succeeded of its run directory: a finished run has its ``summary.json``. submitit's
+result pickles are never read back.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .. import rundir
+from ..errors import ConfigError, SnnStpError
+from ..files import write_text_atomic
+from .job import Finished, Job, Work
+
+#: The sweep folder's record of the Slurm jobs it submitted: point name -> job id and log files.
+JOBS_FILE = "slurm-jobs.json"
+#: The folder (in a sweep's ``logs``, or a run directory) of submitit's job files and logs.
+SLURM_FOLDER = "slurm"
+#: A single run's record of its Slurm job, in ``RUN_DIR/slurm``.
+RUN_JOBS_FILE = "jobs.json"
+#: States in which ``squeue`` lists a job that has not ended (it may still start, or start again).
+LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+               "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PREEMPTED", "RESV_DEL_HOLD")
+
+
+class SlurmError(SnnStpError):
+    """Slurm or submitit is missing, or refused a submission (the message has its own words)."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What each job asks Slurm for (``sbatch`` options; None: the cluster's default).
+
+    ``time`` is the wall-clock limit of one start of a job, in minutes or as Slurm writes it
+    (``HH:MM:SS``, ``D-HH:MM``, ...); a run longer than that continues in the next start.
+    ``gpus_per_job`` GPUs over ``nodes`` nodes, one task (one DDP process) per GPU; a CPU job may
+    ask for ``tasks_per_node`` DDP processes instead (gloo). ``cpus_per_job`` is split evenly among
+    a node's tasks. ``extra`` holds further ``sbatch`` options (``KEY=VALUE``, e.g.
+    ``exclusive=user``, ``mail_type=END``). ``max_timeouts``: how many times a run may reach the
+    time limit and be requeued. ``poll_seconds``: how often a waiting sweep asks ``squeue``.
+    """
+
+    partition: str | None = None
+    time: str | int = 60
+    nodes: int = 1
+    gpus_per_job: int = 0
+    tasks_per_node: int | None = None
+    cpus_per_job: int | None = None
+    mem: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    signal_delay_s: int = 120
+    max_timeouts: int = 10
+    max_parallel: int | None = None
+    poll_seconds: float = 10.0
+    job_name: str = "snn-stp"
+
+    def __post_init__(self):
+        minutes = time_minutes(self.time)
+        for name in ("nodes", "gpus_per_job", "tasks_per_node", "cpus_per_job", "signal_delay_s", "max_timeouts",
+                     "max_parallel"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0
+                                      or (value == 0 and name not in ("gpus_per_job", "max_timeouts"))):
+                raise ConfigError(f"slurm.{name} must be a positive whole number, got {value!r}")
+        if self.gpus_per_job % self.nodes:
+            raise ConfigError(f"slurm.gpus_per_job = {self.gpus_per_job} does not split over slurm.nodes = "
+                              f"{self.nodes}: give a multiple of the node count (the same GPUs on every node)")
+        if self.signal_delay_s >= minutes * 60:
+            raise ConfigError(f"slurm.signal_delay_s = {self.signal_delay_s} is not shorter than slurm.time "
+                              f"({minutes} min): the warning before the time limit must come within the job")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"slurm.extra must map sbatch options to values, got {self.extra!r}")
+        if not (isinstance(self.poll_seconds, (int, float)) and self.poll_seconds > 0):
+            raise ConfigError(f"slurm.poll_seconds must be a positive number, got {self.poll_seconds!r}")
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus_per_job // self.nodes
+
+    @property
+    def tasks(self) -> int:
+        """Tasks per node: one per GPU, or ``tasks_per_node`` (1 unless given)."""
+        return self.tasks_per_node or self.gpus_per_node or 1
+
+    def executor_parameters(self) -> dict:
+        """submitit's ``SlurmExecutor.update_parameters`` keywords."""
+        given = {"partition": self.partition, "account": self.account, "qos": self.qos, "constraint": self.constraint,
+                 "mem": self.mem, "gpus_per_node": self.gpus_per_node or None,
+                 "cpus_per_task": max(1, self.cpus_per_job // self.tasks) if self.cpus_per_job else None,
+                 "array_parallelism": self.max_parallel}
+        return {"job_name": self.job_name, "time": time_minutes(self.time), "nodes": self.nodes,
+                "ntasks_per_node": self.tasks, "signal_delay_s": self.signal_delay_s,
+                **{k: v for k, v in given.items() if v is not None},
+                **({"additional_parameters": dict(self.extra)} if self.extra else {})}
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v != getattr(SlurmOptions, k, None) or k == "time"}
+
+
+SLURM_KEYS = tuple(f.name for f in fields(SlurmOptions))
+
+
+def slurm_options(mapping: dict | None, source: str) -> SlurmOptions:
+    """The options of a sweep file's (or the command line's) ``slurm`` mapping; an unknown key is
+    refused with the valid ones."""
+    mapping = dict(mapping or {})
+    unknown = sorted(set(mapping) - set(SLURM_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown Slurm option(s) {unknown} in {source}; valid: {', '.join(SLURM_KEYS)}")
+    return SlurmOptions(**mapping)
+
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def time_minutes(value: str | int) -> int:
+    """A Slurm time limit in whole minutes (rounded up): minutes, ``MM:SS``, ``HH:MM:SS``, ``D-HH``,
+    ``D-HH:MM`` or ``D-HH:MM:SS``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _TIME.match(str(value).strip())
+    if match is None or isinstance(value, bool):
+        raise ConfigError(f"slurm.time {value!r} is not a Slurm time limit: give minutes (e.g. 240) or HH:MM:SS, "
+                          "D-HH:MM (e.g. 2-00:00 for two days)")
+    days, first, second, third = (int(g) if g else None for g in match.groups())
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = days * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
+    elif third is not None:  # HH:MM:SS
+        seconds = first * 3600 + second * 60 + third
+    elif second is not None:  # MM:SS
+        seconds = first * 60 + second
+    else:
+        seconds = first * 60
+    if seconds <= 0:
+        raise ConfigError(f"slurm.time {value!r} must be longer than zero")
+    return math.ceil(seconds / 60)
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError as error:
+        raise SlurmError(f"the Slurm launcher needs submitit, which does not import here ({error}); install it "
+                         "with pip install 'snn-stp[slurm]'") from None
+    return submitit
+
+
+class SlurmRun:
+    """What a Slurm job runs: ``runner(job, log)`` (the command line's, see :class:`LocalPool`)
+    for its :class:`Job`; started again (requeued), for the job as its run directory stands
+    then (:meth:`Job.as_of_now`). submitit calls
+    :meth:`checkpoint` when the job is about to be requeued; the job needs nothing new to
+    continue (the run directory says where it stands), so it is submitted again as it was."""
+
+    def __init__(self, runner: Callable[[Job, str], int]):
+        self.runner = runner
+
+    def __call__(self, job: Job, log: str) -> int:
+        submitit = _submitit()
+        environment = submitit.JobEnvironment()
+        rank = environment.global_rank
+        if environment.num_tasks > 1:
+            # torchrun's variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) from Slurm's; each
+            # task takes the GPU of its local rank (train.device auto), so all GPUs stay visible.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        if rank:
+            log = str(Path(log).with_suffix(f".rank{rank}.log"))
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+            job = job.as_of_now()  # started again: continue from what the earlier starts left
+            if job is None:
+                return 0  # finished by an earlier start
+        code = self.runner(job, log)
+        if code in (128 + signal.SIGUSR2, 128 + signal.SIGTERM):
+            # Stopped at a step boundary with a checkpoint because the job is ending: near its time
+            # limit (SIGUSR2), preempted, requeued or cancelled (SIGTERM). No result: whoever waits
+            # must not take the run for finished. After SIGUSR2, submitit's own handler (the trainer
+            # put it back) requeues the job (rank 0) and exits; Slurm requeues a preempted one itself.
+            if code == 128 + signal.SIGUSR2:
+                signal.raise_signal(signal.SIGUSR2)
+            sys.exit(code)
+        return code
+
+    def checkpoint(self, *args, **kwargs):
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def executor(options: SlurmOptions, folder: Path):
+    """A submitit executor writing its job files and logs to ``folder``."""
+    submitit = _submitit()
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.max_timeouts)
+    executor.update_parameters(**options.executor_parameters())
+    return executor
+
+
+def submit(options: SlurmOptions, folder: Path, runner: Callable[[Job, str], int], work: list[Work]) -> dict[str, dict]:
+    """Submit ``work`` as one job array; returns each job's record (:func:`job_record`) by name."""
+    try:
+        jobs = executor(options, folder).map_array(SlurmRun(runner), [w.job for w in work], [w.log for w in work])
+    except Exception as error:  # submitit raises its own or subprocess errors with sbatch's words
+        raise SlurmError(f"Slurm refused the jobs: {_sbatch_words(error)}") from None
+    return {w.name: job_record(job, w) for w, job in zip(work, jobs)}
+
+
+def _sbatch_words(error: Exception) -> str:
+    text = " ".join(str(getattr(error, "output", b"") or error).split())
+    return text[-600:] or type(error).__name__
+
+
+def job_record(job, work: Work) -> dict:
+    return {"job_id": str(job.job_id), "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "log": work.log,
+            "run_dir": work.job.run_dir, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+
+
+def read_records(path: Path) -> dict[str, dict]:
+    """A ``slurm-jobs.json`` (name -> record), or nothing where there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text())["jobs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SlurmError(f"{path} is not a readable record of Slurm jobs ({error}); remove it to submit every "
+                         "unfinished point again") from None
+    return {name: record for name, record in records.items() if isinstance(record, dict) and "job_id" in record}
+
+
+def write_records(path: Path, records: dict[str, dict]) -> None:
+    write_text_atomic(path, json.dumps({"jobs": records}, indent=1, sort_keys=True) + "\n")
+
+
+def live_states(job_ids: list[str]) -> dict[str, str]:
+    """The state of each of ``job_ids`` that ``squeue`` still lists (queued, running, requeued)."""
+    if not job_ids:
+        return {}
+    try:
+        listing = subprocess.run(["squeue", "--noheader", "--array", "--user", getpass.getuser(),
+                                  "--format", "%i|%T"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SlurmError("squeue is not on PATH: run this where Slurm's commands are (a login node)") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError("squeue did not answer within 60 s: is the Slurm controller up?") from None
+    if listing.returncode:
+        raise SlurmError(f"squeue failed: {' '.join(listing.stderr.split())[:300]}")
+    wanted, found = set(job_ids), {}
+    for line in listing.stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id in wanted:
+            found[job_id] = state
+    return found
+
+
+def ended_state(job_id: str) -> str:
+    """What an ended job ended as (``COMPLETED``, ``CANCELLED``, ``TIMEOUT``, ``FAILED``, ...), as
+    long as the controller remembers it (``MinJobAge``); else ``ENDED``."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "ENDED"
+    match = re.search(r"\bJobState=(\S+)", shown.stdout)
+    return match.group(1) if match and shown.returncode == 0 else "ENDED"
+
+
+def cancel(job_ids: list[str]) -> None:
+    """``scancel`` the jobs: a running one gets SIGTERM and saves a checkpoint at the next step."""
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+
+
+class SlurmLauncher:
+    """Runs jobs as Slurm jobs, one job array per submission, with submitit's files and logs in
+    ``job_folder`` and a record of each job (name -> job id, logs) in ``records_path``; a job whose
+    recorded Slurm job is still queued or running is waited for, not submitted again."""
+
+    name = "slurm"
+
+    def __init__(self, runner: Callable[[Job, str], int], options: SlurmOptions, records_path: Path,
+                 job_folder: Path):
+        self.runner, self.options = runner, options
+        self.records_path, self.job_folder = Path(records_path), Path(job_folder)
+        self.waiting: dict[str, dict] = {}
+
+    def describe(self) -> str:
+        o = self.options
+        where = f"partition {o.partition}" if o.partition else "the default partition"
+        gpus = f", {o.gpus_per_job} GPU(s) each" if o.gpus_per_job else ""
+        return f"as Slurm jobs on {where}{gpus}"
+
+    def live(self) -> dict[str, tuple[dict, str]]:
+        """The recorded jobs still queued or running: name -> (record, state)."""
+        records = read_records(self.records_path)
+        states = live_states([r["job_id"] for r in records.values()])
+        return {name: (r, states[r["job_id"]]) for name, r in records.items() if r["job_id"] in states}
+
+    def submit(self, work: list[Work]) -> str:
+        records = read_records(self.records_path)
+        live = self.live()
+        fresh = [w for w in work if w.name not in live]
+        if fresh:
+            records.update(submit(self.options, self.job_folder, self.runner, fresh))
+            write_records(self.records_path, records)
+        self.waiting = {w.name: records[w.name] for w in work}
+        arrays = sorted({records[w.name]["job_id"].split("_")[0] for w in fresh})
+        kept = f", {len(work) - len(fresh)} still queued or running from before" if len(fresh) < len(work) else ""
+        return (f"{len(fresh)} submitted {self.describe()} (job array {', '.join(arrays) or '-'}){kept}; Slurm logs in "
+                f"{self.job_folder}")
+
+    def as_finished(self) -> Iterator[Finished]:
+        while self.waiting:
+            live = live_states([r["job_id"] for r in self.waiting.values()])
+            for name, record in list(self.waiting.items()):
+                if record["job_id"] not in live:
+                    del self.waiting[name]
+                    yield outcome(name, record)
+            if self.waiting:
+                time.sleep(self.options.poll_seconds)
+
+    def cancel(self) -> str:
+        ids = [r["job_id"] for r in self.waiting.values()]
+        cancel(ids)
+        return f"cancelled {len(ids)} Slurm job(s) (a running one saved a checkpoint)"
+
+
+def outcome(name: str, record: dict) -> Finished:
+    """How a job that left the queue ended: 0 when its run finished (its summary is written),
+    else no exit status and a note with Slurm's word for it and the job's own log."""
+    if rundir.run_state(record["run_dir"]) == "done":
+        return Finished(name, 0)
+    return Finished(name, None, f"Slurm job {record['job_id']} {ended_state(record['job_id'])}; its log "
+                                f"{record['stderr']}")
