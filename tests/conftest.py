@@ -70,6 +70,26 @@ def write(path: Path, text: str) -> Path:
 TINY = ["model.options={hidden: 16}", "train.epochs=1", "data.batch_size=256", "train.analysis_samples=8"]
 
 
+def metrics(run: Path) -> list[dict]:
+    """The metrics records of ``run`` without their wall times."""
+    return [{k: v for k, v in record.items() if k != "epoch_seconds"} for record in metrics_records(run)]
+
+
+def assert_same_result(run: Path, reference: Path) -> None:
+    """Bit-identical weights, threshold state and metrics (wall times aside), best.pt included."""
+    from snn_stp.train import checkpoint as ckpt
+
+    for name in ("last.pt", "best.pt"):
+        a, b = ckpt.load(run / "checkpoints" / name), ckpt.load(reference / "checkpoints" / name)
+        assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"], name
+        assert a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
+        assert a["threshold_scheduler"] == b["threshold_scheduler"]
+    assert metrics(run) == metrics(reference)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_acc"] == metrics(reference)[-1]["test_acc"]
+
+
 def metrics_records(run: Path) -> list[dict]:
     """The records of ``run/metrics.jsonl``, one per finished epoch."""
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]

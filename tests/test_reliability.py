@@ -20,7 +20,7 @@ from snn_stp import cli
 from snn_stp.train import checkpoint as ckpt
 
 # error_line and snn_stp are imported from this module by test_sweeps.py too.
-from conftest import error_line, metrics_records, sets, snn_stp, write_cifar  # noqa: F401
+from conftest import assert_same_result, error_line, metrics, sets, snn_stp, write_cifar  # noqa: F401
 
 CONFIG = """
 model: {name: spiking_mlp, time_steps: 4, options: {hidden: 32}}
@@ -39,23 +39,6 @@ def snapshot(folder: Path) -> dict:
     which names whichever process last held the folder (a refused resume held it while checking)."""
     return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".snn-stp.lock"}
-
-
-def metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in record.items() if k != "epoch_seconds"} for record in metrics_records(run)]
-
-
-def assert_same_result(run: Path, reference: Path) -> None:
-    """Bit-identical weights, threshold state and metrics (wall times aside), best.pt included."""
-    for name in ("last.pt", "best.pt"):
-        a, b = ckpt.load(run / "checkpoints" / name), ckpt.load(reference / "checkpoints" / name)
-        assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"], name
-        assert a["model"].keys() == b["model"].keys()
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
-        assert a["threshold_scheduler"] == b["threshold_scheduler"]
-    assert metrics(run) == metrics(reference)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["final_test_acc"] == metrics(reference)[-1]["test_acc"]
 
 
 def assert_clean(run: Path) -> None:

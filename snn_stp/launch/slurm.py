@@ -324,10 +324,11 @@ class SlurmLauncher:
             records.update(submit(self.options, self.job_folder, self.runner, fresh))
             write_records(self.records_path, records)
         self.waiting = {w.name: records[w.name] for w in work}
-        arrays = sorted({records[w.name]["job_id"].split("_")[0] for w in fresh})
+        ids = [records[w.name]["job_id"] for w in fresh]
+        arrays = sorted({job_id.split("_")[0] for job_id in ids})
+        which = f" (job array {', '.join(arrays)})" if any("_" in i for i in ids) else f" (job {', '.join(ids)})" * bool(ids)
         kept = f", {len(work) - len(fresh)} still queued or running from before" if len(fresh) < len(work) else ""
-        return (f"{len(fresh)} submitted {self.describe()} (job array {', '.join(arrays) or '-'}){kept}; Slurm logs in "
-                f"{self.job_folder}")
+        return f"{len(fresh)} submitted {self.describe()}{which}{kept}; Slurm logs in {self.job_folder}"
 
     def as_finished(self) -> Iterator[Finished]:
         while self.waiting:
@@ -350,5 +351,5 @@ def outcome(name: str, record: dict) -> Finished:
     else no exit status and a note with Slurm's word for it and the job's own log."""
     if rundir.run_state(record["run_dir"]) == "done":
         return Finished(name, 0)
-    return Finished(name, None, f"Slurm job {record['job_id']} {ended_state(record['job_id'])}; its log "
-                                f"{record['stderr']}")
+    return Finished(name, None, f"Slurm job {record['job_id']} ended ({ended_state(record['job_id'])}) without "
+                                f"finishing the run; Slurm's log {record['stderr']}")
