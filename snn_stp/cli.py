@@ -185,10 +185,10 @@ def run_training(args) -> int:
     import time
     from pathlib import Path
 
+    on_slurm = _launcher(args) == "slurm"  # refused options before the heavy imports
     from . import rundir
     from .train import load_config
 
-    on_slurm = _launcher(args) == "slurm"
     if args.command == "resume":
         if on_slurm:
             return submit_run(args, None, Path(args.run_dir))
@@ -218,8 +218,8 @@ def _launcher(args, configured: str = "local") -> str:
         given = [f"--{name.replace('_', '-')}" for name in SLURM_ARGUMENTS if getattr(args, name) is not None]
         given += ["--slurm-extra"] * bool(args.slurm_extra) + ["--no-wait"] * args.no_wait
         if given:
-            raise UsageError(f"{', '.join(given)} only apply to Slurm jobs: add --launcher slurm (or launcher: slurm "
-                             "in the sweep file)")
+            raise UsageError(f"{', '.join(given)} {'is a Slurm option' if len(given) == 1 else 'are Slurm options'}: "
+                             "add --launcher slurm (or launcher: slurm in the sweep file)")
     return launcher
 
 

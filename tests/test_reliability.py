@@ -366,12 +366,13 @@ def test_a_corrupt_data_file_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(config_file, reference, tmp_path):
+@pytest.mark.parametrize("name", ["INT", "USR2"])  # Ctrl-C; what Slurm sends ahead of a time limit
+def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(name, config_file, reference, tmp_path):
     run = tmp_path / "run"
     # The signal arrives at a known point: right after the 4th checkpoint (mid-epoch 2).
     process = snn_stp("train", "--config", config_file, "--out", run, "--quiet",
-                      env={"SNN_STP_FAULT": "last.pt:after:4:INT"})
-    message = error_line(process, "train", status=130)
+                      env={"SNN_STP_FAULT": f"last.pt:after:4:{name}"})
+    message = error_line(process, "train", status=128 + getattr(signal, f"SIG{name}"))
     step = ckpt.load(run / "checkpoints" / "last.pt")["global_step"]
     assert message == (f"interrupted at epoch 2, step {step}; checkpoint saved as {run}/checkpoints/last.pt. "
                        f"Continue exactly with: snn-stp resume {run}")

@@ -21,11 +21,12 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -117,9 +118,6 @@ class SlurmOptions:
                 "ntasks_per_node": self.tasks, "signal_delay_s": self.signal_delay_s,
                 **{k: v for k, v in given.items() if v is not None},
                 **({"additional_parameters": dict(self.extra)} if self.extra else {})}
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v != getattr(SlurmOptions, k, None) or k == "time"}
 
 
 SLURM_KEYS = tuple(f.name for f in fields(SlurmOptions))
@@ -317,6 +315,12 @@ class SlurmLauncher:
         return {name: (r, states[r["job_id"]]) for name, r in records.items() if r["job_id"] in states}
 
     def submit(self, work: list[Work]) -> str:
+        missing = [tool for tool in ("sbatch", "squeue", "scancel") if shutil.which(tool) is None]
+        if missing:
+            raise SlurmError(f"{', '.join(missing)} not found on PATH: submit from a machine with Slurm's commands (a "
+                             "cluster's login node), or run here with --launcher local")
+        work = [w._replace(job=replace(w.job, run_dir=str(Path(w.job.run_dir).absolute())), log=str(Path(w.log).absolute()))
+                for w in work]  # a job starts in the submitting folder, but say where for certain
         records = read_records(self.records_path)
         live = self.live()
         fresh = [w for w in work if w.name not in live]

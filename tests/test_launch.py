@@ -1,0 +1,87 @@
+"""Launchers without a cluster: the Slurm options and what sbatch is asked for, a job decided again
+from its run directory, and the command-line errors. tests/test_slurm.py runs real Slurm jobs."""
+
+import os
+import shutil
+
+import pytest
+
+from conftest import TINY, error_line, sets, snn_stp, write
+from snn_stp.errors import ConfigError
+from snn_stp.launch import Job
+from snn_stp.launch.slurm import SLURM_KEYS, SlurmOptions, slurm_options, time_minutes
+from snn_stp.train import load_config
+
+
+@pytest.mark.parametrize("given, minutes", [(240, 240), ("240", 240), ("45:30", 46), ("01:30:00", 90),
+                                            ("2-00:00", 2880), ("1-12", 2160), ("0-00:00:59", 1)])
+def test_time_limits_are_read_as_slurm_writes_them(given, minutes):
+    assert time_minutes(given) == minutes
+
+
+def test_bad_slurm_options_name_the_problem_and_the_fix():
+    with pytest.raises(ConfigError) as error:
+        slurm_options({"partion": "gpu"}, "sweep.yaml")
+    assert str(error.value) == f"unknown Slurm option(s) ['partion'] in sweep.yaml; valid: {', '.join(SLURM_KEYS)}"
+    with pytest.raises(ConfigError, match=r"^slurm.time 'soon' is not a Slurm time limit: give minutes"):
+        SlurmOptions(time="soon")
+    with pytest.raises(ConfigError, match=r"slurm.gpus_per_job = 6 does not split over slurm.nodes = 4"):
+        SlurmOptions(gpus_per_job=6, nodes=4)
+    with pytest.raises(ConfigError, match=r"slurm.signal_delay_s = 120 is not shorter than slurm.time \(2 min\)"):
+        SlurmOptions(time=2)
+    with pytest.raises(ConfigError, match=r"slurm.nodes must be a positive whole number, got 0"):
+        SlurmOptions(nodes=0)
+
+
+def test_a_multi_gpu_job_asks_sbatch_for_one_task_per_gpu(tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    options = SlurmOptions(partition="gpu", time="2-00:00", nodes=2, gpus_per_job=16, cpus_per_job=64, mem="480G",
+                           account="lab", qos="high", constraint="a100", extra={"exclusive": True, "mail_type": "END"})
+    parameters = options.executor_parameters()
+    assert parameters == {"job_name": "snn-stp", "time": 2880, "nodes": 2, "ntasks_per_node": 8,
+                          "signal_delay_s": 120, "partition": "gpu", "account": "lab", "qos": "high",
+                          "constraint": "a100", "mem": "480G", "gpus_per_node": 8, "cpus_per_task": 8,
+                          "additional_parameters": {"exclusive": True, "mail_type": "END"}}
+    script = _make_sbatch_string(command="python -m x", folder=tmp_path, **parameters).splitlines()
+    for line in ("--partition=gpu", "--time=2880", "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8",
+                 "--cpus-per-task=8", "--mem=480G", "--account=lab", "--qos=high", "--constraint=a100",
+                 "--signal=USR2@120", "--exclusive", "--mail-type=END"):
+        assert f"#SBATCH {line}" in script
+    # A CPU job: tasks_per_node DDP processes (gloo), the cores split among them.
+    assert SlurmOptions(tasks_per_node=2, cpus_per_job=4).executor_parameters()["cpus_per_task"] == 2
+
+
+def test_a_requeued_job_continues_from_what_its_run_directory_holds(small_run, run_copy, tmp_path):
+    config = load_config(overrides=TINY)
+    fresh = Job(str(tmp_path / "new"), config, command=("train", "--quiet", "--out", str(tmp_path / "new")))
+    assert fresh.as_of_now() == fresh and fresh.command_line == fresh.command
+    run = run_copy(small_run)
+    job = Job(str(run), config, command=("train", "--quiet", "--out", str(run)))
+    assert job.as_of_now() is None  # finished by an earlier start
+    (run / "summary.json").unlink()
+    assert job.as_of_now().resume and job.as_of_now().command_line == ("resume", "--quiet", str(run))
+    shutil.rmtree(run / "checkpoints")
+    restart = job.as_of_now()
+    assert not restart.resume and restart.overwrite and restart.command_line == (*job.command, "--overwrite")
+
+
+def test_slurm_options_need_the_slurm_launcher(tmp_path):
+    message = error_line(snn_stp("train", "--partition", "gpu", "--no-wait", "--out", tmp_path / "run"), "train")
+    assert message == "--partition, --no-wait are Slurm options: add --launcher slurm (or launcher: slurm in the " \
+                      "sweep file)"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_for_slurm_is_checked_before_anything_is_submitted(tmp_path):
+    sweep_file = write(tmp_path / "sweep.yaml", "grid: {train.seed: [0]}\nlauncher: slurm\nslurm: {partion: gpu}\n")
+    message = error_line(snn_stp("sweep", sweep_file, "--out", tmp_path / "sweep"), "sweep")
+    assert message == f"unknown Slurm option(s) ['partion'] in the sweep's slurm settings; valid: {', '.join(SLURM_KEYS)}"
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    message = error_line(snn_stp("sweep", "--grid", "train.seed=0", *sets(*TINY), "--out", tmp_path / "sweep",
+                                 "--launcher", "slurm", env={"PATH": str(empty)}), "sweep")
+    assert message == "sbatch, squeue, scancel not found on PATH: submit from a machine with Slurm's commands (a " \
+                      "cluster's login node), or run here with --launcher local"
+    assert not os.listdir(tmp_path / "sweep" / "logs")
