@@ -473,11 +473,11 @@ def _levels(text: str) -> tuple[float, ...]:
 def run_sweep_command(args) -> int:
     from pathlib import Path
 
-    from .sweeps import RESULTS, SWEEP_FILE, plan, read_sweep, run_sweep
+    from .sweeps import RESULTS, plan, read_sweep, run_sweep, saved_sweep_file
 
     source = args.sweep_file
-    if source is None and not args.grid and (Path(args.out) / SWEEP_FILE).is_file():
-        source = Path(args.out) / SWEEP_FILE  # only --out: the sweep that folder holds, to continue or collect
+    if source is None and not args.grid:
+        source = saved_sweep_file(args.out)  # only --out: the sweep that folder holds, to continue or collect
     sweep = read_sweep(source, args.grid, args.config, args.set, args.launcher, _slurm_settings(args))
     _launcher(args, sweep.launcher)
     if args.dry_run:
@@ -506,10 +506,10 @@ def run_sweep_status(args) -> int:
     from pathlib import Path
 
     from . import rundir
-    from .sweeps import RESULTS, read_saved, sweep_status, write_results
+    from .sweeps import RESULTS, read_sweep, saved_sweep_file, sweep_status, write_results
 
     out = Path(args.sweep_dir)
-    sweep = read_saved(out)
+    sweep = read_sweep(saved_sweep_file(out))
     found = sweep_status(sweep, out)
     width = max(len(point.name) for point, _, _ in found)
     for point, status, detail in found:

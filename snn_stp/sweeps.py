@@ -298,7 +298,7 @@ def _run_planned(sweep: Sweep, out: Path, planned: list[tuple[Point, str]], laun
             f"{submitted}")
         if not wait:
             return write_results(planned, out, status, finished)
-        for done, ended in enumerate(launcher.as_finished(), start=1):
+        for done, ended in enumerate(launcher.as_finished(say), start=1):
             status[ended.name] = "done" if ended.code == 0 else "failed"
             rows = write_results(planned, out, status, finished)
             row = next(r for r in rows if r["name"] == ended.name)
@@ -341,13 +341,13 @@ def _pct(value) -> str:
     return "–" if value in (None, "") else f"{100 * float(value):.2f}%"
 
 
-def read_saved(out: str | Path) -> Sweep:
-    """The sweep a folder was run with (its ``sweep.yaml``)."""
+def saved_sweep_file(out: str | Path) -> Path:
+    """The ``sweep.yaml`` of a sweep's folder: the sweep it was run with."""
     path = Path(out) / SWEEP_FILE
     if not path.is_file():
         raise ConfigError(f"{out} holds no sweep ({SWEEP_FILE} is missing): give the sweep file or --grid that "
                           f"started it, or the --out of a sweep that ran")
-    return read_sweep(path)
+    return path
 
 
 def sweep_status(sweep: Sweep, out: str | Path) -> list[tuple[Point, str, str]]:

@@ -44,7 +44,7 @@ class LocalPool:
         self._futures = {self._pool.submit(self.runner, item.job, item.log): item.name for item in work}
         return self.describe()
 
-    def as_finished(self) -> Iterator[Finished]:
+    def as_finished(self, report: Callable[[str], None] = lambda text: None) -> Iterator[Finished]:
         for future in as_completed(self._futures):
             yield Finished(self._futures[future], future.result())
         self._pool.shutdown()

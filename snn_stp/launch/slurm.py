@@ -186,6 +186,14 @@ class SlurmRun:
             # torchrun's variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) from Slurm's; each
             # task takes the GPU of its local rank (train.device auto), so all GPUs stay visible.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        cores = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cores and "OMP_NUM_THREADS" not in os.environ:
+            # The cores this task was given, not every core of the node: where Slurm does not pin
+            # tasks (no cgroup task plugin), jobs sharing a node would otherwise oversubscribe it
+            # (two 1-core jobs on a 2-core node each ran 25x slower than alone here).
+            import torch
+            os.environ["OMP_NUM_THREADS"] = cores
+            torch.set_num_threads(int(cores))
         if rank:
             log = str(Path(log).with_suffix(f".rank{rank}.log"))
         if int(os.environ.get("SLURM_RESTART_COUNT") or 0):
@@ -331,16 +339,24 @@ class SlurmLauncher:
         ids = [records[w.name]["job_id"] for w in fresh]
         arrays = sorted({job_id.split("_")[0] for job_id in ids})
         which = f" (job array {', '.join(arrays)})" if any("_" in i for i in ids) else f" (job {', '.join(ids)})" * bool(ids)
-        kept = f", {len(work) - len(fresh)} still queued or running from before" if len(fresh) < len(work) else ""
-        return f"{len(fresh)} submitted {self.describe()}{which}{kept}; Slurm logs in {self.job_folder}"
+        kept = f"{len(work) - len(fresh)} still queued or running from before" if len(fresh) < len(work) else ""
+        submitted = f"{len(fresh)} submitted {self.describe()}{which}" if fresh else ""
+        return f"{', '.join(filter(None, (submitted, kept)))}; Slurm logs in {self.job_folder}"
 
-    def as_finished(self) -> Iterator[Finished]:
+    def as_finished(self, report: Callable[[str], None] = lambda text: None) -> Iterator[Finished]:
+        """Each job as it leaves the queue; ``report`` hears of every start and requeue between."""
+        known = {name: "PENDING" for name in self.waiting}
         while self.waiting:
             live = live_states([r["job_id"] for r in self.waiting.values()])
             for name, record in list(self.waiting.items()):
-                if record["job_id"] not in live:
+                state = live.get(record["job_id"])
+                if state is None:
                     del self.waiting[name]
                     yield outcome(name, record)
+                elif state != known[name] and state in ("RUNNING", "PENDING"):
+                    again = " again (requeued: it resumes from its checkpoint)" * (state == "PENDING")
+                    report(f"{name}: Slurm job {record['job_id']} {state.lower()}{again}")
+                    known[name] = state
             if self.waiting:
                 time.sleep(self.options.poll_seconds)
 
