@@ -85,3 +85,18 @@ def test_a_sweep_for_slurm_is_checked_before_anything_is_submitted(tmp_path):
     assert message == "sbatch, squeue, scancel not found on PATH: submit from a machine with Slurm's commands (a " \
                       "cluster's login node), or run here with --launcher local"
     assert not os.listdir(tmp_path / "sweep" / "logs")
+
+
+def test_the_cluster_study_plans_nine_eight_gpu_jobs(tmp_path):
+    from pathlib import Path
+
+    from snn_stp.sweeps import plan, read_sweep
+
+    sweep = read_sweep(Path(__file__).parents[1] / "experiments" / "cluster" / "imagenet_resnet50_lats.yaml")
+    planned = plan(sweep, tmp_path)
+    assert len(planned) == 9 and {state for _, state in planned} == {"start"}
+    config = planned[0][0].config
+    assert (config.model.name, config.pruning.scheduler, config.data.batch_size) == ("resnet50", "lats", 32)
+    parameters = sweep.slurm_options().executor_parameters()
+    assert (parameters["gpus_per_node"], parameters["ntasks_per_node"], parameters["cpus_per_task"],
+            parameters["array_parallelism"]) == (8, 8, 12, 4)
