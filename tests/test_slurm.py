@@ -130,7 +130,7 @@ def test_a_run_stopped_at_its_time_limit_and_then_preempted_resumes_with_no_epoc
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads((run / "slurm" / "jobs.json").read_text())["jobs"]["run"]["job_id"]
     log = run / "slurm" / "train.log"
-    assert submitted.stdout.startswith(f"Slurm job {job} as Slurm jobs on the default partition: train {run}; the "
+    assert submitted.stdout.startswith(f"Slurm job {job} on the default partition: train {run}; the "
                                        f"run's output goes to {log}")
 
     # Ahead of the time limit Slurm sends SIGUSR2 (--signal): a checkpoint, and submitit requeues the job.

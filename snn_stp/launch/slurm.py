@@ -314,7 +314,7 @@ class SlurmLauncher:
         o = self.options
         where = f"partition {o.partition}" if o.partition else "the default partition"
         gpus = f", {o.gpus_per_job} GPU(s) each" if o.gpus_per_job else ""
-        return f"as Slurm jobs on {where}{gpus}"
+        return f"on {where}{gpus}"
 
     def live(self) -> dict[str, tuple[dict, str]]:
         """The recorded jobs still queued or running: name -> (record, state)."""
@@ -340,7 +340,7 @@ class SlurmLauncher:
         arrays = sorted({job_id.split("_")[0] for job_id in ids})
         which = f" (job array {', '.join(arrays)})" if any("_" in i for i in ids) else f" (job {', '.join(ids)})" * bool(ids)
         kept = f"{len(work) - len(fresh)} still queued or running from before" if len(fresh) < len(work) else ""
-        submitted = f"{len(fresh)} submitted {self.describe()}{which}" if fresh else ""
+        submitted = f"{len(fresh)} submitted as Slurm jobs {self.describe()}{which}" if fresh else ""
         return f"{', '.join(filter(None, (submitted, kept)))}; Slurm logs in {self.job_folder}"
 
     def as_finished(self, report: Callable[[str], None] = lambda text: None) -> Iterator[Finished]:
