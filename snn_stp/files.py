@@ -230,15 +230,32 @@ def remove_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]
 MAX_YAML_BYTES, MAX_YAML_NODES = 1_000_000, 100_000
 
 
+#: YAML 1.1's integers and floats without its base-60 forms: PyYAML reads ``2:4`` as 124 and
+#: ``1:30.5`` as 90.5, so an N:M pattern or a time limit would arrive as a number; here they stay
+#: strings (as in YAML 1.2). Otherwise PyYAML's own patterns.
+_INT = r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"""
+_FLOAT = r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"""
+
+
 def _unique_key_loader(source: str):
-    """A SafeLoader (plain values only) that refuses a key given twice in one mapping (PyYAML alone
-    keeps the last one silently)."""
+    """A SafeLoader (plain values only, no base-60 numbers) that refuses a key given twice in one
+    mapping (PyYAML alone keeps the last one silently)."""
+    import re
+
     import yaml
 
     from .errors import ConfigError
 
     class UniqueKeyLoader(yaml.SafeLoader):
         pass
+
+    numbers = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    UniqueKeyLoader.yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag not in numbers]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    UniqueKeyLoader.add_implicit_resolver(numbers[0], re.compile(_INT, re.X), list("-+0123456789"))
+    UniqueKeyLoader.add_implicit_resolver(numbers[1], re.compile(_FLOAT, re.X), list("-+0123456789."))
 
     def mapping(loader, node, deep=False):
         seen = {}

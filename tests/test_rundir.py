@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write
 from snn_stp import rundir
 from snn_stp.errors import ConfigError, RunDirectoryError
-from snn_stp.files import read_yaml, remove_temporaries, write_text_atomic
+from snn_stp.files import parse_value, read_yaml, remove_temporaries, write_text_atomic
 from snn_stp.train.config import RESUME_MUTABLE_KEYS, differences, load_config
 
 
@@ -79,6 +80,20 @@ def test_yaml_syntax_errors_and_duplicate_keys_name_the_file_and_line(tmp_path):
     path.write_text("optim: {lr: 0.1\n")
     with pytest.raises(ConfigError, match=f"{path} line 2, column 1: YAML syntax error"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text", ["2:4", "1:30.5", "3:04:05"])
+def test_base_60_numbers_stay_strings_every_other_number_reads_as_pyyaml_reads_it(text, tmp_path):
+    import yaml
+
+    # YAML 1.1 (PyYAML) reads 2:4 as the base-60 integer 124: an N:M pattern or a Slurm time limit
+    # would arrive as a number, in any key, from a file or from --set.
+    assert yaml.safe_load(text) != text
+    assert parse_value(text, "--set x") == text
+    assert read_yaml(write(tmp_path / "c.yaml", f"pruning: {{nm: {text}}}\n")) == {"pruning": {"nm": text}}
+    for other in ["124", "0x1f", "017", "0b101", "1_000", "+3", "1.5", "1.0e-3", "-1.5e+3", ".inf", "true", "null",
+                  "2026-12-06", "a:b"]:
+        assert parse_value(other, "--set x") == yaml.safe_load(other), other
 
 
 def test_config_differences_and_the_keys_resume_accepts():
