@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every point")
     sweep.add_argument("--out", required=True, help="the sweep's folder: one run directory per point, results.csv")
     sweep.add_argument("--jobs", type=int,
-                       help="runs at a time (local: default 1, each gets cores / jobs threads; slurm: default no limit)")
+                       help="runs at a time (local: default 1, each gets cores / jobs threads; slurm: default all, "
+                            "up to submitit's 256 per array)")
     sweep.add_argument("--dry-run", action="store_true", help="build every point's config and list the points")
     sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
     status = add("sweep-status", help="where each point of a sweep stands (done, queued, running, failed)",
@@ -263,6 +264,10 @@ def submit_run(args, config, run_dir) -> int:
     folder = run_dir / SLURM_FOLDER
     launcher = SlurmLauncher(run_logged, slurm_options(_slurm_settings(args), "the command line"),
                              folder / RUN_JOBS_FILE, folder)
+    for record, state in launcher.live().values():
+        raise RunDirectoryError(f"{run_dir} already has Slurm job {record['job_id']} ({state.lower()}) for it; wait "
+                                f"for it (squeue -j {record['job_id']}), or cancel it (scancel {record['job_id']}) "
+                                "and submit again")
     log = folder / f"{args.command}.log"
     job = Job(str(run_dir), config, resume=config is None, overwrite=bool(getattr(args, "overwrite", False)),
               command=tuple(command))
@@ -275,10 +280,12 @@ def submit_run(args, config, run_dir) -> int:
               f"checkpoint at each time limit), then snn-stp eval {run_dir}")
         return 0
     try:
-        ended = next(launcher.as_finished())
+        ended = next(launcher.as_finished(lambda text: print(text, flush=True)))
     except KeyboardInterrupt:
-        raise TrainingInterrupted(f"interrupted; {launcher.cancel()}: continue with snn-stp resume {run_dir} "
-                                  "--launcher slurm", signal.SIGINT) from None
+        note = launcher.cancel()
+        then = (f"continue with snn-stp resume {run_dir} --launcher slurm" if rundir.run_state(run_dir) == "resume"
+                else "no checkpoint was written: submit the same command again")
+        raise TrainingInterrupted(f"interrupted; {note}: {then}", signal.SIGINT) from None
     if ended.code != 0:
         from .sweeps import last_line
         return _fail(args.command, f"{last_line(log)} ({ended.note}; the run's output {log})")
@@ -477,7 +484,7 @@ def run_sweep_command(args) -> int:
 
     source = args.sweep_file
     if source is None and not args.grid:
-        source = saved_sweep_file(args.out)  # only --out: the sweep that folder holds, to continue or collect
+        source = saved_sweep_file(args.out, "give the sweep file or --grid that starts it")  # continue or collect
     sweep = read_sweep(source, args.grid, args.config, args.set, args.launcher, _slurm_settings(args))
     _launcher(args, sweep.launcher)
     if args.dry_run:
@@ -509,7 +516,7 @@ def run_sweep_status(args) -> int:
     from .sweeps import RESULTS, read_sweep, saved_sweep_file, sweep_status, write_results
 
     out = Path(args.sweep_dir)
-    sweep = read_sweep(saved_sweep_file(out))
+    sweep = read_sweep(saved_sweep_file(out, "give the --out of a sweep that ran"))
     found = sweep_status(sweep, out)
     width = max(len(point.name) for point, _, _ in found)
     for point, status, detail in found:

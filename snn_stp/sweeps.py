@@ -40,7 +40,7 @@ import yaml
 from . import rundir
 from .errors import ConfigError, RunDirectoryError, TrainingInterrupted
 from .launch import Finished, Job, LocalPool, Work
-from .launch.slurm import (JOBS_FILE, SLURM_FOLDER, SlurmLauncher, SlurmOptions, live_states, outcome, read_records,
+from .launch.slurm import (JOBS_FILE, SLURM_FOLDER, SlurmLauncher, SlurmOptions, ended_state, live_states, read_records,
                            slurm_options)
 from .files import parse_value, read_yaml, write_text_atomic
 from .train.config import RESUME_MUTABLE_KEYS, Config, differences, from_dict, load_config
@@ -341,12 +341,12 @@ def _pct(value) -> str:
     return "–" if value in (None, "") else f"{100 * float(value):.2f}%"
 
 
-def saved_sweep_file(out: str | Path) -> Path:
-    """The ``sweep.yaml`` of a sweep's folder: the sweep it was run with."""
+def saved_sweep_file(out: str | Path, fix: str) -> Path:
+    """The ``sweep.yaml`` of a sweep's folder: the sweep it was run with (``fix``: what to do when
+    there is none)."""
     path = Path(out) / SWEEP_FILE
     if not path.is_file():
-        raise ConfigError(f"{out} holds no sweep ({SWEEP_FILE} is missing): give the sweep file or --grid that "
-                          f"started it, or the --out of a sweep that ran")
+        raise ConfigError(f"{out} holds no sweep ({SWEEP_FILE} is missing): {fix}")
     return path
 
 
@@ -367,10 +367,10 @@ def sweep_status(sweep: Sweep, out: str | Path) -> list[tuple[Point, str, str]]:
         elif record and record["job_id"] in live:
             found.append((point, live[record["job_id"]].lower(), f"Slurm job {record['job_id']}"))
         elif record:
-            ended = outcome(point.name, record).note
-            cancelled = "CANCELLED" in ended
-            found.append((point, "cancelled" if cancelled else "failed",
-                          f"{last_line(log)} - {ended}, the run's output {log}".lstrip(" -")))
+            ended = record.get("ended") or ended_state(record["job_id"]) or "state no longer known to Slurm"
+            found.append((point, "cancelled" if "CANCELLED" in ended else "failed",
+                          f"{last_line(log)} - Slurm job {record['job_id']} ended ({ended}); the run's output {log}, "
+                          f"Slurm's {record['stderr']}".lstrip(" -")))
         elif state == "resume":
             found.append((point, "interrupted", f"resumes from {out / point.name / rundir.CHECKPOINTS / rundir.LAST}"))
         elif log.is_file():

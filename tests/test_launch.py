@@ -27,8 +27,14 @@ def test_bad_slurm_options_name_the_problem_and_the_fix():
         SlurmOptions(time="soon")
     with pytest.raises(ConfigError, match=r"slurm.gpus_per_job = 6 does not split over slurm.nodes = 4"):
         SlurmOptions(gpus_per_job=6, nodes=4)
-    with pytest.raises(ConfigError, match=r"slurm.signal_delay_s = 120 is not shorter than slurm.time \(2 min\)"):
-        SlurmOptions(time=2)
+    with pytest.raises(ConfigError, match=r"slurm.signal_delay_s = 120 must be shorter than slurm.time \(2 min\)"):
+        SlurmOptions(time=2, signal_delay_s=120)
+    # submitit takes a SIGUSR2 before the last 10 minutes (or fifth) of a job for a preemption, which
+    # max_timeouts does not count: a run could be requeued forever.
+    with pytest.raises(ConfigError, match=r"and at most 720 s \(the last 10 minutes or fifth of the job"):
+        SlurmOptions(time=60, signal_delay_s=900)
+    assert SlurmOptions(time=10000, signal_delay_s=2000).warning_seconds == 2000
+    assert [SlurmOptions(time=t).warning_seconds for t in (5, 60, 2880)] == [60, 300, 300]
     with pytest.raises(ConfigError, match=r"slurm.nodes must be a positive whole number, got 0"):
         SlurmOptions(nodes=0)
 
@@ -40,13 +46,13 @@ def test_a_multi_gpu_job_asks_sbatch_for_one_task_per_gpu(tmp_path):
                            account="lab", qos="high", constraint="a100", extra={"exclusive": True, "mail_type": "END"})
     parameters = options.executor_parameters()
     assert parameters == {"job_name": "snn-stp", "time": 2880, "nodes": 2, "ntasks_per_node": 8,
-                          "signal_delay_s": 120, "partition": "gpu", "account": "lab", "qos": "high",
+                          "signal_delay_s": 300, "partition": "gpu", "account": "lab", "qos": "high",
                           "constraint": "a100", "mem": "480G", "gpus_per_node": 8, "cpus_per_task": 8,
-                          "additional_parameters": {"exclusive": True, "mail_type": "END"}}
+                          "additional_parameters": {"requeue": True, "exclusive": True, "mail_type": "END"}}
     script = _make_sbatch_string(command="python -m x", folder=tmp_path, **parameters).splitlines()
     for line in ("--partition=gpu", "--time=2880", "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8",
                  "--cpus-per-task=8", "--mem=480G", "--account=lab", "--qos=high", "--constraint=a100",
-                 "--signal=USR2@120", "--exclusive", "--mail-type=END"):
+                 "--signal=USR2@300", "--requeue", "--exclusive", "--mail-type=END"):
         assert f"#SBATCH {line}" in script
     # A CPU job: tasks_per_node DDP processes (gloo), the cores split among them.
     assert SlurmOptions(tasks_per_node=2, cpus_per_job=4).executor_parameters()["cpus_per_task"] == 2
@@ -58,7 +64,9 @@ def test_a_requeued_job_continues_from_what_its_run_directory_holds(small_run, r
     assert fresh.as_of_now() == fresh and fresh.command_line == fresh.command
     run = run_copy(small_run)
     job = Job(str(run), config, command=("train", "--quiet", "--out", str(run)))
-    assert job.as_of_now() is None  # finished by an earlier start
+    assert job.as_of_now() is None  # finished meanwhile, or by an earlier start
+    replace = Job(str(run), config, overwrite=True, command=job.command)
+    assert replace.as_of_now() == replace and replace.as_of_now(restarted=True) is None  # --overwrite, once
     (run / "summary.json").unlink()
     assert job.as_of_now().resume and job.as_of_now().command_line == ("resume", "--quiet", str(run))
     shutil.rmtree(run / "checkpoints")

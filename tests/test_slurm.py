@@ -162,10 +162,11 @@ def test_a_failed_job_shows_its_log_path(tmp_path):
     job = json.loads((out / "slurm-jobs.json").read_text())["jobs"]["seed-0"]
     reason = last_line(out / "logs" / "seed-0.log")
     assert reason.startswith("snn-stp train: ") and "cifar10" in reason.lower()
-    assert f"[1/1] seed-0: failed (Slurm job {job['job_id']} ended (COMPLETED) without finishing the run; Slurm's " \
+    assert f"[1/1] seed-0: failed (Slurm job {job['job_id']} ended (FAILED, exit code 1) without finishing the run; Slurm's " \
            f"log {job['stderr']}): {reason} - see {out / 'logs' / 'seed-0.log'}" in failed.stdout
     status = snn_stp("sweep-status", out)
-    assert f"seed-0  failed      {reason} - Slurm job {job['job_id']} ended" in status.stdout
+    assert f"seed-0  failed      {reason} - Slurm job {job['job_id']} ended (FAILED, exit code 1); the run's output " \
+           f"{out / 'logs' / 'seed-0.log'}, Slurm's {job['stderr']}" in status.stdout
 
 
 def test_cancelling_the_sweep_cancels_its_jobs(tmp_path):
@@ -181,8 +182,8 @@ def test_cancelling_the_sweep_cancels_its_jobs(tmp_path):
     _, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == (
-        "snn-stp sweep: interrupted; the finished runs are kept and cancelled 2 Slurm job(s) (a running one saved a "
-        "checkpoint): run the same snn-stp sweep command again to continue")
+        "snn-stp sweep: interrupted; the finished runs are kept and cancelled 2 Slurm job(s) (2 of their runs have a "
+        "checkpoint to continue from): run the same snn-stp sweep command again to continue")
     wait_for(lambda: not any(queue_state(job) for job in jobs), timeout=60, what="the jobs to leave the queue")
     for i in range(2):
         assert (out / f"seed-{i}" / "checkpoints" / "last.pt").is_file()

@@ -29,10 +29,14 @@ class Job:
             return ("resume", "--quiet", self.run_dir)
         return self.command + (("--overwrite",) if self.overwrite and "--overwrite" not in self.command else ())
 
-    def as_of_now(self) -> Job | None:
-        """This job decided again from what its run directory holds now, or None when the run has
-        finished: a cluster job started again after a requeue continues from the checkpoint its
-        last start saved, instead of training from scratch what it was first submitted for."""
+    def as_of_now(self, restarted: bool = False) -> Job | None:
+        """This job decided again from what its run directory holds when it starts, or None when
+        the run has finished: a cluster job may start days after it was submitted, and one started
+        again after a requeue (``restarted``) continues from the checkpoint its last start saved
+        instead of training from scratch. Only a first start replaces a run (``overwrite``), as
+        asked; a restart never replaces what its own earlier start trained."""
+        if self.overwrite and not self.resume and not restarted:
+            return self
         state = rundir.run_state(self.run_dir)
         if state == "done":
             return None

@@ -26,8 +26,6 @@ class LocalPool:
     ``OMP_NUM_THREADS`` = cores / jobs (at least 1) unless the environment sets it.
     """
 
-    name = "local"
-
     def __init__(self, runner: Callable[[Job, str], int], jobs: int = 1):
         self.runner, self.jobs = runner, jobs
         self._pool: ProcessPoolExecutor | None = None

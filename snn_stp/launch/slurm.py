@@ -4,9 +4,10 @@ Each job runs :class:`SlurmRun`: it decides at every start what its run director
 started again after a requeue resumes from the checkpoint its previous start saved), joins the
 job's tasks into one torch.distributed group when it has several (one per GPU), and trains. Ahead of
 the time limit Slurm sends SIGUSR2 (``signal_delay_s`` before it); training stops at the next step
-boundary with a checkpoint and submitit requeues the job, which resumes exactly. A preempted or
-``scontrol requeue`` d job gets SIGTERM: the same checkpoint, and Slurm requeues it. A job stopped
-this way returns no result, so nobody waiting takes it for finished.
+boundary with a checkpoint and submitit requeues the job, which resumes exactly. A job requeued by
+``scontrol requeue`` or preempted (on a partition with ``PreemptMode=REQUEUE``) gets SIGTERM: the
+same checkpoint, and Slurm requeues it. A run that fails exits non-zero, so Slurm records the job
+as FAILED with the run's exit code.
 
 Whether a job is still queued or running is asked of ``squeue`` (every cluster has it; ``sacct``
 needs the accounting database, which small clusters lack), what it ended as of ``scontrol``, and
@@ -41,9 +42,9 @@ JOBS_FILE = "slurm-jobs.json"
 SLURM_FOLDER = "slurm"
 #: A single run's record of its Slurm job, in ``RUN_DIR/slurm``.
 RUN_JOBS_FILE = "jobs.json"
-#: States in which ``squeue`` lists a job that has not ended (it may still start, or start again).
-LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-               "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PREEMPTED", "RESV_DEL_HOLD")
+#: How long a waiting sweep keeps asking an ``squeue`` that fails (a controller restarting)
+#: before it gives up, and how long a cancelled job may take to save its checkpoint and leave.
+SQUEUE_PATIENCE_SECONDS, CANCEL_WAIT_SECONDS = 600.0, 90.0
 
 
 class SlurmError(SnnStpError):
@@ -59,8 +60,11 @@ class SlurmOptions:
     ``gpus_per_job`` GPUs over ``nodes`` nodes, one task (one DDP process) per GPU; a CPU job may
     ask for ``tasks_per_node`` DDP processes instead (gloo). ``cpus_per_job`` is split evenly among
     a node's tasks. ``extra`` holds further ``sbatch`` options (``KEY=VALUE``, e.g.
-    ``exclusive=user``, ``mail_type=END``). ``max_timeouts``: how many times a run may reach the
-    time limit and be requeued. ``poll_seconds``: how often a waiting sweep asks ``squeue``.
+    ``exclusive=user``, ``mail_type=END``). ``signal_delay_s``: how long before the time limit
+    the job is told to stop (SIGUSR2); training stops at its next step, so this must cover the
+    rest of an evaluation in progress and a checkpoint write (default: 300 s, or a fifth of a
+    shorter limit). ``max_timeouts``: how many times a run may reach the time limit and be
+    requeued. ``poll_seconds``: how often a waiting sweep asks ``squeue``.
     """
 
     partition: str | None = None
@@ -74,7 +78,7 @@ class SlurmOptions:
     qos: str | None = None
     constraint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    signal_delay_s: int = 120
+    signal_delay_s: int | None = None
     max_timeouts: int = 10
     max_parallel: int | None = None
     poll_seconds: float = 10.0
@@ -91,13 +95,22 @@ class SlurmOptions:
         if self.gpus_per_job % self.nodes:
             raise ConfigError(f"slurm.gpus_per_job = {self.gpus_per_job} does not split over slurm.nodes = "
                               f"{self.nodes}: give a multiple of the node count (the same GPUs on every node)")
-        if self.signal_delay_s >= minutes * 60:
-            raise ConfigError(f"slurm.signal_delay_s = {self.signal_delay_s} is not shorter than slurm.time "
-                              f"({minutes} min): the warning before the time limit must come within the job")
+        # submitit counts a SIGUSR2 as the time limit (against max_timeouts) only when it comes in
+        # the last 10 minutes or fifth of the job; earlier, it takes it for a preemption, forever.
+        counted = max(600, minutes * 12)
+        if self.signal_delay_s is not None and not self.signal_delay_s < min(minutes * 60, counted + 1):
+            raise ConfigError(f"slurm.signal_delay_s = {self.signal_delay_s} must be shorter than slurm.time "
+                              f"({minutes} min) and at most {counted} s (the last 10 minutes or fifth of the job, "
+                              "where submitit counts the signal as the time limit)")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"slurm.extra must map sbatch options to values, got {self.extra!r}")
         if not (isinstance(self.poll_seconds, (int, float)) and self.poll_seconds > 0):
             raise ConfigError(f"slurm.poll_seconds must be a positive number, got {self.poll_seconds!r}")
+
+    @property
+    def warning_seconds(self) -> int:
+        """``signal_delay_s``, or its default: 300 s, or a fifth of a shorter time limit."""
+        return self.signal_delay_s if self.signal_delay_s is not None else min(300, time_minutes(self.time) * 12)
 
     @property
     def gpus_per_node(self) -> int:
@@ -115,9 +128,10 @@ class SlurmOptions:
                  "cpus_per_task": max(1, self.cpus_per_job // self.tasks) if self.cpus_per_job else None,
                  "array_parallelism": self.max_parallel}
         return {"job_name": self.job_name, "time": time_minutes(self.time), "nodes": self.nodes,
-                "ntasks_per_node": self.tasks, "signal_delay_s": self.signal_delay_s,
+                "ntasks_per_node": self.tasks, "signal_delay_s": self.warning_seconds,
                 **{k: v for k, v in given.items() if v is not None},
-                **({"additional_parameters": dict(self.extra)} if self.extra else {})}
+                # requeue: scontrol requeue and preemption work whatever the cluster's JobRequeue says
+                "additional_parameters": {"requeue": True, **self.extra}}
 
 
 SLURM_KEYS = tuple(f.name for f in fields(SlurmOptions))
@@ -170,8 +184,8 @@ def _submitit():
 
 class SlurmRun:
     """What a Slurm job runs: ``runner(job, log)`` (the command line's, see :class:`LocalPool`)
-    for its :class:`Job`; started again (requeued), for the job as its run directory stands
-    then (:meth:`Job.as_of_now`). submitit calls
+    for its :class:`Job` as its run directory stands when the job starts (:meth:`Job.as_of_now`:
+    a requeued job continues from its checkpoint). submitit calls
     :meth:`checkpoint` when the job is about to be requeued; the job needs nothing new to
     continue (the run directory says where it stands), so it is submitted again as it was."""
 
@@ -196,18 +210,20 @@ class SlurmRun:
             torch.set_num_threads(int(cores))
         if rank:
             log = str(Path(log).with_suffix(f".rank{rank}.log"))
-        if int(os.environ.get("SLURM_RESTART_COUNT") or 0):
-            job = job.as_of_now()  # started again: continue from what the earlier starts left
-            if job is None:
-                return 0  # finished by an earlier start
+        job = job.as_of_now(restarted=int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0)
+        if job is None:
+            return 0  # finished already (by an earlier start of this job, or meanwhile)
         code = self.runner(job, log)
-        if code in (128 + signal.SIGUSR2, 128 + signal.SIGTERM):
-            # Stopped at a step boundary with a checkpoint because the job is ending: near its time
-            # limit (SIGUSR2), preempted, requeued or cancelled (SIGTERM). No result: whoever waits
-            # must not take the run for finished. After SIGUSR2, submitit's own handler (the trainer
-            # put it back) requeues the job (rank 0) and exits; Slurm requeues a preempted one itself.
-            if code == 128 + signal.SIGUSR2:
-                signal.raise_signal(signal.SIGUSR2)
+        if code == 128 + signal.SIGUSR2:
+            # Stopped with a checkpoint near the time limit. submitit's handler (the trainer put it
+            # back) requeues the job on rank 0 and exits; the other ranks wait for the end of the
+            # step rather than exit first (an early exit may end the step before the requeue).
+            signal.raise_signal(signal.SIGUSR2)
+            while rank:
+                time.sleep(60)
+        if code:
+            # A failure, or a stop with a checkpoint (SIGTERM: preempted, requeued or cancelled):
+            # the job ends with the run's status, which Slurm records (FAILED, exit code N).
             sys.exit(code)
         return code
 
@@ -281,34 +297,57 @@ def live_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def ended_state(job_id: str) -> str:
-    """What an ended job ended as (``COMPLETED``, ``CANCELLED``, ``TIMEOUT``, ``FAILED``, ...), as
-    long as the controller remembers it (``MinJobAge``); else ``ENDED``."""
+    """What an ended job ended as (``COMPLETED``, ``CANCELLED``, ``TIMEOUT``, ``FAILED, exit code
+    1``, ...), while the controller remembers it (``MinJobAge``, 5 minutes by default); else ''."""
     try:
         shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return "ENDED"
-    match = re.search(r"\bJobState=(\S+)", shown.stdout)
-    return match.group(1) if match and shown.returncode == 0 else "ENDED"
+        return ""
+    state = re.search(r"\bJobState=(\S+)", shown.stdout)
+    if shown.returncode or state is None:
+        return ""
+    code = re.search(r"\bExitCode=(\d+):", shown.stdout)
+    return state.group(1) + (f", exit code {code.group(1)}" if code and code.group(1) != "0" else "")
+
+
+def live_states_patiently(job_ids: list[str], report: Callable[[str], None]) -> dict[str, str]:
+    """:func:`live_states`, asked again while ``squeue`` fails (a controller restarting), for up to
+    :data:`SQUEUE_PATIENCE_SECONDS`: a sweep that waited days should not end on one bad answer."""
+    waited = 0.0
+    while True:
+        try:
+            return live_states(job_ids)
+        except SlurmError as error:
+            if waited >= SQUEUE_PATIENCE_SECONDS:
+                raise
+            report(f"{error}; asking again in 30 s")
+            time.sleep(30.0)
+            waited += 30.0
 
 
 def cancel(job_ids: list[str]) -> None:
-    """``scancel`` the jobs: a running one gets SIGTERM and saves a checkpoint at the next step."""
-    if job_ids:
-        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+    """``scancel`` the jobs, and wait (up to :data:`CANCEL_WAIT_SECONDS`) until they have left the
+    queue: a running one gets SIGTERM and saves a checkpoint at its next step first."""
+    if not job_ids:
+        return
+    subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while live_states(job_ids) and time.monotonic() < deadline:
+        time.sleep(1.0)
 
 
 class SlurmLauncher:
     """Runs jobs as Slurm jobs, one job array per submission, with submitit's files and logs in
-    ``job_folder`` and a record of each job (name -> job id, logs) in ``records_path``; a job whose
-    recorded Slurm job is still queued or running is waited for, not submitted again."""
-
-    name = "slurm"
+    ``job_folder`` and a record of each job (name -> job id, logs, how it ended) in
+    ``records_path``; a job whose recorded Slurm job is still queued or running is waited for,
+    not submitted again."""
 
     def __init__(self, runner: Callable[[Job, str], int], options: SlurmOptions, records_path: Path,
                  job_folder: Path):
         self.runner, self.options = runner, options
         self.records_path, self.job_folder = Path(records_path), Path(job_folder)
         self.waiting: dict[str, dict] = {}
+        self.submitted_now: set[str] = set()
 
     def describe(self) -> str:
         o = self.options
@@ -336,6 +375,7 @@ class SlurmLauncher:
             records.update(submit(self.options, self.job_folder, self.runner, fresh))
             write_records(self.records_path, records)
         self.waiting = {w.name: records[w.name] for w in work}
+        self.submitted_now = {w.name for w in fresh}
         ids = [records[w.name]["job_id"] for w in fresh]
         arrays = sorted({job_id.split("_")[0] for job_id in ids})
         which = f" (job array {', '.join(arrays)})" if any("_" in i for i in ids) else f" (job {', '.join(ids)})" * bool(ids)
@@ -344,15 +384,21 @@ class SlurmLauncher:
         return f"{', '.join(filter(None, (submitted, kept)))}; Slurm logs in {self.job_folder}"
 
     def as_finished(self, report: Callable[[str], None] = lambda text: None) -> Iterator[Finished]:
-        """Each job as it leaves the queue; ``report`` hears of every start and requeue between."""
+        """Each job as it leaves the queue (how it ended is added to its record); ``report`` hears
+        of every start and requeue between."""
         known = {name: "PENDING" for name in self.waiting}
         while self.waiting:
-            live = live_states([r["job_id"] for r in self.waiting.values()])
+            live = live_states_patiently([r["job_id"] for r in self.waiting.values()], report)
             for name, record in list(self.waiting.items()):
                 state = live.get(record["job_id"])
                 if state is None:
                     del self.waiting[name]
-                    yield outcome(name, record)
+                    finished = outcome(name, record)
+                    records = read_records(self.records_path)
+                    if name in records:
+                        records[name]["ended"] = record["ended"]
+                        write_records(self.records_path, records)
+                    yield finished
                 elif state != known[name] and state in ("RUNNING", "PENDING"):
                     again = " again (requeued: it resumes from its checkpoint)" * (state == "PENDING")
                     report(f"{name}: Slurm job {record['job_id']} {state.lower()}{again}")
@@ -361,15 +407,28 @@ class SlurmLauncher:
                 time.sleep(self.options.poll_seconds)
 
     def cancel(self) -> str:
-        ids = [r["job_id"] for r in self.waiting.values()]
-        cancel(ids)
-        return f"cancelled {len(ids)} Slurm job(s) (a running one saved a checkpoint)"
+        """Cancel the jobs this launcher submitted (a job submitted earlier, e.g. with ``--no-wait``,
+        is left running: stopping the wait for it is not a reason to lose it)."""
+        mine = {name: r for name, r in self.waiting.items() if name in self.submitted_now}
+        cancel([r["job_id"] for r in mine.values()])
+        saved = sum(rundir.run_state(r["run_dir"]) in ("resume", "done") for r in mine.values())
+        note = f"cancelled {len(mine)} Slurm job(s) ({saved} of their runs have a checkpoint to continue from)"
+        others = [r["job_id"] for name, r in self.waiting.items() if name not in self.submitted_now]
+        if others:
+            note += (f"; {len(others)} job(s) submitted before keep running ({' '.join(others[:8])}"
+                     f"{' ...' if len(others) > 8 else ''}: scancel them to stop them)")
+        return note
 
 
 def outcome(name: str, record: dict) -> Finished:
-    """How a job that left the queue ended: 0 when its run finished (its summary is written),
-    else no exit status and a note with Slurm's word for it and the job's own log."""
-    if rundir.run_state(record["run_dir"]) == "done":
-        return Finished(name, 0)
-    return Finished(name, None, f"Slurm job {record['job_id']} ended ({ended_state(record['job_id'])}) without "
-                                f"finishing the run; Slurm's log {record['stderr']}")
+    """How a job that left the queue ended: 0 when its run finished (its summary is written), else
+    no exit status and a note with Slurm's word for it (also kept as ``record["ended"]``) and the
+    job's own log."""
+    for _ in range(5):  # a summary written on another node may take a moment to show on a network file system
+        if rundir.run_state(record["run_dir"]) == "done":
+            record["ended"] = "COMPLETED"
+            return Finished(name, 0)
+        time.sleep(1.0)
+    record["ended"] = ended_state(record["job_id"]) or "state no longer known to Slurm"
+    return Finished(name, None, f"Slurm job {record['job_id']} ended ({record['ended']}) without finishing the run; "
+                                f"Slurm's log {record['stderr']}")

@@ -407,9 +407,16 @@ class Trainer:
         since, self._last_loss, self._read_step, self._read_next = self._read_step, value, self.global_step + 1, False
         p["loss_sum"] += loss_sum
         p["correct"] += int(correct)
-        bad, stop = float(nonfinite > 0 or not math.isfinite(value)), float(self._stop_requested)
+        bad = float(nonfinite > 0 or not math.isfinite(value))
+        # Which stop signal arrived where: every rank stops on the same step, and for the same reason
+        # (a rank may hear of the stop from another before its own signal arrives).
+        signals = [float(self._stop_requested and self._stop_signal == s) for s in STOP_SIGNALS]
         if self.ctx.enabled:
-            bad, stop = distributed.all_sum([bad, stop], self.ctx)
+            bad, *signals = distributed.all_sum([bad, *signals], self.ctx)
+        heard = [s for s, count in zip(STOP_SIGNALS, signals) if count]
+        stop = bool(heard)
+        if heard:
+            self._stop_signal = heard[-1]  # SIGUSR2 (requeue me) over SIGTERM over Ctrl-C
         if self.initial_loss is None and not bad:
             self.initial_loss = value
         if self.ctx.is_main and self._unverified:
@@ -418,7 +425,7 @@ class Trainer:
                 self._unverified = False
         if bad:
             self._diverged(value, since)
-        return bool(stop)
+        return stop
 
     def _diverged(self, value: float, since: int) -> None:
         """Keep a checkpoint whose weights gave a normal loss as ``last.pt`` and say so (``since``:
