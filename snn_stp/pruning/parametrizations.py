@@ -14,7 +14,8 @@ import math
 import torch
 from torch import nn
 
-from .functional import GRADIENT_RULES, apply_rule, fixed_sign_relu, inverse_soft_threshold
+from .functional import (GRADIENT_RULES, GRANULARITIES, apply_rule, apply_structured_rule, fixed_sign_relu,
+                         inverse_group_soft_threshold, inverse_soft_threshold)
 
 
 class PruningParametrization(nn.Module):
@@ -28,11 +29,16 @@ class PruningParametrization(nn.Module):
 
     rules: tuple[str, ...] = ()
     threshold_rules: tuple[str, ...] = ()
+    #: The groupings of a layer's weights it can threshold (see :mod:`~snn_stp.pruning.functional`).
+    granularities: tuple[str, ...] = ("weight",)
+    granularity = "weight"
 
     @classmethod
     def for_weight(cls, weight: torch.Tensor, rule: str, threshold: float, multiplier: float,
-                   trainable_threshold_init: float | None) -> PruningParametrization:
-        """The parametrization of one ``weight`` (its initial value, any shape) under ``rule``."""
+                   trainable_threshold_init: float | None, granularity: str = "weight",
+                   nm: tuple[int, int] | None = None) -> PruningParametrization:
+        """The parametrization of one ``weight`` (its initial value, any shape) under ``rule``, at
+        ``granularity`` (one of :attr:`granularities`)."""
         return cls(weight)
 
     def initialize_latent(self, latent: torch.Tensor, weight: torch.Tensor, init: str) -> None:
@@ -50,18 +56,30 @@ class SoftThreshold(PruningParametrization):
         trainable_logit: if given, the threshold is STR's trainable ``sigmoid(s)`` with this
             initial logit ``s`` (an ``nn.Parameter`` of the model); requires ``rule="exact"``.
 
+        granularity: ``weight`` (each weight alone), ``channel`` (the group soft threshold of each
+            output channel or neuron, with ``d sqrt(|g|)``) or ``nm`` (the N of largest ``|theta|``
+            in every M along the input dimension, soft-thresholded); see ``functional``.
+        nm: ``(N, M)`` for ``granularity="nm"``.
+
     Buffers: ``threshold`` (0-dim, the global d this layer was last given) and ``multiplier``
     (0-dim). Parameter (STR only): ``threshold_logit`` (0-dim).
     """
 
     rules = GRADIENT_RULES
     threshold_rules = ("ste", "exact")  # identity computes w = theta: no threshold to set
+    granularities = GRANULARITIES
 
     def __init__(self, rule: str = "ste", threshold: float = 0.0, multiplier: float = 1.0,
-                 trainable_logit: float | None = None):
+                 trainable_logit: float | None = None, granularity: str = "weight",
+                 nm: tuple[int, int] | None = None):
         super().__init__()
         if rule not in GRADIENT_RULES:
             raise ValueError(f"unknown gradient rule {rule!r}; valid rules: {', '.join(GRADIENT_RULES)}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        if (granularity == "nm") != (nm is not None):
+            raise ValueError("granularity 'nm' and nm=(N, M) go together")
+        self.granularity, self.nm = granularity, (tuple(nm) if nm is not None else None)
         check_threshold(threshold, "threshold")
         check_threshold(multiplier, "threshold multiplier")
         if trainable_logit is not None and rule != "exact":
@@ -77,16 +95,19 @@ class SoftThreshold(PruningParametrization):
             self.threshold_logit = None
 
     @classmethod
-    def for_weight(cls, weight, rule, threshold, multiplier, trainable_threshold_init):
+    def for_weight(cls, weight, rule, threshold, multiplier, trainable_threshold_init, granularity="weight", nm=None):
         # On the weight's device: parametrize does not move the parametrization's buffers.
-        return cls(rule, threshold, multiplier, trainable_threshold_init).to(weight.device)
+        return cls(rule, threshold, multiplier, trainable_threshold_init, granularity, nm).to(weight.device)
 
     @torch.no_grad()
     def initialize_latent(self, latent, weight, init):
         # Set explicitly: right_inverse is the inverse map (right for assignments and for
         # init="inverse", not for init="keep", where theta starts as the dense weight).
-        latent.copy_(inverse_soft_threshold(weight, float(self.effective_threshold())) if init == "inverse"
-                     else weight)
+        latent.copy_(self._inverse(weight, float(self.effective_threshold())) if init == "inverse" else weight)
+
+    def _inverse(self, w: torch.Tensor, d) -> torch.Tensor:
+        # N:M: the elementwise preimage; a w that is not N:M itself cannot be reproduced.
+        return inverse_group_soft_threshold(w, d) if self.granularity == "channel" else inverse_soft_threshold(w, d)
 
     @property
     def trainable(self) -> bool:
@@ -99,18 +120,23 @@ class SoftThreshold(PruningParametrization):
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         d = self.effective_threshold()
-        return apply_rule(theta, d.to(theta.dtype), self.rule)
+        if self.granularity == "weight":
+            return apply_rule(theta, d.to(theta.dtype), self.rule)
+        return apply_structured_rule(theta, d.to(theta.dtype), self.rule, self.granularity, self.nm)
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
-        """Latent value for an assigned weight: ``sign(w)(|w| + d)`` (``w`` itself if d = 0)."""
+        """Latent value for an assigned weight: ``sign(w)(|w| + d)`` (``w`` itself if d = 0); per
+        channel ``w_g (1 + d sqrt(|g|) / ||w_g||)``."""
         if self.rule == "identity":
             return w
         with torch.no_grad():
-            return inverse_soft_threshold(w, self.effective_threshold().to(w.dtype))
+            return self._inverse(w, self.effective_threshold().to(w.dtype))
 
     def extra_repr(self) -> str:
         kind = "trainable" if self.trainable else f"threshold={self.threshold.item():.4g}"
-        return f"rule={self.rule}, {kind}, multiplier={self.multiplier.item():.4g}"
+        grouping = "" if self.granularity == "weight" else \
+            f", granularity={self.granularity}" + (f" {self.nm[0]}:{self.nm[1]}" if self.nm else "")
+        return f"rule={self.rule}, {kind}, multiplier={self.multiplier.item():.4g}{grouping}"
 
 
 class FixedSignReLU(PruningParametrization):

@@ -11,6 +11,7 @@ from typing import Union
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .functional import GRANULARITIES, parse_nm
 from .parametrizations import (PARAMETRIZATION_TYPES, PruningParametrization, check_threshold,
                                parametrization_for_rule)
 
@@ -36,7 +37,8 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
              init: str = "keep", initial_threshold: float | None = None,
              threshold_multipliers: Mapping[str, float] | None = None,
              trainable_threshold_init: float | None = None, name: str | Iterable[str] = "weight",
-             final_threshold: float | None = None) -> list[str]:
+             final_threshold: float | None = None, granularity: str = "weight",
+             nm: str | tuple[int, int] | None = None) -> list[str]:
     """Reparameterize the chosen tensors of ``model`` in place; return their names.
 
     Args:
@@ -60,6 +62,12 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
             (``"weight"``; ``("weight", "bias")``; a ``weight_ih_l0`` of an RNN). Every selected
             module must have each of them as a parameter.
         final_threshold: the former name of ``initial_threshold`` (deprecated).
+        granularity: ``weight`` (default), ``channel`` (a group soft threshold per output channel
+            or neuron) or ``nm`` (N of every M weights along the input dimension); the structured
+            ones need a soft-threshold rule (``ste``, ``exact``). See ``functional``.
+        nm: the pattern of ``granularity="nm"``, ``"2:4"`` or ``(2, 4)``. A layer whose input
+            size is not a multiple of M (a first conv of 2 or 3 channels) is pruned weight by
+            weight, with a warning naming it.
 
     Returns:
         Names of the pruned parameters as seen from ``model`` (e.g. ``"layer1.0.conv1.weight"``).
@@ -90,13 +98,21 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
             raise ValueError(f"init='inverse' applies to a scheduled soft threshold (rule {' or '.join(map(repr, thresholded))})")
     if rule not in kind.threshold_rules and initial_threshold:
         raise ValueError(f"rule={rule!r} has no threshold; do not pass initial_threshold")
+    if granularity not in kind.granularities and granularity in GRANULARITIES:
+        raise ValueError(f"granularity {granularity!r} needs a soft-threshold rule (ste or exact); rule {rule!r} "
+                         "prunes weight by weight")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+    if (granularity == "nm") != (nm is not None):
+        raise ValueError("granularity='nm' needs nm='N:M' (e.g. '2:4'), and nm= needs granularity='nm'")
+    pattern = parse_nm(nm) if nm is not None else None
     multipliers = dict(threshold_multipliers or {})
     for pattern, factor in multipliers.items():
         check_threshold(factor, f"threshold multiplier for {pattern!r}")
 
     selected = select_modules(model, include, exclude, tensors)
     threshold = float(initial_threshold or 0.0)
-    names = []
+    names, unstructured = [], []
     for module_name, module in selected:
         if parametrize.is_parametrized(module):
             # Another tensor of it is parametrized (weight_norm on the weight, pruning the bias): the
@@ -105,10 +121,21 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
         factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(module_name, p)), 1.0)
         for tensor in tensors:
             original = getattr(module, tensor).detach().clone()
-            parametrization = kind.for_weight(original, rule, threshold, factor, trainable_threshold_init)
+            grouping = granularity
+            if granularity != "weight" and original.dim() < 2:
+                raise ValueError(f"granularity {granularity!r} groups the weights of a conv or linear layer by output "
+                                 f"(and input); {module_name}.{tensor} has shape {tuple(original.shape)}")
+            if granularity == "nm" and original.shape[1] % pattern[1]:
+                grouping = "weight"
+                unstructured.append(f"{module_name}.{tensor} ({original.shape[1]} inputs)")
+            parametrization = kind.for_weight(original, rule, threshold, factor, trainable_threshold_init, grouping,
+                                              pattern if grouping == "nm" else None)
             parametrize.register_parametrization(module, tensor, parametrization)
             parametrization.initialize_latent(getattr(module.parametrizations, tensor).original, original, init)
             names.append(f"{module_name}.{tensor}" if module_name else tensor)
+    if unstructured:
+        warnings.warn(f"N:M {pattern[0]}:{pattern[1]} needs an input size that is a multiple of {pattern[1]}: "
+                      f"{', '.join(unstructured)} pruned weight by weight instead", stacklevel=2)
     unused = [p for p in multipliers if not any(fnmatch.fnmatchcase(n, p) for n, _ in selected)]
     if unused:
         raise ValueError(f"threshold multiplier pattern(s) {unused} match no pruned layer; "
