@@ -151,3 +151,27 @@ def test_structured_granularities_refuse_what_they_cannot_do():
     with pytest.warns(UserWarning, match=r"N:M 2:4 needs an input size that is a multiple of 4: 0.weight \(3 inputs\) "
                                          r"pruned weight by weight instead"):
         snn_stp.sparsify(nn.Sequential(nn.Conv2d(3, 8, 3)), granularity="nm", nm="2:4")
+
+
+@pytest.mark.parametrize("granularity, nm", [("weight", None), ("channel", None), ("nm", "2:4")])
+def test_the_threshold_for_a_sparsity_is_the_smallest_that_reaches_it(granularity, nm):
+    from snn_stp.pruning import pruned_layers, weight_sparsity
+    from snn_stp.pruning.statistics import pruned_fraction, threshold_for_sparsity
+
+    torch.manual_seed(0)
+    # float64: a threshold a hair below d must not round back to d
+    model = nn.Sequential(nn.Conv2d(4, 16, 3), nn.Flatten(), nn.Linear(16 * 2 * 2, 8)).double()
+    snn_stp.sparsify(model, rule="ste", granularity=granularity, nm=nm, threshold_multipliers={"2": 0.5})
+    layers = pruned_layers(model)
+
+    def set_threshold(model, d):
+        for layer in layers:
+            layer.parametrization.threshold.fill_(d)
+
+    for target in (0.55, 0.8, 0.93):
+        d = threshold_for_sparsity(layers, target)
+        set_threshold(model, d)
+        measured = weight_sparsity(model).global_sparsity
+        assert measured >= target and pruned_fraction(layers, d) == measured
+        set_threshold(model, d * (1 - 1e-9))
+        assert weight_sparsity(model).global_sparsity < target

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .functional import (GRADIENT_RULES, GRANULARITIES, apply_rule, apply_structured_rule, fixed_sign_relu,
-                         inverse_group_soft_threshold, inverse_soft_threshold)
+                         inverse_group_soft_threshold, inverse_soft_threshold, nm_mask)
 
 
 class PruningParametrization(nn.Module):
@@ -96,8 +96,10 @@ class SoftThreshold(PruningParametrization):
 
     @classmethod
     def for_weight(cls, weight, rule, threshold, multiplier, trainable_threshold_init, granularity="weight", nm=None):
-        # On the weight's device: parametrize does not move the parametrization's buffers.
-        return cls(rule, threshold, multiplier, trainable_threshold_init, granularity, nm).to(weight.device)
+        # On the weight's device (parametrize does not move the parametrization's buffers), and in
+        # float64 for a float64 weight (a float32 d would round the threshold of a double model).
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        return cls(rule, threshold, multiplier, trainable_threshold_init, granularity, nm).to(weight.device, dtype)
 
     @torch.no_grad()
     def initialize_latent(self, latent, weight, init):
@@ -117,6 +119,25 @@ class SoftThreshold(PruningParametrization):
         """The ``d`` this layer applies now (0-dim tensor; differentiable for STR)."""
         base = torch.sigmoid(self.threshold_logit) if self.trainable else self.threshold
         return base * self.multiplier
+
+    @torch.no_grad()
+    def zeroing_thresholds(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each unit this layer zeroes together (a weight; a channel; a weight of an N:M group),
+        the global d from which on it is zero, and the weights it stands for (both 1-dim, float64).
+        A unit is zero where its value is ``<= d``: ``|theta| / m`` for a weight, ``||theta_g|| /
+        (m sqrt(|g|))`` for a channel; an N:M weight outside the mask is zero at any d (0). A layer
+        with multiplier ``m = 0`` is never pruned (its exact zeros still count)."""
+        m = self.multiplier.double()
+        if self.granularity == "channel":
+            size = theta[0].numel()
+            magnitude = theta.detach().flatten(1).norm(dim=1).double() / math.sqrt(size)
+            counts = torch.full_like(magnitude, float(size))
+        else:
+            magnitude = theta.detach().abs().flatten().double()
+            if self.granularity == "nm":
+                magnitude = magnitude * nm_mask(theta, *self.nm).flatten()
+            counts = torch.ones_like(magnitude)
+        return torch.nan_to_num(magnitude / m, nan=0.0), counts  # 0 / 0: an exact zero under m = 0
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         d = self.effective_threshold()

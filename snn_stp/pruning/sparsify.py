@@ -105,7 +105,7 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
         raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
     if (granularity == "nm") != (nm is not None):
         raise ValueError("granularity='nm' needs nm='N:M' (e.g. '2:4'), and nm= needs granularity='nm'")
-    pattern = parse_nm(nm) if nm is not None else None
+    n_m = parse_nm(nm) if nm is not None else None
     multipliers = dict(threshold_multipliers or {})
     for pattern, factor in multipliers.items():
         check_threshold(factor, f"threshold multiplier for {pattern!r}")
@@ -125,16 +125,16 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
             if granularity != "weight" and original.dim() < 2:
                 raise ValueError(f"granularity {granularity!r} groups the weights of a conv or linear layer by output "
                                  f"(and input); {module_name}.{tensor} has shape {tuple(original.shape)}")
-            if granularity == "nm" and original.shape[1] % pattern[1]:
+            if granularity == "nm" and original.shape[1] % n_m[1]:
                 grouping = "weight"
                 unstructured.append(f"{module_name}.{tensor} ({original.shape[1]} inputs)")
             parametrization = kind.for_weight(original, rule, threshold, factor, trainable_threshold_init, grouping,
-                                              pattern if grouping == "nm" else None)
+                                              n_m if grouping == "nm" else None)
             parametrize.register_parametrization(module, tensor, parametrization)
             parametrization.initialize_latent(getattr(module.parametrizations, tensor).original, original, init)
             names.append(f"{module_name}.{tensor}" if module_name else tensor)
     if unstructured:
-        warnings.warn(f"N:M {pattern[0]}:{pattern[1]} needs an input size that is a multiple of {pattern[1]}: "
+        warnings.warn(f"N:M {n_m[0]}:{n_m[1]} needs an input size that is a multiple of {n_m[1]}: "
                       f"{', '.join(unstructured)} pruned weight by weight instead", stacklevel=2)
     unused = [p for p in multipliers if not any(fnmatch.fnmatchcase(n, p) for n, _ in selected)]
     if unused:

@@ -94,22 +94,24 @@ def weight_sparsity(model: nn.Module) -> SparsityReport:
 @torch.no_grad()
 def threshold_for_sparsity(layers: list[PrunedLayer], sparsity: float) -> float:
     """The smallest global threshold d (weight units) at which the soft threshold zeroes at least a
-    fraction ``sparsity`` of the weights of ``layers``, given their current latent weights: a weight
-    is zero where ``|theta| <= m d`` (``m`` its layer's multiplier), so d is the k-th smallest
-    ``|theta| / m`` over all the layers' weights, ``k = ceil(sparsity * numel)``. A layer with
-    ``m = 0`` is never pruned (its exact zeros still count)."""
+    fraction ``sparsity`` of the weights of ``layers``, given their current latent weights. Each
+    layer says from which d on each of its units is zero (a weight where ``|theta| <= m d``, ``m``
+    its layer's multiplier; a channel where ``||theta_g|| <= m d sqrt(|g|)``, all its weights at
+    once; see ``SoftThreshold.zeroing_thresholds``): d is the smallest of those values whose units,
+    taken in order, hold ``k = ceil(sparsity * numel)`` weights."""
     if not (isinstance(sparsity, (int, float)) and 0 <= sparsity < 1):
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     if not layers:
         raise ValueError("no pruned layers: call snn_stp.sparsify(model) first")
-    scaled = []
-    for layer in layers:
-        magnitude = layer.theta.detach().abs().flatten().double()
-        ratio = magnitude / layer.parametrization.multiplier.double()
-        scaled.append(torch.nan_to_num(ratio, nan=0.0))  # 0 / 0: an exact zero under m = 0
-    values = torch.cat(scaled)
-    k = math.ceil(sparsity * values.numel())
-    return 0.0 if k == 0 else float(values.kthvalue(k).values)
+    units = [layer.parametrization.zeroing_thresholds(layer.theta) for layer in layers]
+    values, counts = torch.cat([v for v, _ in units]), torch.cat([c for _, c in units])
+    k = math.ceil(sparsity * sum(layer.theta.numel() for layer in layers))
+    if k == 0:
+        return 0.0
+    order = values.argsort(stable=True)
+    reached = torch.searchsorted(counts[order].cumsum(0), torch.tensor(float(k), dtype=torch.float64,
+                                                                       device=values.device))
+    return float(values[order][reached])
 
 
 @torch.no_grad()
@@ -140,11 +142,16 @@ def support_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tenso
 @torch.no_grad()
 def pruned_fraction(layers: list[PrunedLayer], threshold: float) -> float:
     """The fraction of the weights of ``layers`` that the soft threshold ``threshold`` zeroes,
-    given their current latent weights (``|theta| <= m d``, ``m`` each layer's multiplier): the
-    pruned-layer sparsity the model has once ``threshold`` is applied."""
+    given their current latent weights (``|theta| <= m d``, ``m`` each layer's multiplier; whole
+    channels, or N:M groups, at a structured granularity): the pruned-layer sparsity the model has
+    once ``threshold`` is applied."""
     zeros, numel = 0, 0
     for layer in layers:
         theta = layer.theta.detach()
-        zeros += int((theta.abs() <= layer.parametrization.multiplier * threshold).sum())
+        if layer.parametrization.granularity == "weight":
+            zeros += int((theta.abs() <= layer.parametrization.multiplier * threshold).sum())
+        else:
+            values, counts = layer.parametrization.zeroing_thresholds(theta)
+            zeros += int(counts[values <= threshold].sum())
         numel += theta.numel()
     return zeros / numel
