@@ -70,7 +70,8 @@ def _build_sparsified(config: Config, num_classes: int, device: torch.device) ->
     with settings("pruning"):
         pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
                          initial_threshold=p.final_threshold if starts_at_d else None,
-                         threshold_multipliers=p.threshold_multipliers or None, **method)
+                         threshold_multipliers=p.threshold_multipliers or None, granularity=p.granularity,
+                         nm=p.nm, **method)
     return model.to(device)
 
 

@@ -71,6 +71,10 @@ class PruningConfig:
     target_tolerance: float = 0.01
     start_epoch: int = 0
     init: str = "keep"  # "inverse" for a scheduler whose threshold starts at D (fixed)
+    # What one threshold zeroes together: each weight, whole output channels (group lasso), or all but
+    # N of every M weights along the input (pruning.nm, e.g. "2:4"); see docs/pruning.md.
+    granularity: str = "weight"
+    nm: str | None = None
     include: list | None = None
     exclude: list | None = None
     threshold_multipliers: dict = field(default_factory=dict)
@@ -407,9 +411,38 @@ def _check_pruning(p: PruningConfig) -> None:
     if p.target_sparsity is not None and "target_sparsity" in cls.replaces_final_threshold:
         _refuse_scale_with_target(p, cls)
         p.final_threshold = None  # D is calibrated: the default final_threshold (0.2) is not used
+    _check_granularity(p, cls)
     if p.init == "inverse" and not cls.starts_at_final_threshold:
         starting = [n for n, c in sorted(THRESHOLD_SCHEDULERS.items()) if c.starts_at_final_threshold]
         raise ConfigError(f"pruning.init inverse is for the {', '.join(starting)} scheduler (pruning at initialization)")
+
+
+def _check_granularity(p: PruningConfig, cls) -> None:
+    """``pruning.granularity`` (and ``pruning.nm``) is one the scheduler's parametrization and rule
+    can threshold."""
+    from ..pruning import THRESHOLD_SCHEDULERS
+    from ..pruning.functional import GRANULARITIES, parse_nm
+
+    if p.granularity not in GRANULARITIES:
+        raise ConfigError(f"pruning.granularity {p.granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}")
+    if p.granularity == "nm" and p.nm is None:
+        raise ConfigError("pruning.granularity nm needs the pattern pruning.nm, e.g. --set pruning.nm=2:4")
+    if p.nm is not None and p.granularity != "nm":
+        raise ConfigError(f"pruning.nm applies to pruning.granularity nm (it is {p.granularity}); set both, e.g. "
+                          "--set pruning.granularity=nm --set pruning.nm=2:4")
+    if p.nm is not None:
+        try:
+            parse_nm(p.nm)
+        except ValueError as error:
+            raise ConfigError(f"pruning.nm: {error}") from None
+    rule = p.rule or cls.rules[0]
+    if p.granularity != "weight" and (p.granularity not in cls.parametrization_type.granularities
+                                      or rule not in ("ste", "exact")):
+        able = sorted(n for n, c in THRESHOLD_SCHEDULERS.items()
+                      if p.granularity in c.parametrization_type.granularities and set(c.rules) & {"ste", "exact"})
+        raise ConfigError(f"pruning.granularity {p.granularity}: {p.scheduler} (rule {rule}) prunes weight by weight; "
+                          f"a structured granularity needs a soft-threshold scheduler ({', '.join(able)}) with rule "
+                          "ste or exact")
 
 
 def scheduler_class(name: str):
