@@ -103,17 +103,22 @@ class OperationReport:
 
 def _operation_count(module: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> float:
     """Sum over outputs of sum over weights ``mask`` of the input they read (x of 0/1 or ones)."""
+    return float(_operation_tensor(module, x, mask))
+
+
+def _operation_tensor(module: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`_operation_count` as a 0-dim tensor (differentiable in ``mask``)."""
     if isinstance(module, nn.Linear):
-        return float((x.reshape(-1, x.shape[-1]) @ mask.t()).sum())
+        return (x.reshape(-1, x.shape[-1]) @ mask.t()).sum()
     dims = mask.dim() - 2
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         # Each input element is scattered through the kernel: the same operation with the mask.
         transposed = {1: nn.functional.conv_transpose1d, 2: nn.functional.conv_transpose2d,
                       3: nn.functional.conv_transpose3d}[dims]
-        return float(transposed(x, mask, None, module.stride, module.padding, module.output_padding, module.groups,
-                                module.dilation).sum())
+        return transposed(x, mask, None, module.stride, module.padding, module.output_padding, module.groups,
+                          module.dilation).sum()
     conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[dims]
-    return float(conv(x, mask, None, module.stride, module.padding, module.dilation, module.groups).sum())
+    return conv(x, mask, None, module.stride, module.padding, module.dilation, module.groups).sum()
 
 
 @torch.no_grad()
@@ -160,3 +165,45 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
         for handle in handles:
             handle.remove()
     return OperationReport(list(layers.values()), energy_table)
+
+
+def weight_operation_costs(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module],
+                           spiking: bool | None = None, energy_table: str = DEFAULT_ENERGY_TABLE,
+                           batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    """What each weight of ``layers`` (name -> conv/linear module) costs per sample on input ``x``:
+    the operations it takes part in when non-zero (the synaptic operations of its input spikes in
+    a spiking layer, summed over time steps; one MAC per input position that reaches an output
+    otherwise, as :func:`count_operations` counts them) times the energy of one such operation in
+    ``energy_table`` (pJ). Tensors of each weight's shape, on its device.
+
+    Computed exactly as the gradient of the layer's operation count with respect to an all-ones
+    mask (the count is linear in the mask), so stride, padding, dilation and groups are respected.
+    """
+    spiking = bool(getattr(model, "spiking", False)) if spiking is None else spiking
+    sample_dims = getattr(model, "sample_dims", x.dim() - 1)
+    batch = batch_size or (x.shape[1] if spiking and x.dim() == sample_dims + 2 else x.shape[0])
+    table = ENERGY_TABLES[energy_table]
+    names = {id(module): name for name, module in layers.items()}
+    costs: dict[str, torch.Tensor] = {}
+
+    def record(module, inputs, _output):
+        inp = inputs[0].detach()
+        weight = module.weight.detach()
+        binary = spiking and bool(((inp == 0) | (inp == 1)).all())
+        source = inp.to(weight.dtype) if binary else torch.ones_like(inp, dtype=weight.dtype)
+        mask = torch.ones_like(weight, requires_grad=True)
+        with torch.enable_grad():
+            count = _operation_tensor(module, source, mask)
+            (grad,) = torch.autograd.grad(count, mask)
+        energy = table["ac_pj"] if binary else table["mac_pj"]
+        name = names[id(module)]
+        costs[name] = costs.get(name, 0) + grad * (energy / batch)
+
+    handles = [module.register_forward_hook(record) for module in layers.values()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return costs

@@ -6,7 +6,7 @@ any PyTorch model (ANN baselines and SpikingJelly networks alike).
 
 from .functional import GRADIENT_RULES, inverse_soft_threshold, soft_threshold, soft_threshold_ste
 from .learning_rates import simulate_learning_rates
-from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold
+from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, update_costs
 from .schedulers import (CONTEXT_ARGUMENTS, GMP, LATS, PGH, SLATS, STR, THRESHOLD_SCHEDULERS, Dense, Fixed, GradR,
                          LATSEpoch, Linear, MaskScheduler, ScheduledThreshold, ShapedThreshold, Sine, ThresholdScheduler,
                          build_threshold_scheduler, register_threshold_scheduler, scheduler_class)
@@ -17,7 +17,7 @@ from .statistics import SparsityReport, SupportChange, support, support_change, 
 __all__ = [
     "GRADIENT_RULES", "RULES", "THRESHOLD_SCHEDULERS", "CONTEXT_ARGUMENTS", "DEFAULT_PRUNABLE_TYPES", "NORMALIZATION_TYPES",
     "soft_threshold", "soft_threshold_ste", "inverse_soft_threshold", "simulate_learning_rates",
-    "PruningParametrization", "SoftThreshold", "FixedSignReLU", "MagnitudeMask",
+    "PruningParametrization", "SoftThreshold", "FixedSignReLU", "MagnitudeMask", "update_costs",
     "sparsify", "bake", "select_modules", "pruned_layers", "PrunedLayer",
     "ThresholdScheduler", "ScheduledThreshold", "ShapedThreshold", "MaskScheduler", "Dense", "LATS", "LATSEpoch", "SLATS", "PGH", "Fixed", "Sine", "Linear",
     "STR", "GradR", "GMP", "build_threshold_scheduler", "register_threshold_scheduler",

@@ -44,7 +44,8 @@ def soft_threshold(x: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
     """``S_d(x)`` elementwise, differentiable by autograd (the ``exact`` rule).
 
     ``x - clamp(x, -d, d)`` equals ``sign(x) * relu(|x| - d)`` and costs two passes instead of
-    four. ``d`` is a scalar (float or 0-dim tensor, same units as ``x``) and must be >= 0.
+    four. ``d`` is a scalar (float or 0-dim tensor, same units as ``x``), or a tensor of ``x``'s
+    shape (a per-weight threshold), and must be >= 0.
     """
     return x - torch.clamp(x, min=-d, max=d)
 
@@ -68,8 +69,9 @@ class _StraightThroughSoftThreshold(torch.autograd.Function):
 def _soft_threshold_fast(theta: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
     # On the CPU, softshrink with a Python float is one vectorized pass, about 8x faster than
     # clamp with tensor bounds; reading a CPU scalar costs nothing. On an accelerator, reading
-    # d would synchronize the device on every layer, and the tensor-bound clamp is fast there.
-    if theta.device.type == "cpu":
+    # d would synchronize the device on every layer, and the tensor-bound clamp is fast there. A
+    # per-weight d (a weighted L1 penalty) takes the clamp.
+    if theta.device.type == "cpu" and not (isinstance(d, torch.Tensor) and d.dim()):
         return torch.nn.functional.softshrink(theta, float(d))
     return soft_threshold(theta, d)
 

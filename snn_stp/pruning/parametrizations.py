@@ -36,9 +36,10 @@ class PruningParametrization(nn.Module):
     @classmethod
     def for_weight(cls, weight: torch.Tensor, rule: str, threshold: float, multiplier: float,
                    trainable_threshold_init: float | None, granularity: str = "weight",
-                   nm: tuple[int, int] | None = None) -> PruningParametrization:
+                   nm: tuple[int, int] | None = None, weighted: bool = False) -> PruningParametrization:
         """The parametrization of one ``weight`` (its initial value, any shape) under ``rule``, at
-        ``granularity`` (one of :attr:`granularities`)."""
+        ``granularity`` (one of :attr:`granularities`); ``weighted``: with per-weight threshold
+        factors (:class:`SoftThreshold` only)."""
         return cls(weight)
 
     def initialize_latent(self, latent: torch.Tensor, weight: torch.Tensor, init: str) -> None:
@@ -60,9 +61,15 @@ class SoftThreshold(PruningParametrization):
             output channel or neuron, with ``d sqrt(|g|)``) or ``nm`` (the N of largest ``|theta|``
             in every M along the input dimension, soft-thresholded); see ``functional``.
         nm: ``(N, M)`` for ``granularity="nm"``.
+        weight_shape: given, the threshold is weighted per weight (a weighted L1 penalty, e.g. by
+            energy): weight i is thresholded at ``d * cost_i / cost_scale`` (at least
+            :data:`MIN_COST_FACTOR` times d), where ``cost`` is a running mean of what each weight
+            costs and ``cost_scale`` its mean over every weighted layer (:func:`update_costs`).
+            Until a cost is measured every factor is 1.
 
     Buffers: ``threshold`` (0-dim, the global d this layer was last given) and ``multiplier``
-    (0-dim). Parameter (STR only): ``threshold_logit`` (0-dim).
+    (0-dim); weighted: ``cost`` (the weight's shape), ``cost_updates`` and ``cost_scale`` (0-dim).
+    Parameter (STR only): ``threshold_logit`` (0-dim).
     """
 
     rules = GRADIENT_RULES
@@ -71,7 +78,7 @@ class SoftThreshold(PruningParametrization):
 
     def __init__(self, rule: str = "ste", threshold: float = 0.0, multiplier: float = 1.0,
                  trainable_logit: float | None = None, granularity: str = "weight",
-                 nm: tuple[int, int] | None = None):
+                 nm: tuple[int, int] | None = None, weight_shape: tuple[int, ...] | None = None):
         super().__init__()
         if rule not in GRADIENT_RULES:
             raise ValueError(f"unknown gradient rule {rule!r}; valid rules: {', '.join(GRADIENT_RULES)}")
@@ -80,6 +87,13 @@ class SoftThreshold(PruningParametrization):
         if (granularity == "nm") != (nm is not None):
             raise ValueError("granularity 'nm' and nm=(N, M) go together")
         self.granularity, self.nm = granularity, (tuple(nm) if nm is not None else None)
+        self.weighted = weight_shape is not None
+        if self.weighted:
+            if granularity != "weight":
+                raise ValueError("a weighted threshold (per-weight costs) works at granularity 'weight'")
+            self.register_buffer("cost", torch.ones(weight_shape))
+            self.register_buffer("cost_updates", torch.tensor(0.0))
+            self.register_buffer("cost_scale", torch.tensor(1.0))
         check_threshold(threshold, "threshold")
         check_threshold(multiplier, "threshold multiplier")
         if trainable_logit is not None and rule != "exact":
@@ -95,17 +109,23 @@ class SoftThreshold(PruningParametrization):
             self.threshold_logit = None
 
     @classmethod
-    def for_weight(cls, weight, rule, threshold, multiplier, trainable_threshold_init, granularity="weight", nm=None):
+    def for_weight(cls, weight, rule, threshold, multiplier, trainable_threshold_init, granularity="weight", nm=None,
+                   weighted=False):
         # On the weight's device (parametrize does not move the parametrization's buffers), and in
         # float64 for a float64 weight (a float32 d would round the threshold of a double model).
         dtype = torch.promote_types(weight.dtype, torch.float32)
-        return cls(rule, threshold, multiplier, trainable_threshold_init, granularity, nm).to(weight.device, dtype)
+        parametrization = cls(rule, threshold, multiplier, trainable_threshold_init, granularity, nm,
+                              tuple(weight.shape) if weighted else None).to(weight.device, dtype)
+        with torch.no_grad():  # the given values themselves, not their float32 roundings
+            parametrization.threshold.fill_(float(threshold))
+            parametrization.multiplier.fill_(float(multiplier))
+        return parametrization
 
     @torch.no_grad()
     def initialize_latent(self, latent, weight, init):
         # Set explicitly: right_inverse is the inverse map (right for assignments and for
         # init="inverse", not for init="keep", where theta starts as the dense weight).
-        latent.copy_(self._inverse(weight, float(self.effective_threshold())) if init == "inverse" else weight)
+        latent.copy_(self._inverse(weight, self.weight_thresholds().to(weight.dtype)) if init == "inverse" else weight)
 
     def _inverse(self, w: torch.Tensor, d) -> torch.Tensor:
         # N:M: the elementwise preimage; a w that is not N:M itself cannot be reproduced.
@@ -119,6 +139,18 @@ class SoftThreshold(PruningParametrization):
         """The ``d`` this layer applies now (0-dim tensor; differentiable for STR)."""
         base = torch.sigmoid(self.threshold_logit) if self.trainable else self.threshold
         return base * self.multiplier
+
+    def cost_factors(self) -> torch.Tensor | None:
+        """A weighted layer's per-weight threshold factors ``max(cost / cost_scale, MIN_COST_FACTOR)``."""
+        if not self.weighted:
+            return None
+        return (self.cost / self.cost_scale).clamp_min(MIN_COST_FACTOR)
+
+    def weight_thresholds(self) -> torch.Tensor:
+        """The threshold each weight gets: :meth:`effective_threshold`, times the cost factors of a
+        weighted layer (then of the weight's shape)."""
+        factors = self.cost_factors()
+        return self.effective_threshold() if factors is None else self.effective_threshold() * factors
 
     @torch.no_grad()
     def zeroing_thresholds(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,13 +168,15 @@ class SoftThreshold(PruningParametrization):
             magnitude = theta.detach().abs().flatten().double()
             if self.granularity == "nm":
                 magnitude = magnitude * nm_mask(theta, *self.nm).flatten()
+            if self.weighted:
+                magnitude = magnitude / self.cost_factors().flatten().double()
             counts = torch.ones_like(magnitude)
         return torch.nan_to_num(magnitude / m, nan=0.0), counts  # 0 / 0: an exact zero under m = 0
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         d = self.effective_threshold()
         if self.granularity == "weight":
-            return apply_rule(theta, d.to(theta.dtype), self.rule)
+            return apply_rule(theta, (d if not self.weighted else self.weight_thresholds()).to(theta.dtype), self.rule)
         return apply_structured_rule(theta, d.to(theta.dtype), self.rule, self.granularity, self.nm)
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
@@ -151,13 +185,35 @@ class SoftThreshold(PruningParametrization):
         if self.rule == "identity":
             return w
         with torch.no_grad():
-            return self._inverse(w, self.effective_threshold().to(w.dtype))
+            return self._inverse(w, self.weight_thresholds().to(w.dtype))
 
     def extra_repr(self) -> str:
         kind = "trainable" if self.trainable else f"threshold={self.threshold.item():.4g}"
         grouping = "" if self.granularity == "weight" else \
             f", granularity={self.granularity}" + (f" {self.nm[0]}:{self.nm[1]}" if self.nm else "")
         return f"rule={self.rule}, {kind}, multiplier={self.multiplier.item():.4g}{grouping}"
+
+
+#: The smallest threshold factor of a weighted layer: a weight that no spike reaches (cost 0) is
+#: still pruned, at a twentieth of the mean threshold, rather than never (the L1 term stays a norm).
+MIN_COST_FACTOR = 0.05
+
+
+@torch.no_grad()
+def update_costs(parametrizations: dict[str, SoftThreshold], costs: dict[str, torch.Tensor]) -> None:
+    """Add a measurement of what each weight costs (``costs``: name -> tensor of the weight's
+    shape, any unit, e.g. pJ per sample) to the running mean ``cost`` of each weighted layer, and
+    set every layer's ``cost_scale`` to the mean cost over all their weights (so the factors have
+    mean 1 and the global d keeps its units). A measurement of all zeros leaves the scale as it was."""
+    for name, parametrization in parametrizations.items():
+        n = float(parametrization.cost_updates)
+        parametrization.cost.mul_(n / (n + 1)).add_(costs[name].to(parametrization.cost) / (n + 1))
+        parametrization.cost_updates.add_(1)
+    total = sum(float(p.cost.double().sum()) for p in parametrizations.values())
+    count = sum(p.cost.numel() for p in parametrizations.values())
+    if total > 0:
+        for parametrization in parametrizations.values():
+            parametrization.cost_scale.fill_(total / count)
 
 
 class FixedSignReLU(PruningParametrization):

@@ -38,7 +38,7 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
              threshold_multipliers: Mapping[str, float] | None = None,
              trainable_threshold_init: float | None = None, name: str | Iterable[str] = "weight",
              final_threshold: float | None = None, granularity: str = "weight",
-             nm: str | tuple[int, int] | None = None) -> list[str]:
+             nm: str | tuple[int, int] | None = None, weighted: bool = False) -> list[str]:
     """Reparameterize the chosen tensors of ``model`` in place; return their names.
 
     Args:
@@ -68,6 +68,9 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
         nm: the pattern of ``granularity="nm"``, ``"2:4"`` or ``(2, 4)``. A layer whose input
             size is not a multiple of M (a first conv of 2 or 3 channels) is pruned weight by
             weight, with a warning naming it.
+        weighted: per-weight threshold factors from measured costs (a weighted L1 penalty, e.g.
+            the energy-aware one; ``update_costs`` sets them); soft threshold, granularity
+            ``weight`` only.
 
     Returns:
         Names of the pruned parameters as seen from ``model`` (e.g. ``"layer1.0.conv1.weight"``).
@@ -106,6 +109,9 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
     if (granularity == "nm") != (nm is not None):
         raise ValueError("granularity='nm' needs nm='N:M' (e.g. '2:4'), and nm= needs granularity='nm'")
     n_m = parse_nm(nm) if nm is not None else None
+    if weighted and (granularity != "weight" or rule not in ("ste", "exact")):
+        raise ValueError("weighted=True (a per-weight threshold) needs a soft-threshold rule (ste or exact) at "
+                         "granularity 'weight'")
     multipliers = dict(threshold_multipliers or {})
     for pattern, factor in multipliers.items():
         check_threshold(factor, f"threshold multiplier for {pattern!r}")
@@ -129,7 +135,7 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
                 grouping = "weight"
                 unstructured.append(f"{module_name}.{tensor} ({original.shape[1]} inputs)")
             parametrization = kind.for_weight(original, rule, threshold, factor, trainable_threshold_init, grouping,
-                                              n_m if grouping == "nm" else None)
+                                              n_m if grouping == "nm" else None, weighted)
             parametrize.register_parametrization(module, tensor, parametrization)
             parametrization.initialize_latent(getattr(module.parametrizations, tensor).original, original, init)
             names.append(f"{module_name}.{tensor}" if module_name else tensor)

@@ -148,7 +148,7 @@ def pruned_fraction(layers: list[PrunedLayer], threshold: float) -> float:
     zeros, numel = 0, 0
     for layer in layers:
         theta = layer.theta.detach()
-        if layer.parametrization.granularity == "weight":
+        if layer.parametrization.granularity == "weight" and not getattr(layer.parametrization, "weighted", False):
             zeros += int((theta.abs() <= layer.parametrization.multiplier * threshold).sum())
         else:
             values, counts = layer.parametrization.zeroing_thresholds(theta)

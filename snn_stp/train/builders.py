@@ -71,7 +71,7 @@ def _build_sparsified(config: Config, num_classes: int, device: torch.device) ->
         pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
                          initial_threshold=p.final_threshold if starts_at_d else None,
                          threshold_multipliers=p.threshold_multipliers or None, granularity=p.granularity,
-                         nm=p.nm, **method)
+                         nm=p.nm, weighted=p.penalty == "energy", **method)
     return model.to(device)
 
 

@@ -75,6 +75,9 @@ class PruningConfig:
     # N of every M weights along the input (pruning.nm, e.g. "2:4"); see docs/pruning.md.
     granularity: str = "weight"
     nm: str | None = None
+    # l1, or energy: each weight's L1 term weighted by the energy of the operations it causes (its
+    # threshold d * c_i / mean(c), c a running mean measured on a training batch each epoch).
+    penalty: str = "l1"
     include: list | None = None
     exclude: list | None = None
     threshold_multipliers: dict = field(default_factory=dict)
@@ -417,10 +420,14 @@ def _check_pruning(p: PruningConfig) -> None:
         raise ConfigError(f"pruning.init inverse is for the {', '.join(starting)} scheduler (pruning at initialization)")
 
 
+#: ``pruning.penalty``: the plain L1 norm, or the L1 norm weighted by each weight's energy.
+PENALTIES = ("l1", "energy")
+
+
 def _check_granularity(p: PruningConfig, cls) -> None:
     """``pruning.granularity`` (and ``pruning.nm``) is one the scheduler's parametrization and rule
     can threshold."""
-    from ..pruning import THRESHOLD_SCHEDULERS
+    from ..pruning import THRESHOLD_SCHEDULERS, SoftThreshold
     from ..pruning.functional import GRANULARITIES, parse_nm
 
     if p.granularity not in GRANULARITIES:
@@ -436,6 +443,15 @@ def _check_granularity(p: PruningConfig, cls) -> None:
         except ValueError as error:
             raise ConfigError(f"pruning.nm: {error}") from None
     rule = p.rule or cls.rules[0]
+    if p.penalty not in PENALTIES:
+        raise ConfigError(f"pruning.penalty {p.penalty!r} is unknown; valid: {', '.join(PENALTIES)}")
+    if p.penalty == "energy" and p.granularity != "weight":
+        raise ConfigError(f"pruning.penalty energy weights each weight's own threshold: it needs pruning.granularity "
+                          f"weight, not {p.granularity}")
+    if p.penalty == "energy" and not (cls.prunes and rule in ("ste", "exact")
+                                      and issubclass(cls.parametrization_type, SoftThreshold)):
+        raise ConfigError(f"pruning.penalty energy needs a soft-threshold scheduler with rule ste or exact; "
+                          f"{p.scheduler} has rule {rule}")
     if p.granularity != "weight" and (p.granularity not in cls.parametrization_type.granularities
                                       or rule not in ("ste", "exact")):
         able = sorted(n for n, c in THRESHOLD_SCHEDULERS.items()

@@ -122,6 +122,9 @@ class Trainer:
         self.thresholds = make_threshold_scheduler(config, self.model, self.optimizer, self.lr_scheduler,
                                                    self.steps_per_epoch)
         self.loss_fn = make_loss(config)
+        # pruning.penalty energy: the layers whose thresholds are weighted by what each weight costs.
+        self.weighted = [layer for layer in pruning.pruned_layers(self.model, pruning.SoftThreshold)
+                         if layer.parametrization.weighted]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.network = self.model
         if self.ctx.enabled:
@@ -249,6 +252,8 @@ class Trainer:
         every = c.train.checkpoint_every_steps
         for inputs, labels in progress:
             inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if self.weighted and self.step_in_epoch == 0:
+                self._measure_costs(inputs)
             with torch.autocast(self.device.type, enabled=self.amp):
                 output = self.network(inputs)
                 loss = self.loss_fn(output.float(), labels)
@@ -452,6 +457,22 @@ class Trainer:
             f"loss; any newer one is kept as {rundir.DIVERGED}). Lower optim.lr or set optim.grad_clip and start from "
             f"it: snn-stp train --init-from {last} --set optim.lr=... --out NEW_RUN_DIR")
 
+    def _measure_costs(self, inputs: torch.Tensor) -> None:
+        """The energy penalty's costs: what each weighted weight costs per sample on this batch (the
+        first of each epoch; the operations it takes part in times their energy,
+        ``measure.weight_operation_costs``), added to the layers' running means. The same batch on
+        every rank (each measures its own shard: the means differ by sampling only), so ranks share
+        the mean of their measurements."""
+        from ..measure.operations import weight_operation_costs
+
+        costs = weight_operation_costs(self.model, inputs, {layer.name: layer.module for layer in self.weighted},
+                                       spiking=self.spiking, energy_table=self.config.train.energy_table)
+        if self.ctx.enabled:
+            for name in costs:
+                torch.distributed.all_reduce(costs[name])
+                costs[name] /= self.ctx.world_size
+        pruning.update_costs({layer.name: layer.parametrization for layer in self.weighted}, costs)
+
     def _catch_stop_signals(self) -> dict:
         """A :data:`STOP_SIGNALS` signal sets a flag (the loop saves and stops at the next step); a
         second one raises KeyboardInterrupt at once. Only in the main thread (signal's rule)."""
@@ -525,10 +546,28 @@ class Trainer:
                 "best_rule": self._best_window()[0], "final_epoch": last["epoch"] if last else None,
                 **sparsity_figures(report), "parameter_counts": report.counts(), "threshold": self.thresholds.threshold,
                 "final_threshold": self._final_threshold(), "target_sparsity": self.config.pruning.target_sparsity,
+                "granularity": self.config.pruning.granularity, "penalty": self.config.pruning.penalty,
+                "objective": pruning_objective(self.config.pruning, pruning.scheduler_class(
+                    self.config.pruning.scheduler).reports_l1),
                 "l1_coefficient": self.thresholds.run_l1_coefficient, "l1_coefficient_constant": self.thresholds.l1_is_constant,
                 "l1_coefficient_last_step": self.thresholds.l1_coefficient, "seconds": seconds, "threads": torch.get_num_threads(),
                 "world_size": self.ctx.world_size, "placement": distributed.placement(self.ctx),
                 "ranks": ranks, "final_test_acc_reevaluated": reevaluated}
+
+
+def pruning_objective(p, reports_l1: bool = True) -> str:
+    """The penalty the implied coefficient lambda belongs to, in words (summary.json's ``objective``);
+    a scheduler that implies no L1 coefficient (STR, Grad R, GMP, dense) minimizes the loss alone."""
+    if not reports_l1:
+        return f"the loss alone ({p.scheduler} implies no penalty coefficient)"
+    if p.penalty == "energy":
+        return ("loss + lambda sum_i (c_i / mean c) |w_i|, c_i the energy (pJ per sample) of the operations weight i "
+                "takes part in, a running mean over the epochs' first batches")
+    if p.granularity == "channel":
+        return "loss + lambda sum_g sqrt(|g|) ||w_g||_2 over output channels g (group lasso)"
+    if p.granularity == "nm":
+        return f"loss + lambda ||w||_1 with w {p.nm}-sparse along the input dimension (a non-convex constraint)"
+    return "loss + lambda ||w||_1"
 
 
 def _seed_everything(seed: int) -> None:
