@@ -53,7 +53,8 @@ SWEEP_KEYS = ("base", "set", "grid", "variants", "launcher", "slurm", "definitio
 LAUNCHERS = ("local", "slurm")
 
 #: The numbers of a finished point, from its summary.json and its last metrics record.
-RESULT_COLUMNS = ("final_test_acc", "pruned_layer_sparsity", "test_acc_at_best_val", "best_weight_sparsity",
+RESULT_COLUMNS = ("final_test_acc", "pruned_layer_sparsity", "channel_sparsity", "test_acc_at_best_val",
+                  "best_weight_sparsity",
                   "best_val_acc", "best_epoch",
                   "all_weight_sparsity", "target_sparsity", "final_threshold", "threshold", "l1_coefficient",
                   "mean_firing_rate", "energy_pj_effective", "energy_pj_dense", "seconds", "launcher", "host",

@@ -23,6 +23,9 @@ class SparsityReport:
     dense included (``all_zeros / all_numel``). Neither counts biases, normalization parameters
     or other parameters (trainable leaks, STR logits); their sizes are given apart.
     ``layers`` maps each pruned parameter name to its own fraction of zeros.
+    ``channel_sparsity`` is the fraction of the pruned tensors' output channels (conv) or output
+    neurons (linear) whose weights are all zero (``zero_channels`` of ``channels``): what structured
+    pruning removes whole.
     """
 
     global_sparsity: float
@@ -35,6 +38,12 @@ class SparsityReport:
     bias_parameters: int = 0
     normalization_parameters: int = 0
     other_parameters: int = 0
+    zero_channels: int = 0
+    channels: int = 0
+
+    @property
+    def channel_sparsity(self) -> float:
+        return self.zero_channels / self.channels if self.channels else 0.0
 
     @property
     def pruned_layer_sparsity(self) -> float:
@@ -63,13 +72,16 @@ class SupportChange:
 def weight_sparsity(model: nn.Module) -> SparsityReport:
     """Fraction of exact zeros in ``w``: every pruned tensor of ``model``, the pruned tensors together,
     and all weight tensors together (see :class:`SparsityReport`)."""
-    layers, zeros, numel = {}, 0, 0
+    layers, zeros, numel, zero_channels, channels = {}, 0, 0, 0, 0
     for layer in pruned_layers(model):
         w = layer.weight
         z = int((w == 0).sum())
         layers[layer.name] = z / w.numel()
         zeros += z
         numel += w.numel()
+        if w.dim() >= 2:
+            zero_channels += int((w.flatten(1) == 0).all(dim=1).sum())
+            channels += w.shape[0]
     if numel == 0:
         raise ValueError("the model has no pruned weights; call snn_stp.sparsify(model) first")
     all_zeros, all_numel, bias, norm, other = zeros, numel, 0, 0, 0
@@ -88,7 +100,7 @@ def weight_sparsity(model: nn.Module) -> SparsityReport:
             else:
                 other += q.numel()
     return SparsityReport(zeros / numel, layers, zeros, numel, all_zeros / all_numel, all_zeros, all_numel, bias,
-                          norm, other)
+                          norm, other, zero_channels, channels)
 
 
 @torch.no_grad()

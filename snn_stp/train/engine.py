@@ -42,10 +42,11 @@ METRIC_KEYS = ("epoch", "step", "lr", "threshold", "final_threshold", "l1_coeffi
 
 
 def sparsity_figures(report: pruning.SparsityReport) -> dict:
-    """The two sparsity figures, named for what they count; ``weight_sparsity`` is the pruned-layer
-    figure under its former name (runs written before read the same)."""
+    """The sparsity figures, named for what they count; ``weight_sparsity`` is the pruned-layer
+    figure under its former name (runs written before read the same); ``channel_sparsity`` the
+    fraction of the pruned layers' output channels that are entirely zero."""
     return {"weight_sparsity": report.global_sparsity, "pruned_layer_sparsity": report.global_sparsity,
-            "all_weight_sparsity": report.all_weight_sparsity}
+            "all_weight_sparsity": report.all_weight_sparsity, "channel_sparsity": report.channel_sparsity}
 
 
 #: Steps between reads of the training loss on the host when training on a GPU: each read waits
