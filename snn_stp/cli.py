@@ -484,7 +484,7 @@ def run_sweep_command(args) -> int:
 
     source = args.sweep_file
     if source is None and not args.grid:
-        source = saved_sweep_file(args.out, "give the sweep file or --grid that starts it")  # continue or collect
+        source = saved_sweep_file(args.out, "give a sweep file with a grid, or --grid key=v1,v2")  # continue, collect
     sweep = read_sweep(source, args.grid, args.config, args.set, args.launcher, _slurm_settings(args))
     _launcher(args, sweep.launcher)
     if args.dry_run:
