@@ -169,12 +169,13 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
 
 def weight_operation_costs(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module],
                            spiking: bool | None = None, energy_table: str = DEFAULT_ENERGY_TABLE,
-                           batch_size: int | None = None) -> dict[str, torch.Tensor]:
+                           batch_size: int | None = None, kinds: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """What each weight of ``layers`` (name -> conv/linear module) costs per sample on input ``x``:
     the operations it takes part in when non-zero (the synaptic operations of its input spikes in
     a spiking layer, summed over time steps; one MAC per input position that reaches an output
     otherwise, as :func:`count_operations` counts them) times the energy of one such operation in
-    ``energy_table`` (pJ). Tensors of each weight's shape, on its device.
+    ``energy_table`` (pJ). Tensors of each weight's shape, on its device. ``kinds``, given, receives
+    each layer's kind of operation (``sop`` or ``mac``).
 
     Computed exactly as the gradient of the layer's operation count with respect to an all-ones
     mask (the count is linear in the mask), so stride, padding, dilation and groups are respected.
@@ -198,6 +199,8 @@ def weight_operation_costs(model: nn.Module, x: torch.Tensor, layers: dict[str, 
         energy = table["ac_pj"] if binary else table["mac_pj"]
         name = names[id(module)]
         costs[name] = costs.get(name, 0) + grad * (energy / batch)
+        if kinds is not None:
+            kinds[name] = "sop" if binary else "mac"
 
     handles = [module.register_forward_hook(record) for module in layers.values()]
     try:

@@ -94,6 +94,7 @@ class SoftThreshold(PruningParametrization):
             self.register_buffer("cost", torch.ones(weight_shape))
             self.register_buffer("cost_updates", torch.tensor(0.0))
             self.register_buffer("cost_scale", torch.tensor(1.0))
+
         check_threshold(threshold, "threshold")
         check_threshold(multiplier, "threshold multiplier")
         if trainable_logit is not None and rule != "exact":

@@ -466,13 +466,25 @@ class Trainer:
         the mean of their measurements."""
         from ..measure.operations import weight_operation_costs
 
-        costs = weight_operation_costs(self.model, inputs, {layer.name: layer.module for layer in self.weighted},
-                                       spiking=self.spiking, energy_table=self.config.train.energy_table)
+        # In evaluation mode: dropout's training-time scaling would make spikes look real-valued (MACs).
+        training = self.model.training
+        self.model.eval()
+        kinds: dict[str, str] = {}
+        try:
+            costs = weight_operation_costs(self.model, inputs, {layer.name: layer.module for layer in self.weighted},
+                                           spiking=self.spiking, energy_table=self.config.train.energy_table, kinds=kinds)
+        finally:
+            self.model.train(training)
+        if self.spiking:
+            # A spiking network's synaptic operations: the layer that reads the real-valued input (MACs,
+            # once per frame at every position) keeps the plain L1 term (factor 1). Weighted by its MACs
+            # it cost hundreds of times the mean and lost every weight, and the network with it.
+            costs = {name: cost for name, cost in costs.items() if kinds[name] == "sop"}
         if self.ctx.enabled:
             for name in costs:
                 torch.distributed.all_reduce(costs[name])
                 costs[name] /= self.ctx.world_size
-        pruning.update_costs({layer.name: layer.parametrization for layer in self.weighted}, costs)
+        pruning.update_costs({layer.name: layer.parametrization for layer in self.weighted if layer.name in costs}, costs)
 
     def _catch_stop_signals(self) -> dict:
         """A :data:`STOP_SIGNALS` signal sets a flag (the loop saves and stops at the next step); a
@@ -562,8 +574,9 @@ def pruning_objective(p, reports_l1: bool = True) -> str:
     if not reports_l1:
         return f"the loss alone ({p.scheduler} implies no penalty coefficient)"
     if p.penalty == "energy":
-        return ("loss + lambda sum_i (c_i / mean c) |w_i|, c_i the energy (pJ per sample) of the operations weight i "
-                "takes part in, a running mean over the epochs' first batches")
+        return ("loss + lambda sum_i (c_i / mean c) |w_i|, c_i the energy (pJ per sample) of the synaptic operations "
+                "weight i takes part in (an ANN: its MACs), a running mean over the epochs' first batches; a spiking "
+                "network's layer reading real-valued input keeps c_i / mean c = 1")
     if p.granularity == "channel":
         return "loss + lambda sum_g sqrt(|g|) ||w_g||_2 over output channels g (group lasso)"
     if p.granularity == "nm":
