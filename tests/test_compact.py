@@ -1,0 +1,55 @@
+"""Compact models: zero channels physically removed, the outputs unchanged."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from snn_stp.export.compact import NotCompactableError, compact
+from snn_stp.models import build_model
+
+
+def _zero_channels(model):
+    """Zero some output channels of every hidden weight layer; random BatchNorm statistics, one
+    zero channel whose constant (BatchNorm's shift) makes its neuron fire at every step."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.bias.uniform_(-1.0, 0.2)
+        model.encoder[0].weight[[1, 3, 5]] = 0
+        model.body[2][0].weight[[0, 2]] = 0
+        model.body[2][1].bias[2] = 5.0  # channel 2: zero weights, but BN makes it 5 > threshold (or ReLU > 0)
+        model.body[2][1].running_mean[2] = 0.0
+        model.body[7][0].weight[[4, 9, 10]] = 0
+        model.body[7][0].bias[[4, 9, 10]] = torch.tensor([-3.0, -0.5, 0.0])
+
+
+@pytest.mark.parametrize("spiking", [True, False])
+def test_the_compact_model_computes_what_the_masked_model_computes(spiking):
+    torch.manual_seed(0)
+    model = build_model("nmnist_net", num_classes=10, in_channels=2, spiking=spiking, channels=8, hidden=32,
+                        image_size=17, **({"time_steps": 4} if spiking else {})).eval()
+    _zero_channels(model)
+    compacted = copy.deepcopy(model)
+    plan = compact(compacted, (2, 17, 17))
+    assert plan.kept == {"encoder.0": [0, 2, 4, 6, 7], "body.2.0": [1, 2, 3, 4, 5, 6, 7],
+                         "body.7.0": [i for i in range(32) if i not in (4, 9, 10)]}
+    assert [(name, channel) for name, channel, _ in plan.kept_zero] == [("body.2.0", 2)]
+    assert compacted.encoder[0].weight.shape == (5, 2, 3, 3) and compacted.body[2][0].weight.shape == (7, 5, 3, 3)
+    assert compacted.body[7][0].weight.shape == (29, 7 * 4 * 4) and compacted.body[10][0].weight.shape == (100, 29)
+    x = (torch.rand(*((4,) if spiking else ()), 16, 2, 17, 17) < 0.3).float()
+    with torch.no_grad():
+        expected, got = model(x), compacted(x)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert torch.allclose(got, expected, atol=1e-6)
+    parameters = sum(p.numel() for p in compacted.parameters())
+    assert parameters < sum(p.numel() for p in model.parameters())
+
+
+def test_a_residual_network_is_refused_with_the_reason():
+    model = build_model("sew_resnet18", num_classes=10, spiking=True, time_steps=2)
+    with pytest.raises(NotCompactableError, match=r"^SEWResNet is not a chain network \(encoder, then body\)"):
+        compact(model, (3, 32, 32))
