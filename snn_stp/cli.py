@@ -122,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "graph (BatchNorm folded, pruned zeros kept, neuron parameters and the time step stated; "
                              "read back by snnTorch and Norse in the tests, see docs/deployment.md); --format sparse "
                              "writes only the "
-                             "non-zero weights and what rebuilds the model (snn_stp.export.load_sparse).")
+                             "non-zero weights and what rebuilds the model (snn_stp.export.load_sparse); --format "
+                             "compact writes a smaller dense model with its zero channels removed (snn-stp eval "
+                             "reads it; snn_stp.export.compact).")
     export.add_argument("run", metavar="RUN", help="a run directory or a checkpoint file")
-    export.add_argument("--format", required=True, choices=("nir", "sparse"))
+    export.add_argument("--format", required=True, choices=("nir", "sparse", "compact"))
     export.add_argument("--out", required=True, help="the file to write (an existing one only with --overwrite)")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.add_argument("--checkpoint", default="last.pt", choices=("last.pt", "best.pt"),
@@ -447,13 +449,30 @@ def dispatch(args) -> int:
         return run_convert(args)
     elif args.command == "eval":
         from .train import evaluate_checkpoint
-        result = evaluate_checkpoint(args.path)
+        from .train.checkpoint import CompactModelFile
+        try:
+            result = evaluate_checkpoint(args.path)
+        except CompactModelFile:
+            return evaluate_compact_file(args.path)
         print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['global_step']}): test accuracy "
               f"{result['test_acc']:.2%} (top-5 {result['test_top5']:.2%}, loss {result['test_loss']:.4f}), weight "
               f"sparsity {result['pruned_layer_sparsity']:.2%} of the pruned layers ({result['all_weight_sparsity']:.2%} "
               f"of all weights; not counted: {_not_counted(result['parameter_counts'])}), threshold d = "
               f"{result['threshold']:.4g}")
         print_analysis(result)
+    return 0
+
+
+def evaluate_compact_file(path: str) -> int:
+    """``snn-stp eval`` of a compact model (``export --format compact``)."""
+    from .export.compact import evaluate_compact
+
+    result = evaluate_compact(path)
+    print(f"{path} (compact model of {result['checkpoint']}, epoch {result['epoch']}): test accuracy "
+          f"{result['test_acc']:.2%} (top-5 {result['test_top5']:.2%}, loss {result['test_loss']:.4f}), "
+          f"{result['parameters']:,} parameters ({result['removed_channels']:,} channels removed), weight sparsity "
+          f"{result['weight_sparsity']:.2%} of its {result['weights']:,} weights")
+    print_analysis(result)
     return 0
 
 
@@ -606,6 +625,11 @@ def run_export(args) -> int:
     if args.format == "nir":
         print(f"wrote {result['path']}: NIR graph of {result['nodes']} nodes, weight sparsity "
               f"{result['weight_sparsity']:.2%}, {result['time_steps']} time steps of {result['dt']:g} s")
+    elif args.format == "compact":
+        print(f"wrote {result['path']}: {result['parameters']:,} parameters of {result['dense_parameters']:,} "
+              f"({result['removed_channels']:,} of {result['channels']:,} hidden channels removed; "
+              f"{result['kept_zero_channels']} zero channel(s) kept, whose BatchNorm constant reaches the next "
+              f"layer), weight sparsity {result['weight_sparsity']:.2%} before compaction")
     else:
         print(f"wrote {result['path']}: {result['file']:,} bytes for {result['nonzeros']:,} non-zero weights "
               f"(weight sparsity {result['weight_sparsity']:.2%}; non-zeros {result['sparse_payload']:,} bytes, dense "

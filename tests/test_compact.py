@@ -53,3 +53,29 @@ def test_a_residual_network_is_refused_with_the_reason():
     model = build_model("sew_resnet18", num_classes=10, spiking=True, time_steps=2)
     with pytest.raises(NotCompactableError, match=r"^SEWResNet is not a chain network \(encoder, then body\)"):
         compact(model, (3, 32, 32))
+
+
+@pytest.mark.slow
+def test_export_compact_then_eval_gives_the_runs_own_numbers(tmp_path):
+    from conftest import sets, snn_stp
+
+    run, out = tmp_path / "run", tmp_path / "compact.pt"
+    trained = snn_stp("train", "--quiet", "--out", run, *sets(
+        "model.spiking=false", "model.options={hidden: 64}", "train.epochs=3", "train.analysis_samples=8",
+        "pruning.granularity=channel", "pruning.rule=exact", "pruning.final_threshold=0.1"))
+    assert trained.returncode == 0, trained.stderr
+    exported = snn_stp("export", run, "--format", "compact", "--out", out)
+    assert exported.returncode == 0, exported.stderr
+    removed = int(exported.stdout.split("(")[1].split(" of ")[0])
+    assert removed > 0 and exported.stdout.startswith(f"wrote {out}: ")
+    original, compacted = snn_stp("eval", run), snn_stp("eval", out)
+    assert compacted.returncode == 0, compacted.stderr
+    # The same test accuracy, top-5 and loss, printed the same way.
+    numbers = original.stdout.split("test accuracy ")[1].split(")")[0]
+    assert compacted.stdout.splitlines()[0].startswith(f"{out} (compact model of last.pt, epoch 3): test accuracy "
+                                                       f"{numbers})")
+    assert f"({removed} channels removed)" in compacted.stdout
+    refused = snn_stp("export", out, "--format", "nir", "--out", tmp_path / "again.nir")
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"snn-stp export: {out} is a compact model (snn-stp export --format compact), not a training checkpoint: "
+        "snn-stp eval evaluates it; resume and export need the run's checkpoint")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -69,7 +70,12 @@ def _blocks(model: nn.Module, sample_shape: tuple[int, ...]) -> list[_Block]:
                                   "and their ANN twins (a residual network would need its channels removed along "
                                   "every shortcut)")
     steps = _flatten(model)
-    shapes = _shapes(steps, sample_shape)
+    training = model.training
+    model.eval()  # shapes traced through BatchNorm with its running statistics (one sample)
+    try:
+        shapes = _shapes(steps, sample_shape)
+    finally:
+        model.train(training)
     blocks: list[_Block] = []
     for index, step in enumerate(steps):
         module = step.module
@@ -198,12 +204,69 @@ def _shrink_norm(norm: nn.Module, index: torch.Tensor) -> None:
 def compact(model: nn.Module, sample_shape: tuple[int, ...]) -> Compaction:
     """Remove every zero output channel of ``model`` (a baked chain network; in place) whose
     output cannot reach the next layer (see the module doc); returns what was kept."""
-    was_training = model.training
-    model.eval()
-    try:
-        plan = plan_compaction(model, sample_shape)
-        shrink(model, {name: kept for name, kept in plan.kept.items() if len(kept) < plan.channels[name]},
-               sample_shape)
-    finally:
-        model.train(was_training)
+    plan = plan_compaction(model, sample_shape)
+    shrink(model, {name: kept for name, kept in plan.kept.items() if len(kept) < plan.channels[name]}, sample_shape)
     return plan
+
+
+def save_compact(model: nn.Module, config, plan: Compaction, sample: tuple[int, ...], path, metadata: dict) -> dict:
+    """Write a compacted, baked ``model`` with what rebuilds it: its run's config, the channels each
+    layer kept, and ``metadata`` (the checkpoint's training progress). Read back by
+    :func:`load_compact` with ``torch.load(weights_only=True)``: tensors and plain values only."""
+    from ..files import atomic_path
+    from ..train.checkpoint import COMPACT_FORMAT
+
+    payload = {"format": COMPACT_FORMAT, "config": config.to_dict(), "sample_shape": list(sample),
+               "kept": {name: list(kept) for name, kept in plan.kept.items() if len(kept) < plan.channels[name]},
+               "channels": dict(plan.channels), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "metadata": dict(metadata)}
+    with atomic_path(Path(path)) as temporary:
+        torch.save(payload, temporary)
+    return payload
+
+
+def load_compact(path, device: torch.device | str = "cpu") -> tuple[nn.Module, object, dict]:
+    """A compact model file: (the model, baked and shrunk, in eval mode; its run's config; the
+    file's contents)."""
+    from ..errors import CheckpointError
+    from ..pruning import bake
+    from ..train.builders import make_model
+    from ..train.checkpoint import COMPACT_FORMAT, load_file
+    from ..data import dataset_spec
+    from ..train.config import from_dict
+
+    payload = load_file(path)
+    if not isinstance(payload, dict) or payload.get("format") != COMPACT_FORMAT:
+        raise CheckpointError(f"{path} is not a compact model (snn-stp export --format compact)")
+    config = from_dict(payload["config"])
+    model = make_model(config, dataset_spec(config.data.name).num_classes, torch.device(device),
+                       load_initial_weights=False)
+    bake(model)
+    shrink(model, {name: list(kept) for name, kept in payload["kept"].items()}, tuple(payload["sample_shape"]))
+    model.load_state_dict(payload["model"])
+    return model.eval(), config, payload
+
+
+def evaluate_compact(path) -> dict:
+    """Accuracy, sparsity and operation counts of a compact model file on its run's test split,
+    measured with the training loop's own code (as ``snn-stp eval`` of a checkpoint)."""
+    from ..data import make_loader
+    from ..train import distributed, evaluation
+    from ..train.builders import make_dataset, make_loss
+
+    model, config, payload = load_compact(path)
+    device = distributed.resolve_device(config.train.device)
+    model = model.to(device)
+    test_set = make_dataset(config, "test", model)
+    loader = make_loader(test_set, config.data.name, config.data.eval_batch_size or config.data.batch_size,
+                         bool(getattr(model, "spiking", False)), num_workers=config.data.workers)
+    test = evaluation.measure(model, loader, make_loss(config), device, bool(config.train.amp and device.type == "cuda"),
+                              distributed.DistContext(device=device))
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    zeros, numel = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+    training = payload["metadata"].get("training", {})
+    return {"path": str(path), "epoch": training.get("epoch"), "checkpoint": training.get("checkpoint"),
+            "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
+            "weight_sparsity": zeros / numel, "weights": numel, "parameters": sum(p.numel() for p in model.parameters()),
+            "removed_channels": sum(payload["channels"][n] - len(k) for n, k in payload["kept"].items()),
+            **evaluation.analyze(model, test_set, config, device)}

@@ -13,10 +13,11 @@ from ..files import atomic_path
 from ..model_registry import MODELS
 from ..train.builders import model_arguments
 from ..train.restore import checkpoint_file, restore_checkpoint
+from .compact import compact, save_compact
 from .nir_graph import DEFAULT_DT, check_time_step, export_nir
 from .sparse_checkpoint import save_sparse
 
-FORMATS = ("nir", "sparse")
+FORMATS = ("nir", "sparse", "compact")
 
 
 class UnfinishedRunWarning(SnnStpWarning):
@@ -29,8 +30,9 @@ def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = 
 
     Args:
         run: a run directory (its ``checkpoints/<checkpoint>``) or a checkpoint file.
-        format: ``nir`` (a NIR graph file; tested with snnTorch and Norse, see docs/deployment.md)
-            or ``sparse`` (a compact checkpoint of the non-zero weights).
+        format: ``nir`` (a NIR graph file; tested with snnTorch and Norse, see docs/deployment.md),
+            ``sparse`` (a checkpoint of the non-zero weights) or ``compact`` (a smaller dense model
+            with its zero channels removed, :mod:`.compact`; ``snn-stp eval`` reads it).
         out: the file to write.
         checkpoint: which checkpoint of a run directory (``last.pt`` or ``best.pt``).
         dt: NIR only: the time step in seconds that one step of the network stands for.
@@ -62,6 +64,15 @@ def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = 
     if format == "sparse":
         sizes = save_sparse(baked, arguments, out, metadata={"training": training})
         return {"path": str(out), "format": format, "weight_sparsity": sparsity, "training": training, **sizes}
+    if format == "compact":
+        dense = sum(p.numel() for p in baked.parameters())
+        shape = sample_shape(baked, config)
+        plan = compact(baked, shape)
+        save_compact(baked, config, plan, shape, out, metadata={"training": training})
+        return {"path": str(out), "format": format, "weight_sparsity": sparsity, "training": training,
+                "removed_channels": plan.removed, "channels": sum(plan.channels.values()),
+                "kept_zero_channels": len(plan.kept_zero), "parameters": sum(p.numel() for p in baked.parameters()),
+                "dense_parameters": dense}
     import nir
 
     graph = export_nir(baked, sample_shape(baked, config), dt=dt, model_name=config.model.name)

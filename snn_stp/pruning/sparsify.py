@@ -38,7 +38,8 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
              threshold_multipliers: Mapping[str, float] | None = None,
              trainable_threshold_init: float | None = None, name: str | Iterable[str] = "weight",
              final_threshold: float | None = None, granularity: str = "weight",
-             nm: str | tuple[int, int] | None = None, weighted: bool = False) -> list[str]:
+             nm: str | tuple[int, int] | None = None, weighted: bool = False,
+             unstructured: Iterable[str] = ()) -> list[str]:
     """Reparameterize the chosen tensors of ``model`` in place; return their names.
 
     Args:
@@ -68,6 +69,8 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
         nm: the pattern of ``granularity="nm"``, ``"2:4"`` or ``(2, 4)``. A layer whose input
             size is not a multiple of M (a first conv of 2 or 3 channels) is pruned weight by
             weight, with a warning naming it.
+        unstructured: names of selected modules pruned weight by weight whatever the granularity
+            (a classifier, whose output channels are the classes).
         weighted: per-weight threshold factors from measured costs (a weighted L1 penalty, e.g.
             the energy-aware one; ``update_costs`` sets them); soft threshold, granularity
             ``weight`` only.
@@ -127,11 +130,11 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
         factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(module_name, p)), 1.0)
         for tensor in tensors:
             original = getattr(module, tensor).detach().clone()
-            grouping = granularity
-            if granularity != "weight" and original.dim() < 2:
+            grouping = "weight" if module_name in set(unstructured) else granularity
+            if grouping != "weight" and original.dim() < 2:
                 raise ValueError(f"granularity {granularity!r} groups the weights of a conv or linear layer by output "
                                  f"(and input); {module_name}.{tensor} has shape {tuple(original.shape)}")
-            if granularity == "nm" and original.shape[1] % n_m[1]:
+            if grouping == "nm" and original.shape[1] % n_m[1]:
                 grouping = "weight"
                 unstructured.append(f"{module_name}.{tensor} ({original.shape[1]} inputs)")
             parametrization = kind.for_weight(original, rule, threshold, factor, trainable_threshold_init, grouping,

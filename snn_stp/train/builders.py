@@ -67,11 +67,13 @@ def _build_sparsified(config: Config, num_classes: int, device: torch.device) ->
     starts_at_d = (p.init == "inverse" or cls.starts_at_final_threshold) and \
         rule in parametrization_for_rule(rule).threshold_rules
     method = {name: p.scheduler_arguments[name] for name in cls.parametrization_arguments}
+    # Channel granularity: the last pruned layer's output channels are the classes; it is pruned weight by weight.
+    classifier = [pruning.select_modules(model, p.include, p.exclude)[-1][0]] if p.granularity == "channel" else []
     with settings("pruning"):
         pruning.sparsify(model, rule=rule, include=p.include, exclude=p.exclude, init=p.init,
                          initial_threshold=p.final_threshold if starts_at_d else None,
                          threshold_multipliers=p.threshold_multipliers or None, granularity=p.granularity,
-                         nm=p.nm, weighted=p.penalty == "energy", **method)
+                         nm=p.nm, weighted=p.penalty == "energy", unstructured=classifier, **method)
     return model.to(device)
 
 

@@ -116,9 +116,21 @@ def load_file(path: str | Path, map_location="cpu") -> Any:
                               f"{problem})") from None
 
 
+#: The ``format`` of a compact model file (``snn-stp export --format compact``): not a training
+#: checkpoint, but ``snn-stp eval`` reads it.
+COMPACT_FORMAT = "snn_stp.compact"
+
+
+class CompactModelFile(CheckpointError):
+    """The file is a compact model (``export --format compact``), not a training checkpoint."""
+
+
 def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     """A training checkpoint written by snn-stp (model, optimizer, schedulers, RNG, config)."""
     state = load_file(path, map_location)
+    if isinstance(state, dict) and state.get("format") == COMPACT_FORMAT:
+        raise CompactModelFile(f"{path} is a compact model (snn-stp export --format compact), not a training "
+                               "checkpoint: snn-stp eval evaluates it; resume and export need the run's checkpoint")
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         kind = f"a {type(state).__name__}" if not isinstance(state, dict) else "a mapping without " + ", ".join(missing)

@@ -22,7 +22,8 @@ def load_resume_state(run_dir: str | Path) -> tuple[Config, dict]:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirectoryError(f"{run_dir} does not exist; snn-stp resume takes the --out folder of a run")
+        what = "is a file, not a run directory" if run_dir.exists() else "does not exist"
+        raise RunDirectoryError(f"{run_dir} {what}; snn-stp resume takes the --out folder of a run")
     last = run_dir / rundir.CHECKPOINTS / rundir.LAST
     if not last.exists():
         held = f"it holds {rundir.describe(run_dir)}" if rundir.holds_run(run_dir) else "it holds no run"
