@@ -461,9 +461,9 @@ class Trainer:
     def _measure_costs(self, inputs: torch.Tensor) -> None:
         """The energy penalty's costs: what each weighted weight costs per sample on this batch (the
         first of each epoch; the operations it takes part in times their energy,
-        ``measure.weight_operation_costs``), added to the layers' running means. The same batch on
-        every rank (each measures its own shard: the means differ by sampling only), so ranks share
-        the mean of their measurements."""
+        ``measure.weight_operation_costs``), added to the layers' running means. Under DDP each rank
+        measures its own batch and the ranks take the mean of their measurements, so their
+        thresholds stay identical."""
         from ..measure.operations import weight_operation_costs
 
         # In evaluation mode: dropout's training-time scaling would make spikes look real-valued (MACs).
