@@ -204,3 +204,15 @@ def test_the_config_takes_a_granularity_as_typed(tmp_path):
         with pytest.raises(ConfigError) as error:
             load_config(overrides=overrides)
         assert str(error.value) == message
+
+
+def test_with_channel_granularity_a_run_prunes_its_classifier_weight_by_weight():
+    from conftest import TINY
+    from snn_stp.pruning import pruned_layers
+    from snn_stp.train import load_config
+    from snn_stp.train.builders import make_model
+
+    config = load_config(overrides=[*TINY, "pruning.granularity=channel"])
+    model = make_model(config, 10, torch.device("cpu"))
+    granularities = [layer.parametrization.granularity for layer in pruned_layers(model)]
+    assert granularities[-1] == "weight" and set(granularities[:-1]) == {"channel"} and len(granularities) > 1

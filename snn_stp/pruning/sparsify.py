@@ -121,7 +121,7 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
 
     selected = select_modules(model, include, exclude, tensors)
     threshold = float(initial_threshold or 0.0)
-    names, unstructured = [], []
+    names, indivisible, weight_by_weight = [], [], set(unstructured)
     for module_name, module in selected:
         if parametrize.is_parametrized(module):
             # Another tensor of it is parametrized (weight_norm on the weight, pruning the bias): the
@@ -130,21 +130,21 @@ def sparsify(model: nn.Module, rule: str = "ste", include: Selector = None, excl
         factor = next((f for p, f in multipliers.items() if fnmatch.fnmatchcase(module_name, p)), 1.0)
         for tensor in tensors:
             original = getattr(module, tensor).detach().clone()
-            grouping = "weight" if module_name in set(unstructured) else granularity
+            grouping = "weight" if module_name in weight_by_weight else granularity
             if grouping != "weight" and original.dim() < 2:
                 raise ValueError(f"granularity {granularity!r} groups the weights of a conv or linear layer by output "
                                  f"(and input); {module_name}.{tensor} has shape {tuple(original.shape)}")
             if grouping == "nm" and original.shape[1] % n_m[1]:
                 grouping = "weight"
-                unstructured.append(f"{module_name}.{tensor} ({original.shape[1]} inputs)")
+                indivisible.append(f"{module_name}.{tensor} ({original.shape[1]} inputs)")
             parametrization = kind.for_weight(original, rule, threshold, factor, trainable_threshold_init, grouping,
                                               n_m if grouping == "nm" else None, weighted)
             parametrize.register_parametrization(module, tensor, parametrization)
             parametrization.initialize_latent(getattr(module.parametrizations, tensor).original, original, init)
             names.append(f"{module_name}.{tensor}" if module_name else tensor)
-    if unstructured:
+    if indivisible:
         warnings.warn(f"N:M {n_m[0]}:{n_m[1]} needs an input size that is a multiple of {n_m[1]}: "
-                      f"{', '.join(unstructured)} pruned weight by weight instead", stacklevel=2)
+                      f"{', '.join(indivisible)} pruned weight by weight instead", stacklevel=2)
     unused = [p for p in multipliers if not any(fnmatch.fnmatchcase(n, p) for n, _ in selected)]
     if unused:
         raise ValueError(f"threshold multiplier pattern(s) {unused} match no pruned layer; "
