@@ -111,7 +111,10 @@ def test_a_sweep_through_slurm_equals_the_local_sweep_bit_for_bit(tmp_path):
     # Only --out: the sweep the folder holds; the queued jobs are waited for, not submitted again.
     collected = snn_stp("sweep", "--out", on_slurm)
     assert collected.returncode == 0, collected.stderr
-    assert json.loads((on_slurm / "slurm-jobs.json").read_text())["jobs"] == jobs
+    after = json.loads((on_slurm / "slurm-jobs.json").read_text())["jobs"]
+    assert {name: r["job_id"] for name, r in after.items()} == {name: r["job_id"] for name, r in jobs.items()}
+    # How each ended is kept for sweep-status (for the points this command waited for).
+    assert {r.get("ended", "COMPLETED") for r in after.values()} == {"COMPLETED"}
     assert collected.stdout.splitlines()[-1] == f"wrote {on_slurm / 'results.csv'} (2 of 2 run(s) finished)"
     local_rows, slurm_rows = rows(local / "results.csv"), rows(on_slurm / "results.csv")
     assert [{k: v for k, v in r.items() if k not in WHERE} for r in slurm_rows] == \
