@@ -216,3 +216,17 @@ def test_with_channel_granularity_a_run_prunes_its_classifier_weight_by_weight()
     model = make_model(config, 10, torch.device("cpu"))
     granularities = [layer.parametrization.granularity for layer in pruned_layers(model)]
     assert granularities[-1] == "weight" and set(granularities[:-1]) == {"channel"} and len(granularities) > 1
+
+
+@pytest.mark.slow
+def test_a_spiking_channel_run_is_silent_in_evaluation_without_batchnorm_recalibration(tmp_path):
+    from snn_stp.train import Trainer, load_config
+
+    settings = ["pruning.granularity=channel", "pruning.rule=exact", "pruning.final_threshold=0.1", "train.epochs=3",
+                "model.options={hidden: 64}", "train.analysis_samples=8"]
+    recalibrated = Trainer(load_config(overrides=settings), tmp_path / "a", quiet=True).fit()
+    lagging = Trainer(load_config(overrides=[*settings, "train.batchnorm_recalibration=0"]), tmp_path / "b",
+                      quiet=True).fit()
+    # The same training (recalibration changes running statistics only); evaluation differs.
+    assert recalibrated["pruned_layer_sparsity"] == lagging["pruned_layer_sparsity"] > 0.1
+    assert recalibrated["final_test_acc"] > 0.8 and lagging["final_test_acc"] < 0.2

@@ -129,6 +129,10 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     max_steps: int | None = None  # stop early (smoke tests); the schedules keep the full length
     analysis_samples: int = 256  # test samples for per-epoch spike statistics and operation counts (0: off)
+    # Training batches whose statistics replace BatchNorm's running ones before each epoch's evaluation
+    # (0: off; null: 20 with pruning.granularity channel, whose shrinking channels the running statistics
+    # lag behind, else off).
+    batchnorm_recalibration: int | None = None
     energy_table: str = "45nm_fp32"  # per-operation energies for the estimate (see snn_stp.analysis)
     steady_allocator: bool = True  # snn-stp keeps freed memory in the process (glibc; see train/allocator.py)
     # A checkpoint counts as good (checkpoints/last_good.pt) when the loss measured on its weights is
@@ -533,6 +537,9 @@ def _check_ranges(config: Config) -> None:
     require("train.threads", t.threads, t.threads is not None and t.threads >= 1,
             "an integer >= 1 (or null: torch's default, one per core)")
     require("train.analysis_samples", t.analysis_samples, t.analysis_samples >= 0, "an integer >= 0 (0: no analysis)")
+    require("train.batchnorm_recalibration", t.batchnorm_recalibration,
+            t.batchnorm_recalibration is None or t.batchnorm_recalibration >= 0,
+            "an integer >= 0 (0: off; null: 20 batches with pruning.granularity channel, else off)")
     require("train.label_smoothing", t.label_smoothing, finite(t.label_smoothing) and 0 <= t.label_smoothing < 1,
             "in [0, 1)")
     require("train.checkpoint_every_steps", t.checkpoint_every_steps,

@@ -301,6 +301,7 @@ class Trainer:
         if c.schedule.interval == "epoch":
             self.lr_scheduler.step()
         loss_sum, correct, seen = distributed.all_sum([p["loss_sum"], p["correct"], p["seen"]], self.ctx)
+        self._recalibrate_batchnorm()
         val = self.evaluate("validation") if self.val_set is not None else {"loss": None, "acc": None}
         test = self.evaluate()
         report = pruning.weight_sparsity(self.model)
@@ -457,6 +458,39 @@ class Trainer:
             f"{where}. The last good checkpoint is {last} (step {kept['global_step']}, whose weights gave a normal "
             f"loss; any newer one is kept as {rundir.DIVERGED}). Lower optim.lr or set optim.grad_clip and start from "
             f"it: snn-stp train --init-from {last} --set optim.lr=... --out NEW_RUN_DIR")
+
+    def _recalibrate_batchnorm(self) -> None:
+        """Replace BatchNorm's running statistics by those of the current weights on the first
+        ``train.batchnorm_recalibration`` training batches (this epoch's augmentations, the same
+        samples on every rank, dropout off). A channel under the group threshold shrinks by
+        ``1 - d sqrt(|g|) / ||theta_g||``, fast near the boundary, and the running variance (a
+        momentum average) lagged the batch variance 20x on the digits SNN: in evaluation mode its
+        neurons stayed silent while training went on."""
+        c = self.config
+        batches = c.train.batchnorm_recalibration
+        if batches is None:
+            batches = 20 if c.pruning.granularity == "channel" else 0
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not batches or not norms or self.train_set is None:
+            return
+        count = min(len(self.train_set), batches * c.data.batch_size)
+        loader = self._loader("train", c.data.batch_size, [self.epoch * len(self.train_set) + i for i in range(count)],
+                              c.data.workers)
+        momenta = [m.momentum for m in norms]
+        training = self.model.training
+        self.model.eval()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches
+            norm.train()
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
+                for inputs, _ in loader:
+                    self.model(inputs.to(self.device, non_blocking=True))
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
+            self.model.train(training)
 
     def _measure_costs(self, inputs: torch.Tensor) -> None:
         """The energy penalty's costs: what each weighted weight costs per sample on this batch (the
