@@ -40,7 +40,7 @@ import yaml
 from . import rundir
 from .errors import ConfigError, RunDirectoryError, TrainingInterrupted
 from .launch import Finished, Job, LocalPool, Work
-from .launch.slurm import (JOBS_FILE, SLURM_FOLDER, SlurmLauncher, SlurmOptions, ended_state, live_states, read_records,
+from .launch.slurm import (JOBS_FILE, SLURM_FOLDER, SlurmLauncher, SlurmOptions, ended_as, live_states, read_records,
                            slurm_options)
 from .files import parse_value, read_yaml, write_text_atomic
 from .train.config import RESUME_MUTABLE_KEYS, Config, differences, from_dict, load_config
@@ -368,7 +368,7 @@ def sweep_status(sweep: Sweep, out: str | Path) -> list[tuple[Point, str, str]]:
         elif record and record["job_id"] in live:
             found.append((point, live[record["job_id"]].lower(), f"Slurm job {record['job_id']}"))
         elif record:
-            ended = record.get("ended") or ended_state(record["job_id"]) or "state no longer known to Slurm"
+            ended = ended_as(record)
             found.append((point, "cancelled" if "CANCELLED" in ended else "failed",
                           f"{last_line(log)} - Slurm job {record['job_id']} ended ({ended}); the run's output {log}, "
                           f"Slurm's {record['stderr']}".lstrip(" -")))

@@ -250,18 +250,10 @@ def load_compact(path, device: torch.device | str = "cpu") -> tuple[nn.Module, o
 def evaluate_compact(path) -> dict:
     """Accuracy, sparsity and operation counts of a compact model file on its run's test split,
     measured with the training loop's own code (as ``snn-stp eval`` of a checkpoint)."""
-    from ..data import make_loader
-    from ..train import distributed, evaluation
-    from ..train.builders import make_dataset, make_loss
+    from ..train.engine import evaluate_on_test_split
 
     model, config, payload = load_compact(path)
-    device = distributed.resolve_device(config.train.device)
-    model = model.to(device)
-    test_set = make_dataset(config, "test", model)
-    loader = make_loader(test_set, config.data.name, config.data.eval_batch_size or config.data.batch_size,
-                         bool(getattr(model, "spiking", False)), num_workers=config.data.workers)
-    test = evaluation.measure(model, loader, make_loss(config), device, bool(config.train.amp and device.type == "cuda"),
-                              distributed.DistContext(device=device))
+    test, analysis = evaluate_on_test_split(model, config)
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     zeros, numel = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
     training = payload["metadata"].get("training", {})
@@ -269,4 +261,4 @@ def evaluate_compact(path) -> dict:
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
             "weight_sparsity": zeros / numel, "weights": numel, "parameters": sum(p.numel() for p in model.parameters()),
             "removed_channels": sum(payload["channels"][n] - len(k) for n, k in payload["kept"].items()),
-            **evaluation.analyze(model, test_set, config, device)}
+            **analysis}

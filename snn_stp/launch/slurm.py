@@ -310,6 +310,12 @@ def ended_state(job_id: str) -> str:
     return state.group(1) + (f", exit code {code.group(1)}" if code and code.group(1) != "0" else "")
 
 
+def ended_as(record: dict) -> str:
+    """How a recorded job that left the queue ended: kept in its record when a sweep saw it end,
+    else Slurm's word while it remembers the job."""
+    return record.get("ended") or ended_state(record["job_id"]) or "state no longer known to Slurm"
+
+
 def live_states_patiently(job_ids: list[str], report: Callable[[str], None]) -> dict[str, str]:
     """:func:`live_states`, asked again while ``squeue`` fails (a controller restarting), for up to
     :data:`SQUEUE_PATIENCE_SECONDS`: a sweep that waited days should not end on one bad answer."""
@@ -355,9 +361,10 @@ class SlurmLauncher:
         gpus = f", {o.gpus_per_job} GPU(s) each" if o.gpus_per_job else ""
         return f"on {where}{gpus}"
 
-    def live(self) -> dict[str, tuple[dict, str]]:
-        """The recorded jobs still queued or running: name -> (record, state)."""
-        records = read_records(self.records_path)
+    def live(self, records: dict[str, dict] | None = None) -> dict[str, tuple[dict, str]]:
+        """The recorded jobs (default: read from the records file) still queued or running:
+        name -> (record, state)."""
+        records = read_records(self.records_path) if records is None else records
         states = live_states([r["job_id"] for r in records.values()])
         return {name: (r, states[r["job_id"]]) for name, r in records.items() if r["job_id"] in states}
 
@@ -369,7 +376,7 @@ class SlurmLauncher:
         work = [w._replace(job=replace(w.job, run_dir=str(Path(w.job.run_dir).absolute())), log=str(Path(w.log).absolute()))
                 for w in work]  # a job starts in the submitting folder, but say where for certain
         records = read_records(self.records_path)
-        live = self.live()
+        live = self.live(records)
         fresh = [w for w in work if w.name not in live]
         if fresh:
             records.update(submit(self.options, self.job_folder, self.runner, fresh))
@@ -429,6 +436,6 @@ def outcome(name: str, record: dict) -> Finished:
             record["ended"] = "COMPLETED"
             return Finished(name, 0)
         time.sleep(1.0)
-    record["ended"] = ended_state(record["job_id"]) or "state no longer known to Slurm"
+    record["ended"] = ended_as(record)
     return Finished(name, None, f"Slurm job {record['job_id']} ended ({record['ended']}) without finishing the run; "
                                 f"Slurm's log {record['stderr']}")

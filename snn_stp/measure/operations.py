@@ -121,6 +121,22 @@ def _operation_tensor(module: nn.Module, x: torch.Tensor, mask: torch.Tensor) ->
     return conv(x, mask, None, module.stride, module.padding, module.dilation, module.groups).sum()
 
 
+def _spiking_and_batch(model: nn.Module, x: torch.Tensor, spiking: bool | None,
+                       batch_size: int | None) -> tuple[bool, int]:
+    """``spiking`` (default ``model.spiking``) and the batch size of ``x`` (``[B, ...]``, or
+    ``[T, B, ...]`` for event input of a spiking model), unless ``batch_size`` is given."""
+    spiking = bool(getattr(model, "spiking", False)) if spiking is None else spiking
+    sample_dims = getattr(model, "sample_dims", x.dim() - 1)
+    return spiking, batch_size or (x.shape[1] if spiking and x.dim() == sample_dims + 2 else x.shape[0])
+
+
+def _operand(inp: torch.Tensor, weight: torch.Tensor, spiking: bool) -> tuple[bool, torch.Tensor]:
+    """Whether a layer's input is spikes (0/1 in a spiking model: synaptic operations) and what
+    its operations are counted on: the spikes, or ones (every input position is a MAC)."""
+    binary = spiking and bool(((inp == 0) | (inp == 1)).all())
+    return binary, inp.to(weight.dtype) if binary else torch.ones_like(inp, dtype=weight.dtype)
+
+
 @torch.no_grad()
 def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = None,
                      energy_table: str = DEFAULT_ENERGY_TABLE, batch_size: int | None = None) -> OperationReport:
@@ -132,9 +148,7 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
     """
     if energy_table not in ENERGY_TABLES:
         raise ValueError(f"unknown energy table {energy_table!r}; valid: {', '.join(ENERGY_TABLES)}")
-    spiking = bool(getattr(model, "spiking", False)) if spiking is None else spiking
-    sample_dims = getattr(model, "sample_dims", x.dim() - 1)
-    batch = batch_size or (x.shape[1] if spiking and x.dim() == sample_dims + 2 else x.shape[0])
+    spiking, batch = _spiking_and_batch(model, x, spiking, batch_size)
     layers: dict[str, LayerOps] = {}
     handles = []
 
@@ -142,9 +156,8 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
         def record(module, inputs, _output):
             inp = inputs[0]
             weight = module.weight.detach()
-            binary = spiking and bool(((inp == 0) | (inp == 1)).all())
+            binary, source = _operand(inp, weight, spiking)
             entry = layers.setdefault(name, LayerOps(name, "sop" if binary else "mac"))
-            source = inp.to(weight.dtype) if binary else torch.ones_like(inp, dtype=weight.dtype)
             mask = (weight != 0).to(weight.dtype)
             entry.weights, entry.zero_weights = weight.numel(), int((weight == 0).sum())
             entry.dense += _operation_count(module, source, torch.ones_like(weight)) / batch
@@ -180,19 +193,14 @@ def weight_operation_costs(model: nn.Module, x: torch.Tensor, layers: dict[str, 
     Computed exactly as the gradient of the layer's operation count with respect to an all-ones
     mask (the count is linear in the mask), so stride, padding, dilation and groups are respected.
     """
-    spiking = bool(getattr(model, "spiking", False)) if spiking is None else spiking
-    sample_dims = getattr(model, "sample_dims", x.dim() - 1)
-    batch = batch_size or (x.shape[1] if spiking and x.dim() == sample_dims + 2 else x.shape[0])
+    spiking, batch = _spiking_and_batch(model, x, spiking, batch_size)
     table = ENERGY_TABLES[energy_table]
     names = {id(module): name for name, module in layers.items()}
     costs: dict[str, torch.Tensor] = {}
 
     def record(module, inputs, _output):
-        inp = inputs[0].detach()
-        weight = module.weight.detach()
-        binary = spiking and bool(((inp == 0) | (inp == 1)).all())
-        source = inp.to(weight.dtype) if binary else torch.ones_like(inp, dtype=weight.dtype)
-        mask = torch.ones_like(weight, requires_grad=True)
+        binary, source = _operand(inputs[0].detach(), module.weight.detach(), spiking)
+        mask = torch.ones_like(module.weight, requires_grad=True)
         with torch.enable_grad():
             count = _operation_tensor(module, source, mask)
             (grad,) = torch.autograd.grad(count, mask)

@@ -640,15 +640,8 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
     loop measures with; nothing is trained and nothing is written.
     """
     restored = restore_checkpoint(path)
-    config, state = restored.config, restored.state
-    device = distributed.resolve_device(config.train.device)
-    model = restored.model.to(device)
-    test_set = make_dataset(config, "test", model)
-    loader = make_loader(test_set, config.data.name, config.data.eval_batch_size or config.data.batch_size,
-                         bool(getattr(model, "spiking", False)), num_workers=config.data.workers)
-    test = evaluation.measure(model, loader, make_loss(config), device, bool(config.train.amp and device.type == "cuda"),
-                              distributed.DistContext(device=device), show_progress=not quiet)
-    analysis = evaluation.analyze(model, test_set, config, device)
+    config, state, model = restored.config, restored.state, restored.model
+    test, analysis = evaluate_on_test_split(model, config, quiet)
     report = pruning.weight_sparsity(model)
     thresholds = {layer.name: float(layer.parametrization.threshold)
                   for layer in pruning.pruned_layers(model, pruning.SoftThreshold)}
@@ -656,6 +649,20 @@ def evaluate_checkpoint(path: str | Path, quiet: bool = True) -> dict:
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
             **sparsity_figures(report), "parameter_counts": report.counts(), "layer_sparsity": report.layers,
             "threshold": restored.threshold_state["threshold"], "layer_thresholds": thresholds, **analysis}
+
+
+def evaluate_on_test_split(model: nn.Module, config: Config, quiet: bool = True) -> tuple[dict, dict]:
+    """``model`` (moved to ``train.device``) on the test split of ``config``, measured with the
+    training loop's own code: the loss and accuracies, and the analysis (operation counts, spike
+    statistics) of :func:`evaluation.analyze`."""
+    device = distributed.resolve_device(config.train.device)
+    model = model.to(device)
+    test_set = make_dataset(config, "test", model)
+    loader = make_loader(test_set, config.data.name, config.data.eval_batch_size or config.data.batch_size,
+                         bool(getattr(model, "spiking", False)), num_workers=config.data.workers)
+    test = evaluation.measure(model, loader, make_loss(config), device, bool(config.train.amp and device.type == "cuda"),
+                              distributed.DistContext(device=device), show_progress=not quiet)
+    return test, evaluation.analyze(model, test_set, config, device)
 
 
 def _number(value) -> str:
