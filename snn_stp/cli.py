@@ -343,7 +343,7 @@ def _train_locked(config, run_dir, quiet: bool, overwrite: bool, dry_run: bool) 
         parameters = sum(p.numel() for p in trainer.model.parameters())
         print(f"dry run: {config.model.name} ({'spiking' if trainer.spiking else 'ANN'}, {parameters:,} parameters), "
               f"{len(pruning_names(trainer.model))} pruned weights, {config.pruning.scheduler} threshold scheduler, "
-              f"{trainer.steps_per_epoch} steps per epoch x {config.train.epochs} epochs on {config.data.name} "
+              f"{trainer.steps_per_epoch} steps per epoch x {trainer.epochs} epochs on {config.data.name} "
               f"(data files present)")
         return 0
     from .train import distributed

@@ -11,7 +11,7 @@ from ..data import dataset_spec
 from ..errors import SnnStpWarning, UsageError
 from ..files import atomic_path
 from ..model_registry import MODELS
-from ..train.builders import model_arguments
+from ..train.builders import model_arguments, run_epochs
 from ..train.restore import checkpoint_file, restore_checkpoint
 from .compact import compact, save_compact
 from .nir_graph import DEFAULT_DT, check_time_step, export_nir
@@ -102,7 +102,7 @@ def training_progress(path: Path, config, state: dict) -> dict:
     """How far the run of checkpoint ``path`` had got: ``checkpoint``, ``epoch`` and ``global_step``
     of the checkpoint, the run's ``epochs``, and ``finished`` (the run wrote its summary, or the
     checkpoint is at its last epoch or ``train.max_steps``)."""
-    epochs, steps = config.train.epochs, config.train.max_steps
+    epochs, steps = run_epochs(config), config.train.max_steps
     run_dir = path.parent.parent if path.parent.name == rundir.CHECKPOINTS else None
     finished = bool(run_dir is not None and (run_dir / rundir.SUMMARY).is_file()) or state["epoch"] >= epochs \
         or bool(steps and state["global_step"] >= steps)

@@ -172,6 +172,12 @@ def threshold_scheduler_class(config: Config) -> type[pruning.ThresholdScheduler
     return scheduler_class(config.pruning.scheduler)
 
 
+def run_epochs(config: Config) -> int:
+    """The epochs the run of ``config`` takes: ``train.epochs``, or more for a scheduler that trains
+    in rounds (IMP: ``train.epochs + rounds x (train.epochs - rewind_epoch)``)."""
+    return threshold_scheduler_class(config).run_epochs(config.train.epochs, config.pruning.scheduler_arguments)
+
+
 def make_threshold_scheduler(config: Config, model: nn.Module, optimizer, lr_scheduler, steps_per_epoch: int):
     """The threshold scheduler of ``config.pruning``: the arguments the loop knows (its clock and LR
     schedule) where the class takes them, and the user's arguments from the pruning section."""

@@ -32,9 +32,10 @@ from ..errors import TrainingDiverged, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed, evaluation
 from .builders import (make_dataset, make_loss, make_lr_scheduler, make_model, make_optimizer,
-                       make_splits, make_threshold_scheduler)
+                       make_splits, make_threshold_scheduler, run_epochs)
 from .config import Config, save_config
 from .restore import restore_checkpoint
+from .rewinding import rewind, rewind_point
 
 METRIC_KEYS = ("epoch", "step", "lr", "threshold", "final_threshold", "l1_coefficient", "train_loss", "train_acc", "val_loss",
                "val_acc", "test_loss", "test_acc", "test_top5", "weight_sparsity", "pruned_layer_sparsity",
@@ -122,6 +123,10 @@ class Trainer:
         self.lr_scheduler = make_lr_scheduler(config, self.optimizer, self.steps_per_epoch)
         self.thresholds = make_threshold_scheduler(config, self.model, self.optimizer, self.lr_scheduler,
                                                    self.steps_per_epoch)
+        # The run's epochs: train.epochs, or more for a method that trains in rounds (IMP), whose rounds
+        # rewind to the state kept in rewind_state (taken at the start of its rewind epoch).
+        self.epochs = run_epochs(config)
+        self.rewind_state = None
         self.loss_fn = make_loss(config)
         # pruning.penalty energy: the layers whose thresholds are weighted by what each weight costs.
         self.weighted = [layer for layer in pruning.pruned_layers(self.model, pruning.SoftThreshold)
@@ -168,14 +173,14 @@ class Trainer:
 
     def _fit(self) -> dict:
         c = self.config
-        finished = self.epoch >= c.train.epochs or bool(c.train.max_steps and self.global_step >= c.train.max_steps)
+        finished = self.epoch >= self.epochs or bool(c.train.max_steps and self.global_step >= c.train.max_steps)
         if self.resuming and finished:
             summary = rundir.read_summary(self.run_dir) if self.ctx.is_main else {}
             if summary.get("global_step") == self.global_step:
                 # Nothing to train; rewriting the summary could only lose what it says (a metrics line
                 # torn since would give it another epoch's accuracy).
                 if self.ctx.is_main and not self.quiet:
-                    self.log(f"{self.run_dir} had finished (epoch {self.epoch} of {c.train.epochs}, step "
+                    self.log(f"{self.run_dir} had finished (epoch {self.epoch} of {self.epochs}, step "
                              f"{self.global_step}): nothing to resume; its files are left as they are")
                 return summary
         if self.ctx.is_main:
@@ -184,14 +189,14 @@ class Trainer:
         stopped_early = False
         handlers = self._catch_stop_signals()
         try:
-            while self.epoch < c.train.epochs:
+            while self.epoch < self.epochs:
                 if c.train.max_steps and self.global_step >= c.train.max_steps or not self._train_epoch():
                     stopped_early = True
                     break
                 record = self._end_epoch()
                 if self.ctx.is_main and not self.quiet:
                     self.log(_epoch_line(record))
-                if self._stop_agreed and self.epoch < c.train.epochs:
+                if self._stop_agreed and self.epoch < self.epochs:
                     self._interrupted()
         finally:
             for signum, handler in handlers.items():
@@ -241,6 +246,8 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """Train the rest of the current epoch; False if ``max_steps`` stopped it."""
         c, p = self.config, self.partial
+        if self.thresholds.rewinds and self.step_in_epoch == 0:
+            self._begin_round()
         sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
                                      shuffle=True, seed=c.train.seed, drop_last=False)
         sampler.set_epoch(self.epoch)
@@ -248,7 +255,7 @@ class Trainer:
         order = [offset + i for i in list(iter(sampler))[self.step_in_epoch * c.data.batch_size:]]
         loader = self._loader("train", c.data.batch_size, order, c.data.workers)
         self.network.train()
-        progress = self._progress(loader, f"epoch {self.epoch + 1}/{c.train.epochs}")
+        progress = self._progress(loader, f"epoch {self.epoch + 1}/{self.epochs}")
         tick = time.perf_counter()
         every = c.train.checkpoint_every_steps
         for inputs, labels in progress:
@@ -313,6 +320,8 @@ class Trainer:
                   "test_acc": test["acc"], "test_top5": test["top5"], **sparsity_figures(report),
                   "layer_sparsity": report.layers, "pruned": change.pruned, "regrown": change.regrown,
                   "epoch_seconds": p["seconds"]}
+        if self.thresholds.rewinds:
+            record["round"] = self.thresholds.round
         record["best_eligible"] = self._best_window()[1](record)
         record.update(self.analyze())
         self.epoch += 1
@@ -362,7 +371,8 @@ class Trainer:
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "best_acc": self.best_acc,
                 "best_epoch": self.best_epoch, "test_acc_at_best": self.test_acc_at_best,
                 "best_sparsity": self.best_sparsity,
-                "initial_loss": self.initial_loss, "partial": self.partial, "config": self.config.to_dict()}
+                "initial_loss": self.initial_loss, "partial": self.partial, "config": self.config.to_dict(),
+                "rewind": self.rewind_state}
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -374,6 +384,7 @@ class Trainer:
         self.global_step, self.best_acc, self.partial = state["global_step"], state["best_acc"], state["partial"]
         self.best_epoch, self.initial_loss = state.get("best_epoch"), state.get("initial_loss")
         self.test_acc_at_best, self.best_sparsity = state.get("test_acc_at_best"), state.get("best_sparsity")
+        self.rewind_state = state.get("rewind")
         ckpt.set_rng_state(state["rng"])
 
     def _save_checkpoint(self, best: bool) -> None:
@@ -458,6 +469,19 @@ class Trainer:
             f"{where}. The last good checkpoint is {last} (step {kept['global_step']}, whose weights gave a normal "
             f"loss; any newer one is kept as {rundir.DIVERGED}). Lower optim.lr or set optim.grad_clip and start from "
             f"it: snn-stp train --init-from {last} --set optim.lr=... --out NEW_RUN_DIR")
+
+    def _begin_round(self) -> None:
+        """At an epoch start of a method that trains in rounds: keep the state to rewind to (at the
+        start of its rewind epoch in round 0), and when the scheduler starts a new round (it has set
+        the round's masks), rewind to it. Both depend only on the run's state, so a resume from the
+        epoch's start repeats them exactly."""
+        if self.rewind_state is None and self.global_step == self.thresholds.rewind_step:
+            self.rewind_state = rewind_point(self.model, self.optimizer, self.lr_scheduler)
+        if self.thresholds.begin_round():
+            if self.rewind_state is None:
+                raise RuntimeError(f"round {self.thresholds.round} starts at step {self.global_step} but no state to "
+                                   f"rewind to was kept (it is taken at step {self.thresholds.rewind_step})")
+            rewind(self.rewind_state, self.model, self.optimizer, self.lr_scheduler)
 
     def _recalibrate_batchnorm(self) -> None:
         """Replace BatchNorm's running statistics by those of the current weights on the first
@@ -560,7 +584,7 @@ class Trainer:
                     f"{p.target_sparsity:.2%} (pruned layers)",
                     lambda record: abs(record["pruned_layer_sparsity"] - p.target_sparsity) <= p.target_tolerance + 1e-12)
         end = self.thresholds.pruning_end_step
-        end = self.config.train.epochs * self.steps_per_epoch if end is None else end
+        end = self.epochs * self.steps_per_epoch if end is None else end
         return f"the epochs from step {end} on, where the pruning schedule has ended", lambda record: record["step"] >= end
 
     def _final_threshold(self) -> float | None:
@@ -586,7 +610,7 @@ class Trainer:
             last = {"epoch": self.epoch, "test_acc": self.evaluate()["acc"]}
         return {"run_dir": str(self.run_dir), "model": self.config.model.name, "spiking": self.spiking,
                 "data": self.config.data.name, "scheduler": self.config.pruning.scheduler,
-                "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
+                "epochs": self.epochs, "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
                 "final_test_acc": last["test_acc"] if last else None,
                 "best_val_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
                 "test_acc_at_best_val": self.test_acc_at_best, "best_weight_sparsity": self.best_sparsity,
@@ -625,7 +649,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _epoch_line(r: dict) -> str:
-    return (f"epoch {r['epoch']:3d}  loss {r['train_loss']:.3f}  train {r['train_acc']:.2%}  test {r['test_acc']:.2%}"
+    round_ = f"  round {r['round']}" if "round" in r else ""
+    return (f"epoch {r['epoch']:3d}{round_}  loss {r['train_loss']:.3f}  train {r['train_acc']:.2%}  test {r['test_acc']:.2%}"
             f"  sparsity {r['pruned_layer_sparsity']:.2%} pruned layers, {r['all_weight_sparsity']:.2%} all weights"
             f"  d {r['threshold']:.4g}  lambda {_number(r['l1_coefficient'])}"
             f"  pruned {r['pruned']} regrown {r['regrown']}  {r['epoch_seconds']:.1f}s")

@@ -85,6 +85,9 @@ class ThresholdScheduler:
     knob: str | None = "final_threshold D (weight units): the threshold d reaches at the end; about the scale of the weights"
     #: Other names whose saved state this class loads (a run saved before it had its own class).
     state_aliases: tuple[str, ...] = ()
+    #: True for a method that trains in rounds and rewinds the model between them (IMP): the training
+    #: loop calls ``begin_round()`` at each epoch start and, when it returns True, rewinds.
+    rewinds = False
     #: The target sparsity asked for, or None (GMP reaches it by its masks; the scheduled thresholds
     #: calibrate D to it).
     target_sparsity: float | None = None
@@ -94,6 +97,12 @@ class ThresholdScheduler:
         """The keyword arguments of the constructor beyond ``model`` and ``optimizer``."""
         parameters = inspect.signature(cls.__init__).parameters
         return {name: p for name, p in parameters.items() if name not in ("self", "model", "optimizer")}
+
+    @classmethod
+    def run_epochs(cls, epochs: int, arguments: dict[str, Any]) -> int:
+        """The epochs a run of ``epochs`` (``train.epochs``) takes with the user's ``arguments``: the
+        same, except for a method that trains in rounds (IMP)."""
+        return epochs
 
     @classmethod
     def user_arguments(cls) -> dict[str, tuple[Any, bool]]:
