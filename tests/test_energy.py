@@ -58,6 +58,17 @@ def test_a_weighted_threshold_is_d_times_each_weights_cost_over_the_mean():
     # A measurement of nothing at all (no spike anywhere) keeps the scale.
     update_costs(layers, {"0": torch.zeros(3, 4), "1": torch.zeros(2, 3)})
     assert float(layers["0"].cost_scale) == pytest.approx(scale * 2 / 3)
+    # Per layer, with a fifth of the penalty weighted: each layer's mean cost is its own scale, and the
+    # factor is 0.8 + 0.2 cost / scale (layer "1": all costs equal, every factor 1).
+    update_costs(layers, {"0": torch.zeros(3, 4), "1": torch.zeros(2, 3)}, scope="layer", mix=0.2)
+    assert float(layers["0"].cost_scale) == pytest.approx(float(layers["0"].cost.mean()))
+    assert torch.allclose(layers["0"].cost_factors(), 0.8 + 0.2 * layers["0"].cost / layers["0"].cost.mean(),
+                          rtol=1e-15, atol=0)
+    assert torch.allclose(layers["1"].cost_factors(), torch.ones(2, 3, dtype=torch.float64), rtol=1e-15, atol=0)
+    for scope, mix, message in [("net", 0.5, "cost scope 'net' is unknown; valid: layer, global"),
+                                ("layer", 0.0, r"the weighted share of the penalty \(mix\) must be in \(0, 1\], got 0.0")]:
+        with pytest.raises(ValueError, match=message):
+            update_costs(layers, {"0": torch.zeros(3, 4), "1": torch.zeros(2, 3)}, scope=scope, mix=mix)
 
 
 def test_an_energy_run_measures_its_costs_every_epoch_and_says_what_it_minimized(tmp_path):
@@ -67,7 +78,8 @@ def test_an_energy_run_measures_its_costs_every_epoch_and_says_what_it_minimized
 
     # The small run of conftest's small_run: its hidden layers spike in evaluation mode.
     config = load_config(overrides=["model.options={hidden: 32}", "train.epochs=2", "data.batch_size=32",
-                                    "train.analysis_samples=8", "pruning.penalty=energy"])
+                                    "train.analysis_samples=8", "pruning.penalty=energy", "pruning.energy_scope=global",
+                                    "pruning.energy_mix=1"])
     trainer = Trainer(config, tmp_path / "run", quiet=True)
     summary = trainer.fit()
     assert summary["penalty"] == "energy" and summary["objective"].startswith("loss + lambda sum_i (c_i / mean c) |w_i|")
@@ -88,7 +100,11 @@ def test_an_energy_run_measures_its_costs_every_epoch_and_says_what_it_minimized
              "channel"),
             (["pruning.penalty=energy", "pruning.scheduler=gmp", "pruning.target_sparsity=0.9"],
              "pruning.penalty energy needs a soft-threshold scheduler with rule ste or exact; gmp has rule magnitude"),
-            (["pruning.penalty=l2"], "pruning.penalty 'l2' is unknown; valid: l1, energy")]:
+            (["pruning.penalty=l2"], "pruning.penalty 'l2' is unknown; valid: l1, energy"),
+            (["pruning.energy_mix=0.5"], "pruning.energy_mix applies to pruning.penalty energy (it is l1); set --set "
+                                         "pruning.penalty=energy, or remove them"),
+            (["pruning.penalty=energy", "pruning.energy_scope=net"],
+             "pruning.energy_scope / energy_mix: cost scope 'net' is unknown; valid: layer, global")]:
         with pytest.raises(ConfigError) as error:
             load_config(overrides=overrides)
         assert str(error.value) == message

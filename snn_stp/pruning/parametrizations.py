@@ -62,13 +62,14 @@ class SoftThreshold(PruningParametrization):
             in every M along the input dimension, soft-thresholded); see ``functional``.
         nm: ``(N, M)`` for ``granularity="nm"``.
         weight_shape: given, the threshold is weighted per weight (a weighted L1 penalty, e.g. by
-            energy): weight i is thresholded at ``d * cost_i / cost_scale`` (at least
-            :data:`MIN_COST_FACTOR` times d), where ``cost`` is a running mean of what each weight
-            costs and ``cost_scale`` its mean over every weighted layer (:func:`update_costs`).
-            Until a cost is measured every factor is 1.
+            energy): weight i is thresholded at ``d * ((1 - mix) + mix * cost_i / cost_scale)`` (at
+            least :data:`MIN_COST_FACTOR` times d), where ``cost`` is a running mean of what each
+            weight costs, ``cost_scale`` its mean over this layer or over every weighted layer, and
+            ``mix`` (``cost_mix``) how much of the penalty is weighted (:func:`update_costs` sets
+            the last three). Until a cost is measured every factor is 1.
 
     Buffers: ``threshold`` (0-dim, the global d this layer was last given) and ``multiplier``
-    (0-dim); weighted: ``cost`` (the weight's shape), ``cost_updates`` and ``cost_scale`` (0-dim).
+    (0-dim); weighted: ``cost`` (the weight's shape), ``cost_updates``, ``cost_scale`` and ``cost_mix`` (0-dim).
     Parameter (STR only): ``threshold_logit`` (0-dim).
     """
 
@@ -94,6 +95,7 @@ class SoftThreshold(PruningParametrization):
             self.register_buffer("cost", torch.ones(weight_shape))
             self.register_buffer("cost_updates", torch.tensor(0.0))
             self.register_buffer("cost_scale", torch.tensor(1.0))
+            self.register_buffer("cost_mix", torch.tensor(1.0))
 
         check_threshold(threshold, "threshold")
         check_threshold(multiplier, "threshold multiplier")
@@ -142,10 +144,11 @@ class SoftThreshold(PruningParametrization):
         return base * self.multiplier
 
     def cost_factors(self) -> torch.Tensor | None:
-        """A weighted layer's per-weight threshold factors ``max(cost / cost_scale, MIN_COST_FACTOR)``."""
+        """A weighted layer's per-weight threshold factors ``(1 - mix) + mix * cost / cost_scale``, at
+        least :data:`MIN_COST_FACTOR`."""
         if not self.weighted:
             return None
-        return (self.cost / self.cost_scale).clamp_min(MIN_COST_FACTOR)
+        return ((1 - self.cost_mix) + self.cost_mix * self.cost / self.cost_scale).clamp_min(MIN_COST_FACTOR)
 
     def weight_thresholds(self) -> torch.Tensor:
         """The threshold each weight gets: :meth:`effective_threshold`, times the cost factors of a
@@ -200,21 +203,41 @@ class SoftThreshold(PruningParametrization):
 MIN_COST_FACTOR = 0.05
 
 
+#: ``scope`` of :func:`update_costs`: what a weight's cost is compared with.
+COST_SCOPES = ("layer", "global")
+
+
 @torch.no_grad()
-def update_costs(parametrizations: dict[str, SoftThreshold], costs: dict[str, torch.Tensor]) -> None:
+def update_costs(parametrizations: dict[str, SoftThreshold], costs: dict[str, torch.Tensor], scope: str = "global",
+                 mix: float = 1.0) -> None:
     """Add a measurement of what each weight costs (``costs``: name -> tensor of the weight's
     shape, any unit, e.g. pJ per sample) to the running mean ``cost`` of each weighted layer, and
-    set every layer's ``cost_scale`` to the mean cost over all their weights (so the factors have
-    mean 1 and the global d keeps its units). A measurement of all zeros leaves the scale as it was."""
+    set each layer's ``cost_scale`` to the mean cost over its own weights (``scope="layer"``: the
+    weights of a layer compete among themselves, its mean factor stays 1) or over the weights of
+    all of them (``"global"``: the factors have mean 1 over all weights and expensive layers lose
+    to cheap ones); a scale with nothing measured (no spike anywhere) stays as it was. ``mix`` in
+    (0, 1]: the weighted share of the penalty, ``(1 - mix) |w_i| + mix (c_i / scale) |w_i|``; the
+    global d keeps its units either way."""
+    check_cost_weighting(scope, mix)
     for name, parametrization in parametrizations.items():
         n = float(parametrization.cost_updates)
         parametrization.cost.mul_(n / (n + 1)).add_(costs[name].to(parametrization.cost) / (n + 1))
         parametrization.cost_updates.add_(1)
-    total = sum(float(p.cost.double().sum()) for p in parametrizations.values())
-    count = sum(p.cost.numel() for p in parametrizations.values())
-    if total > 0:
-        for parametrization in parametrizations.values():
-            parametrization.cost_scale.fill_(total / count)
+        parametrization.cost_mix.fill_(mix)
+    groups = [list(parametrizations.values())] if scope == "global" else [[p] for p in parametrizations.values()]
+    for group in groups:
+        total = sum(float(p.cost.double().sum()) for p in group)
+        if total > 0:
+            for parametrization in group:
+                parametrization.cost_scale.fill_(total / sum(p.cost.numel() for p in group))
+
+
+def check_cost_weighting(scope: str, mix: float) -> None:
+    """``scope`` and ``mix`` of :func:`update_costs`, or a ValueError naming the valid ones."""
+    if scope not in COST_SCOPES:
+        raise ValueError(f"cost scope {scope!r} is unknown; valid: {', '.join(COST_SCOPES)}")
+    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 < mix <= 1:
+        raise ValueError(f"the weighted share of the penalty (mix) must be in (0, 1], got {mix!r}")
 
 
 class FixedSignReLU(PruningParametrization):

@@ -78,6 +78,11 @@ class PruningConfig:
     # l1, or energy: each weight's L1 term weighted by the energy of the operations it causes (its
     # threshold d * c_i / mean(c), c a running mean measured on a training batch each epoch).
     penalty: str = "l1"
+    # With penalty energy: what a weight's cost is compared with (layer: the weights of its own layer;
+    # global: every weighted weight, the d * c_i / mean(c), which kills a conv SNN's expensive
+    # layer) and the weighted share of the penalty, (1 - mix) |w_i| + mix (c_i / mean c) |w_i|.
+    energy_scope: str = "layer"
+    energy_mix: float = 0.2
     include: list | None = None
     exclude: list | None = None
     threshold_multipliers: dict = field(default_factory=dict)
@@ -449,6 +454,18 @@ def _check_granularity(p: PruningConfig, cls) -> None:
     rule = p.rule or cls.rules[0]
     if p.penalty not in PENALTIES:
         raise ConfigError(f"pruning.penalty {p.penalty!r} is unknown; valid: {', '.join(PENALTIES)}")
+    if p.penalty != "energy":
+        written = [k for k in ("energy_scope", "energy_mix") if k in getattr(p, "given_keys", frozenset())]
+        if written:
+            raise ConfigError(f"{' and '.join('pruning.' + k for k in written)} appl{'y' if len(written) > 1 else 'ies'} "
+                              f"to pruning.penalty energy (it is "
+                              f"{p.penalty}); set --set pruning.penalty=energy, or remove them")
+    else:
+        from ..pruning.parametrizations import check_cost_weighting
+        try:
+            check_cost_weighting(p.energy_scope, p.energy_mix)
+        except ValueError as error:
+            raise ConfigError(f"pruning.energy_scope / energy_mix: {error}") from None
     if p.penalty == "energy" and p.granularity != "weight":
         raise ConfigError(f"pruning.penalty energy weights each weight's own threshold: it needs pruning.granularity "
                           f"weight, not {p.granularity}")

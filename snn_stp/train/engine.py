@@ -542,7 +542,8 @@ class Trainer:
             for name in costs:
                 torch.distributed.all_reduce(costs[name])
                 costs[name] /= self.ctx.world_size
-        pruning.update_costs({layer.name: layer.parametrization for layer in self.weighted if layer.name in costs}, costs)
+        pruning.update_costs({layer.name: layer.parametrization for layer in self.weighted if layer.name in costs}, costs,
+                             scope=self.config.pruning.energy_scope, mix=self.config.pruning.energy_mix)
 
     def _catch_stop_signals(self) -> dict:
         """A :data:`STOP_SIGNALS` signal sets a flag (the loop saves and stops at the next step); a
@@ -632,9 +633,11 @@ def pruning_objective(p, reports_l1: bool = True) -> str:
     if not reports_l1:
         return f"the loss alone ({p.scheduler} implies no penalty coefficient)"
     if p.penalty == "energy":
-        return ("loss + lambda sum_i (c_i / mean c) |w_i|, c_i the energy (pJ per sample) of the synaptic operations "
-                "weight i takes part in (an ANN: its MACs), a running mean over the epochs' first batches; a spiking "
-                "network's layer reading real-valued input keeps c_i / mean c = 1")
+        factor = "(c_i / mean c)" if p.energy_mix == 1 else f"({1 - p.energy_mix:.4g} + {p.energy_mix:.4g} c_i / mean c)"
+        return (f"loss + lambda sum_i {factor} |w_i|, c_i the energy (pJ per sample) of the synaptic operations weight "
+                f"i takes part in (an ANN: its MACs), a running mean over the epochs' first batches, mean c over "
+                f"{'its layer' if p.energy_scope == 'layer' else 'every weighted layer'}; a spiking network's layer "
+                "reading real-valued input keeps factor 1")
     if p.granularity == "channel":
         return "loss + lambda sum_g sqrt(|g|) ||w_g||_2 over output channels g (group lasso)"
     if p.granularity == "nm":
