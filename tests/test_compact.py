@@ -49,6 +49,32 @@ def test_the_compact_model_computes_what_the_masked_model_computes(spiking):
     assert parameters < sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("spiking", [True, False])
+def test_a_removable_zero_channel_counts_its_whole_fan_out_as_saved(spiking):
+    """The masked model's effective operations are the compact model's: the MACs of the next
+    layer's inputs from a removed channel are saved; the zero channel whose BatchNorm constant
+    reaches the next layer (kept by the compaction) still costs them."""
+    from snn_stp.measure.operations import count_operations
+
+    torch.manual_seed(0)
+    model = build_model("nmnist_net", num_classes=10, in_channels=2, spiking=spiking, channels=8, hidden=32,
+                        image_size=17, **({"time_steps": 4} if spiking else {})).eval()
+    _zero_channels(model)
+    compacted = copy.deepcopy(model)
+    compact(compacted, (2, 17, 17))
+    x = torch.rand(4, 2, 17, 17)
+    masked, small = count_operations(model, x), count_operations(compacted, x)
+    for kind in ("mac", "sop"):
+        assert masked.total(kind) == pytest.approx(small.total(kind), rel=1e-12)
+    assert masked.total("mac", "dense") > small.total("mac", "dense")  # the dense count is the masked net's
+    if not spiking:
+        # By hand: body.7's 3 zero rows (ReLU of -3, -0.5, 0) and body.2's zero channel 0 are removed, so
+        # fc body.10 reads 29 of 32 inputs and fc body.7 reads 7 of 8 channels x 16 positions each.
+        layers = {layer.name: layer for layer in masked.layers}
+        assert layers["body.10.0"].effective == float((model.body[10][0].weight != 0)[:, [i for i in range(32)
+                                                                                        if i not in (4, 9, 10)]].sum())
+
+
 def test_a_residual_network_is_refused_with_the_reason():
     model = build_model("sew_resnet18", num_classes=10, spiking=True, time_steps=2)
     with pytest.raises(NotCompactableError, match=r"^SEWResNet is not a chain network \(encoder, then body\)"):

@@ -10,7 +10,13 @@ weights ``w`` the layer really uses (``module.weight``, i.e. after the soft thre
   stride and groups are respected. The dense count uses all-ones weights instead.
 * any other layer (every layer of an ANN; the real-valued first layer of a directly encoded SNN,
   which runs once, not T times) performs multiply-accumulates: one per (input element, non-zero
-  weight) pair that reaches an output, computed the same way with the input replaced by ones.
+  weight) pair that reaches an output, computed the same way with the input replaced by ones,
+  except on the input channels a pruned channel feeds: where the layer run before this one has an
+  output channel whose weights are all zero (its output is a constant: its bias through BatchNorm
+  and the activation) and this layer's matching input channel (or, after a Flatten, the input
+  features it spreads to) is exactly zero in every analysed sample, so in every sample, that
+  channel's whole fan-out counts as saved: the compact model (``snn-stp export --format compact``)
+  has no such inputs. A zero channel whose constant reaches this layer costs its MACs.
 
 Counts are per sample (divided by the batch size). Energy is an estimate for neuromorphic or
 accelerator hardware from a named table of per-operation energies, never a GPU measurement.
@@ -130,6 +136,32 @@ def _spiking_and_batch(model: nn.Module, x: torch.Tensor, spiking: bool | None,
     return spiking, batch_size or (x.shape[1] if spiking and x.dim() == sample_dims + 2 else x.shape[0])
 
 
+def _zero_output_channels(module: nn.Module) -> torch.Tensor | None:
+    """Which output channels (conv) or neurons (linear) of ``module`` have all-zero weights (their
+    output is a constant, whatever the input): bool ``[out]``; None for a transposed convolution."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return None
+    return (module.weight.detach().flatten(1) == 0).all(1)
+
+
+def _live_inputs(inp: torch.Tensor, fed_by_zero: torch.Tensor | None, module: nn.Module) -> torch.Tensor | float:
+    """1 for every input element that costs a MAC, 0 on the input channels of a pruned channel
+    (``fed_by_zero``: the previous layer's zero output channels) that are zero in every sample of
+    ``inp`` (conv: dim 1; linear: the features, which a Flatten spreads each channel over)."""
+    if fed_by_zero is None or not bool(fed_by_zero.any()):
+        return 1.0
+    linear = isinstance(module, nn.Linear)
+    dim = inp.dim() - 1 if linear else 1
+    features = inp.shape[dim]
+    if features % len(fed_by_zero):
+        return 1.0  # not this layer's producer (another branch ran last)
+    dead = fed_by_zero.repeat_interleave(features // len(fed_by_zero))
+    dead &= (inp == 0).movedim(dim, 0).reshape(features, -1).all(1)
+    shape = [1] * inp.dim()
+    shape[dim] = features
+    return (~dead).to(inp.dtype if inp.is_floating_point() else torch.float32).reshape(shape)
+
+
 def _operand(inp: torch.Tensor, weight: torch.Tensor, spiking: bool) -> tuple[bool, torch.Tensor]:
     """Whether a layer's input is spikes (0/1 in a spiking model: synaptic operations) and what
     its operations are counted on: the spikes, or ones (every input position is a MAC)."""
@@ -151,17 +183,20 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
     spiking, batch = _spiking_and_batch(model, x, spiking, batch_size)
     layers: dict[str, LayerOps] = {}
     handles = []
+    fed_by_zero: list[torch.Tensor | None] = [None]  # the zero output channels of the layer that ran last
 
     def hook(name):
         def record(module, inputs, _output):
             inp = inputs[0]
             weight = module.weight.detach()
             binary, source = _operand(inp, weight, spiking)
+            live = source if binary else source * _live_inputs(inp, fed_by_zero[0], module)
+            fed_by_zero[0] = _zero_output_channels(module)
             entry = layers.setdefault(name, LayerOps(name, "sop" if binary else "mac"))
             mask = (weight != 0).to(weight.dtype)
             entry.weights, entry.zero_weights = weight.numel(), int((weight == 0).sum())
             entry.dense += _operation_count(module, source, torch.ones_like(weight)) / batch
-            entry.effective += _operation_count(module, source, mask) / batch
+            entry.effective += _operation_count(module, live, mask) / batch
             if binary:
                 entry.input_spikes += float(inp.sum()) / batch
                 entry.possible += _operation_count(module, torch.ones_like(source), torch.ones_like(weight)) / batch
