@@ -82,7 +82,7 @@ class PruningConfig:
     # global: every weighted weight, the d * c_i / mean(c), which kills a conv SNN's expensive
     # layer) and the weighted share of the penalty, (1 - mix) |w_i| + mix (c_i / mean c) |w_i|.
     energy_scope: str = "layer"
-    energy_mix: float = 0.2
+    energy_mix: float = 0.1
     include: list | None = None
     exclude: list | None = None
     threshold_multipliers: dict = field(default_factory=dict)
