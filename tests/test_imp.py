@@ -151,3 +151,13 @@ def test_a_run_stopped_anywhere_resumes_exactly_across_rounds(imp_run, stop, tmp
     assert [(r["epoch"], r["round"], r["test_acc"], r["lr"]) for r in first] == \
         [(r["epoch"], r["round"], r["test_acc"], r["lr"]) for r in second]
     assert again["final_test_acc"] == summary["final_test_acc"]
+
+
+def test_the_sparsity_figure_marks_where_each_round_starts(imp_run):
+    from snn_stp.analysis.plots import plot_sparsity
+    from snn_stp.analysis.runs import read_run
+
+    figure = plot_sparsity(read_run(imp_run[0]))
+    marks = [line.get_xdata()[0] for line in figure.axes[0].lines if line.get_linestyle() == "--"
+             and line.get_xdata()[0] == line.get_xdata()[1]]
+    assert marks == [3.5, 5.5]  # rounds 1 and 2 start with epochs 4 and 6

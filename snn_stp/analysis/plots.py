@@ -66,12 +66,21 @@ def plot_sparsity(run: Run):
         ax.plot(epochs, [100 * m["all_weight_sparsity"] for m in run.metrics], "k--", linewidth=2, label="all weights")
     for layer in run.metrics[-1]["layer_sparsity"]:
         ax.plot(epochs, [100 * m["layer_sparsity"][layer] for m in run.metrics], linewidth=1, label=layer)
+    granularity = run.config.get("pruning", {}).get("granularity", "weight")
+    if granularity == "channel" or any(m.get("channel_sparsity") for m in run.metrics):
+        ax.plot(epochs, [100 * m.get("channel_sparsity", 0.0) for m in run.metrics], "k:", linewidth=2,
+                label="zero channels (pruned layers)")
+    # A method that trains in rounds (imp): where each round starts, after its pruning and rewind.
+    for before, record in zip(run.metrics, run.metrics[1:]):
+        if record.get("round", 0) != before.get("round", 0):
+            ax.axvline(record["epoch"] - 0.5, color="0.6", linewidth=0.8, linestyle="--")
     ax.set_xlabel("epoch")
     ax.set_ylabel("weight sparsity (% zeros)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize="small")
     _integer_x(ax)
-    ax.set_title(f"Weight sparsity: {run.label}")
+    kind = "" if granularity == "weight" else f" ({granularity} granularity)"
+    ax.set_title(f"Weight sparsity{kind}: {run.label}")
     fig.tight_layout()
     return fig
 
