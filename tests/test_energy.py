@@ -102,7 +102,7 @@ def test_an_energy_run_measures_its_costs_every_epoch_and_says_what_it_minimized
              "pruning.penalty energy needs a soft-threshold scheduler with rule ste or exact; gmp has rule magnitude"),
             (["pruning.penalty=l2"], "pruning.penalty 'l2' is unknown; valid: l1, energy"),
             (["pruning.energy_mix=0.5"], "pruning.energy_mix applies to pruning.penalty energy (it is l1); set --set "
-                                         "pruning.penalty=energy, or remove them"),
+                                         "pruning.penalty=energy, or remove it"),
             (["pruning.penalty=energy", "pruning.energy_scope=net"],
              "pruning.energy_scope / energy_mix: cost scope 'net' is unknown; valid: layer, global")]:
         with pytest.raises(ConfigError) as error:

@@ -67,7 +67,7 @@ def plot_sparsity(run: Run):
     for layer in run.metrics[-1]["layer_sparsity"]:
         ax.plot(epochs, [100 * m["layer_sparsity"][layer] for m in run.metrics], linewidth=1, label=layer)
     granularity = run.config.get("pruning", {}).get("granularity", "weight")
-    if granularity == "channel" or any(m.get("channel_sparsity") for m in run.metrics):
+    if granularity == "channel":
         ax.plot(epochs, [100 * m.get("channel_sparsity", 0.0) for m in run.metrics], "k:", linewidth=2,
                 label="zero channels (pruned layers)")
     # A method that trains in rounds (imp): where each round starts, after its pruning and rewind.

@@ -455,11 +455,15 @@ def _check_granularity(p: PruningConfig, cls) -> None:
     if p.penalty not in PENALTIES:
         raise ConfigError(f"pruning.penalty {p.penalty!r} is unknown; valid: {', '.join(PENALTIES)}")
     if p.penalty != "energy":
-        written = [k for k in ("energy_scope", "energy_mix") if k in getattr(p, "given_keys", frozenset())]
+        # A saved config.yaml writes every key: only a value other than the default was asked for.
+        defaults = PruningConfig()
+        written = [k for k in ("energy_scope", "energy_mix") if k in getattr(p, "given_keys", frozenset())
+                   and getattr(p, k) != getattr(defaults, k)]
         if written:
-            raise ConfigError(f"{' and '.join('pruning.' + k for k in written)} appl{'y' if len(written) > 1 else 'ies'} "
-                              f"to pruning.penalty energy (it is "
-                              f"{p.penalty}); set --set pruning.penalty=energy, or remove them")
+            many = len(written) > 1
+            raise ConfigError(f"{' and '.join('pruning.' + k for k in written)} appl{'y' if many else 'ies'} to "
+                              f"pruning.penalty energy (it is {p.penalty}); set --set pruning.penalty=energy, or remove "
+                              f"{'them' if many else 'it'}")
     else:
         from ..pruning.parametrizations import check_cost_weighting
         try:
