@@ -307,6 +307,11 @@ def test_a_calibrated_run_and_a_hand_set_one_are_different_series():
     for name in ("gmp", "str", "gradr", "dense"):  # no target to calibrate, or one they always take
         assert pareto.method_of(config(scheduler=name, target_sparsity=0.9)) == name
     assert pareto.method_of(config(scheduler="gmp", target_sparsity=0.9)) == "gmp"
+    # What a soft threshold prunes together, and its penalty, make another method (issue 23's study).
+    assert pareto.method_of(config(scheduler="lats", target_sparsity=0.9, granularity="channel")) == "lats + channel"
+    assert pareto.method_of(config(scheduler="lats", target_sparsity=0.9, granularity="nm", nm="2:4")) == "lats + 2:4"
+    assert pareto.method_of(config(scheduler="lats", final_threshold=0.4, penalty="energy")) == \
+        "lats + energy (hand-set D)"
 
 
 # -- typed settings: a point's values never go through text -------------------------------------

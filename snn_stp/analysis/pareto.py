@@ -54,14 +54,19 @@ def _task_order(task: str) -> tuple:
 
 
 def method_of(config: dict) -> str:
-    """The series a run belongs to: its scheduler, marked ``(hand-set D)`` (or ``l1``) when the
-    scheduler could have been asked for a target sparsity and was given its knob instead, so a
-    calibrated run and a hand-set one of the same scheduler are told apart."""
+    """The series a run belongs to: its scheduler, with what it prunes together and its penalty
+    where they are not the plain ones (``lats + channel``, ``lats + 2:4``, ``lats + energy``), marked
+    ``(hand-set D)`` (or ``l1``) when the scheduler could have been asked for a target sparsity and
+    was given its knob instead, so a calibrated run and a hand-set one are told apart."""
     from ..pruning import THRESHOLD_SCHEDULERS
 
     pruning = config["pruning"]
-    name = pruning["scheduler"]
-    cls = THRESHOLD_SCHEDULERS.get(name)
+    scheduler = pruning["scheduler"]
+    granularity = pruning.get("granularity", "weight")
+    name = scheduler + {"weight": "", "channel": " + channel"}.get(granularity, f" + {pruning.get('nm')}")
+    if pruning.get("penalty", "l1") == "energy":
+        name += " + energy"
+    cls = THRESHOLD_SCHEDULERS.get(scheduler)
     if cls is None or "target_sparsity" not in cls.replaces_final_threshold or pruning.get("target_sparsity") is not None:
         return name
     return f"{name} (hand-set {'l1' if pruning.get('l1') is not None else 'D'})"
