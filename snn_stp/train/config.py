@@ -75,11 +75,11 @@ class PruningConfig:
     # N of every M weights along the input (pruning.nm, e.g. "2:4"); see docs/pruning.md.
     granularity: str = "weight"
     nm: str | None = None
-    # l1, or energy: each weight's L1 term weighted by the energy of the operations it causes (its
-    # threshold d * c_i / mean(c), c a running mean measured on a training batch each epoch).
+    # l1, or energy: each weight's L1 term weighted by the energy of the operations it causes (c_i, a
+    # running mean measured on a training batch each epoch; see energy_scope and energy_mix).
     penalty: str = "l1"
     # With penalty energy: what a weight's cost is compared with (layer: the weights of its own layer;
-    # global: every weighted weight, the d * c_i / mean(c), which kills a conv SNN's expensive
+    # global: every weighted weight, the plain d * c_i / mean(c), which killed a conv SNN's expensive
     # layer) and the weighted share of the penalty, (1 - mix) |w_i| + mix (c_i / mean c) |w_i|.
     energy_scope: str = "layer"
     energy_mix: float = 0.1

@@ -611,7 +611,8 @@ class Trainer:
             last = {"epoch": self.epoch, "test_acc": self.evaluate()["acc"]}
         return {"run_dir": str(self.run_dir), "model": self.config.model.name, "spiking": self.spiking,
                 "data": self.config.data.name, "scheduler": self.config.pruning.scheduler,
-                "epochs": self.epochs, "epochs_done": self.epoch, "global_step": self.global_step, "stopped_early": stopped_early,
+                "epochs": self.epochs, "epochs_done": self.epoch, "global_step": self.global_step,
+                "stopped_early": stopped_early,
                 "final_test_acc": last["test_acc"] if last else None,
                 "best_val_acc": self.best_acc if self.best_epoch is not None else None, "best_epoch": self.best_epoch,
                 "test_acc_at_best_val": self.test_acc_at_best, "best_weight_sparsity": self.best_sparsity,
