@@ -23,3 +23,14 @@ def test_gpu_check_without_a_gpu_writes_a_report_that_says_what_it_skipped(tmp_p
         "4. The training engine on CUDA (`snn-stp train`, AMP): Skipped: no CUDA device."]
     text = report.read_text()
     assert text.startswith("# GPU check: no CUDA device\n") and text.count("Skipped:") == 4
+
+
+@pytest.mark.parametrize("study", sorted((ROOT / "experiments" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_study_plans_with_valid_configs(study, tmp_path):
+    """Each committed sweep file builds and checks every point's config (as `snn-stp sweep --dry-run`
+    does), so a study in the docs starts when a user runs it."""
+    from snn_stp.sweeps import plan, read_sweep
+
+    planned = plan(read_sweep(study), tmp_path)
+    assert planned and {state for _, state in planned} == {"start"}
+    assert len({point.name for point, _ in planned}) == len(planned)
