@@ -10,7 +10,7 @@ import snn_stp
 from snn_stp.train import Trainer, load_config
 from snn_stp.train import checkpoint as ckpt
 
-from conftest import metrics_records
+from conftest import error_line, metrics_records, sets, snn_stp
 
 
 def masked_model():
@@ -76,8 +76,21 @@ def test_bad_settings_are_named():
         build(rewind_epoch=3)
     with pytest.raises(ValueError, match="imp scope 'net' is unknown; valid: global, layer"):
         build(scope="net")
-    with pytest.raises(ValueError, match="rounds must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"imp needs rounds \(pruning rounds after the dense one\) to be an integer >= 1, "
+                                         "got 0"):
         build(rounds=0)
+    with pytest.raises(ValueError, match=r"imp needs rewind_epoch \(epochs of round 0\) to be an integer >= 0, got -1"):
+        build(rewind_epoch=-1)
+
+
+@pytest.mark.slow  # child interpreters
+@pytest.mark.parametrize("settings, message", [
+    (["pruning.scheduler=imp", "pruning.target_sparsity=0.9"], "pruning.scheduler imp needs pruning.rounds"),
+    (["pruning.scheduler=imp", "pruning.target_sparsity=0.9", "pruning.rounds=2", "pruning.rewind_epoch=20"],
+     "pruning: imp rewinds to epoch 20, which must come before the end of a round (20 epochs, train.epochs)")])
+def test_bad_imp_settings_are_one_line_through_the_cli(settings, message, tmp_path):
+    process = snn_stp("train", *sets(*settings), "--out", tmp_path / "run", "--dry-run")
+    assert error_line(process, "train") == message
 
 
 # Round 0: 3 epochs; rounds 1 and 2: 2 epochs each (rewound to epoch 1): 7 epochs of 21 steps.

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..parametrizations import MagnitudeMask
-from .base import MaskScheduler, non_negative_int, positive_int
+from .base import MaskScheduler, positive_int
 from .registry import register_threshold_scheduler
 
 #: ``scope``: which weights one magnitude cut ranks together.
@@ -52,10 +52,14 @@ class IMP(MaskScheduler):
         if scope not in SCOPES:
             raise ValueError(f"imp scope {scope!r} is unknown; valid: {', '.join(SCOPES)}")
         self.target_sparsity, self.scope = float(target_sparsity), scope
-        self.rounds = positive_int(rounds, "rounds")
+        for value, what, low in ((rounds, "rounds (pruning rounds after the dense one)", 1),
+                                 (rewind_epoch, "rewind_epoch (epochs of round 0)", 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"imp needs {what} to be an integer >= {low}, got {value!r}")
+        self.rounds = rounds
         self.steps_per_epoch = positive_int(steps_per_epoch, "steps_per_epoch")
         self.round_steps = positive_int(total_steps, "total_steps")
-        self.rewind_step = non_negative_int(rewind_epoch, "rewind_epoch") * self.steps_per_epoch
+        self.rewind_step = rewind_epoch * self.steps_per_epoch
         if self.rewind_step >= self.round_steps:
             raise ValueError(f"imp rewinds to epoch {rewind_epoch}, which must come before the end of a round "
                              f"({self.round_steps // self.steps_per_epoch} epochs, train.epochs)")
