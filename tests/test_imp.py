@@ -10,7 +10,8 @@ import snn_stp
 from snn_stp.train import Trainer, load_config
 from snn_stp.train import checkpoint as ckpt
 
-from conftest import error_line, metrics_records, sets, snn_stp
+from conftest import error_line, metrics_records, sets
+from conftest import snn_stp as snn_stp_command
 
 
 def masked_model():
@@ -89,7 +90,7 @@ def test_bad_settings_are_named():
     (["pruning.scheduler=imp", "pruning.target_sparsity=0.9", "pruning.rounds=2", "pruning.rewind_epoch=20"],
      "pruning: imp rewinds to epoch 20, which must come before the end of a round (20 epochs, train.epochs)")])
 def test_bad_imp_settings_are_one_line_through_the_cli(settings, message, tmp_path):
-    process = snn_stp("train", *sets(*settings), "--out", tmp_path / "run", "--dry-run")
+    process = snn_stp_command("train", *sets(*settings), "--out", tmp_path / "run", "--dry-run")
     assert error_line(process, "train") == message
 
 
