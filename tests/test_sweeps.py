@@ -130,10 +130,20 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
                *sets, "--out", out, "--jobs", "1"]
     process = start_cli(*command, start_new_session=True)
     first = out / "scheduler-lats__target_sparsity-0.5" / "summary.json"
+
+    def first_recorded() -> bool:
+        """The first point finished and the sweep wrote it down (results.csv follows the point's
+        summary.json: a kill in between would leave no results.csv yet)."""
+        try:
+            rows = list(csv.DictReader(open(out / "results.csv")))
+        except FileNotFoundError:
+            return False
+        return first.is_file() and bool(rows) and rows[0]["status"] == "done"
+
     deadline = time.monotonic() + 240
-    while not first.is_file() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)  # polling for the file, not waiting a fixed time
-    assert first.is_file(), process.communicate()
+    while not first_recorded() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling for the files, not waiting a fixed time
+    assert first_recorded(), process.communicate()
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     stamp = first.stat().st_mtime_ns
