@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import SnnStpError
+from ..pruning.statistics import zero_output_channels
 from .nir_graph import _flatten, _is_neuron, _shapes
 
 
@@ -47,6 +48,11 @@ class Compaction:
     @property
     def removed(self) -> int:
         return sum(self.channels[name] - len(kept) for name, kept in self.kept.items())
+
+    @property
+    def shrunk(self) -> dict[str, list[int]]:
+        """The channels kept by each layer that loses some (what :func:`shrink` takes)."""
+        return {name: kept for name, kept in self.kept.items() if len(kept) < self.channels[name]}
 
 
 @dataclass
@@ -140,7 +146,7 @@ def plan_compaction(model: nn.Module, sample_shape: tuple[int, ...]) -> Compacti
     plan = Compaction()
     for block in blocks[:-1]:  # the last layer's outputs are the classes
         weight = block.layer.weight
-        zero = (weight.flatten(1) == 0).all(dim=1)
+        zero = zero_output_channels(weight)
         constants = _constants(block)
         keep = []
         for channel in range(weight.shape[0]):
@@ -205,7 +211,7 @@ def compact(model: nn.Module, sample_shape: tuple[int, ...]) -> Compaction:
     """Remove every zero output channel of ``model`` (a baked chain network; in place) whose
     output cannot reach the next layer (see the module doc); returns what was kept."""
     plan = plan_compaction(model, sample_shape)
-    shrink(model, {name: kept for name, kept in plan.kept.items() if len(kept) < plan.channels[name]}, sample_shape)
+    shrink(model, plan.shrunk, sample_shape)
     return plan
 
 
@@ -217,7 +223,7 @@ def save_compact(model: nn.Module, config, plan: Compaction, sample: tuple[int, 
     from ..train.checkpoint import COMPACT_FORMAT
 
     payload = {"format": COMPACT_FORMAT, "config": config.to_dict(), "sample_shape": list(sample),
-               "kept": {name: list(kept) for name, kept in plan.kept.items() if len(kept) < plan.channels[name]},
+               "kept": {name: list(kept) for name, kept in plan.shrunk.items()},
                "channels": dict(plan.channels), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "metadata": dict(metadata)}
     with atomic_path(Path(path)) as temporary:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..pruning.sparsify import DEFAULT_PRUNABLE_TYPES
+from ..pruning.statistics import zero_output_channels
 
 #: Energy per operation in picojoules, 45 nm (Horowitz, ISSCC 2014): MAC = multiply + add,
 #: accumulate = add.
@@ -141,7 +142,7 @@ def _zero_output_channels(module: nn.Module) -> torch.Tensor | None:
     output is a constant, whatever the input): bool ``[out]``; None for a transposed convolution."""
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return None
-    return (module.weight.detach().flatten(1) == 0).all(1)
+    return zero_output_channels(module.weight)
 
 
 def _live_inputs(inp: torch.Tensor, fed_by_zero: torch.Tensor | None, module: nn.Module) -> torch.Tensor | float:

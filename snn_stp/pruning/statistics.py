@@ -68,6 +68,12 @@ class SupportChange:
     layers: dict[str, tuple[int, int]]
 
 
+def zero_output_channels(weight: torch.Tensor) -> torch.Tensor:
+    """Which output channels (conv) or output neurons (linear) of ``weight`` (``[out, ...]``, two
+    dimensions or more) are entirely zero: bool ``[out]``."""
+    return (weight.detach().flatten(1) == 0).all(dim=1)
+
+
 @torch.no_grad()
 def weight_sparsity(model: nn.Module) -> SparsityReport:
     """Fraction of exact zeros in ``w``: every pruned tensor of ``model``, the pruned tensors together,
@@ -80,7 +86,7 @@ def weight_sparsity(model: nn.Module) -> SparsityReport:
         zeros += z
         numel += w.numel()
         if w.dim() >= 2:
-            zero_channels += int((w.flatten(1) == 0).all(dim=1).sum())
+            zero_channels += int(zero_output_channels(w).sum())
             channels += w.shape[0]
     if numel == 0:
         raise ValueError("the model has no pruned weights; call snn_stp.sparsify(model) first")
