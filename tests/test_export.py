@@ -18,6 +18,7 @@ from snn_stp.export import NotExpressibleError, export_nir, load_sparse, run_nir
 from snn_stp.models import MODELS, build_model
 
 from conftest import snn_stp as snn_stp_command  # snn_stp is the package here
+from nir_readers import run_norse, run_snntorch
 
 T = 4
 
@@ -59,25 +60,6 @@ def ours(model, steps: torch.Tensor):
     records = [r.clone() for r in spikes.records]
     spikes.remove_hooks()
     return out, records
-
-
-def run_snntorch(graph, steps):
-    from snntorch.import_nir import import_from_nir
-
-    network = import_from_nir(graph)
-    with torch.no_grad():
-        return torch.stack([network(x)[0] for x in steps])
-
-
-def run_norse(graph, steps, dt):
-    import norse.torch as norse
-
-    network, state, outputs = norse.from_nir(graph, dt=dt), None, []
-    with torch.no_grad():
-        for x in steps:
-            out, state = network(x, state)
-            outputs.append(out)
-    return torch.stack(outputs)
 
 
 def written(graph, tmp_path):
@@ -149,9 +131,11 @@ def test_plif_exports_its_learned_tau(tmp_path):
     plif = next(m for m in model.modules() if isinstance(m, neuron.ParametricLIFNode))
     with torch.no_grad():
         plif.w.fill_(0.3)  # tau = 1 / sigmoid(0.3)
-    with pytest.warns(SnnStpWarning, match="Norse 1.1 cannot read this graph \\(no Threshold node"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SnnStpWarning)
         graph = export_nir(model, (2, 9, 9))
-    lif = next(node for node in graph.nodes.values() if isinstance(node, nir.LIF))
+    assert not any("cannot read" in str(w.message) for w in caught)  # the default forms: every reader takes them
+    lif = graph.nodes["body_0"]  # the PLIF after the first convolution
     assert np.allclose(lif.tau, 1e-4 / torch.sigmoid(torch.tensor(0.3)).item())
 
 
@@ -196,29 +180,40 @@ CONV_NETS = [
 ]
 
 
+@pytest.mark.parametrize("pool", ["neuron", "threshold"])
 @pytest.mark.parametrize("name, options, shape", CONV_NETS, ids=[c[0] for c in CONV_NETS])
-def test_conv_nets_run_the_same_under_the_nir_reference(name, options, shape, tmp_path):
+def test_conv_nets_run_the_same_under_the_nir_reference(name, options, shape, pool, tmp_path):
     model = pruned(name, time_steps=T, **options)
-    with pytest.warns(SnnStpWarning, match="snnTorch 1.0 cannot read this graph \\(no SumPool2d, Threshold node"):
-        graph = written(export_nir(model, shape, model_name=name), tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SnnStpWarning)
+        graph = written(export_nir(model, shape, model_name=name, pool=pool), tmp_path)
+    refusals = [str(w.message) for w in caught if "cannot read this graph" in str(w.message)]
+    if pool == "threshold":  # the literal form: no reader has a Threshold node
+        assert len(refusals) == 3 and all("no Threshold node" in r for r in refusals)
+    else:
+        assert refusals == []
     steps = inputs_for(model, shape)
     expected, spikes = ours(model, steps)
     got, nodes = run_nir(graph, steps, record=True)
     assert torch.allclose(got, expected, atol=1e-5)
     # Every spiking layer, not only the output: the same spikes at every step.
-    theirs = [values for key, values in nodes.items() if isinstance(graph.nodes[key], nir.LIF)]
+    # The model's neurons (the max pools' memoryless LIFs are not among them).
+    theirs = [values for key, values in nodes.items()
+              if isinstance(graph.nodes[key], nir.LIF) and not key.endswith("_any")]
     assert len(theirs) == len(spikes)
     for mine, other in zip(spikes, theirs):
         assert torch.equal(mine.reshape(other.shape), other)
     assert spikes[0].mean() > 0.01  # the first layers fire
 
 
+@pytest.mark.parametrize("add", ["edges", "scale"])
 @pytest.mark.parametrize("depth, stem, shape", [
     (18, "cifar", (3, 16, 16)),  # 16 px: the same graph as at 32 px, a quarter of the convolution work
     pytest.param(50, "imagenet", (3, 64, 64), marks=pytest.mark.slow),  # bottlenecks, the max-pooled stem
     pytest.param(18, "dvs", (2, 64, 64), marks=pytest.mark.slow)])
-def test_sew_resnets_with_add_run_the_same_under_the_nir_reference(depth, stem, shape, tmp_path):
-    """The residual graph: each block's spikes and its shortcut enter one node (NIR sums them)."""
+def test_sew_resnets_with_add_run_the_same_under_the_nir_reference(depth, stem, shape, add, tmp_path):
+    """The residual graph: each block's spikes and its shortcut are summed where they enter a node
+    (NIR sums the edges entering a node): each consumer's, or one Scale node's."""
     from spikingjelly.activation_based import functional
 
     torch.manual_seed(0)
@@ -231,11 +226,20 @@ def test_sew_resnets_with_add_run_the_same_under_the_nir_reference(depth, stem, 
         functional.reset_net(model)
         model(steps[0] if model.input_kind == "static" else steps)
     snn_stp.bake(model.eval())
-    with pytest.warns(SnnStpWarning, match="cannot read this graph \\(no Scale"):
-        graph = written(export_nir(model, shape), tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SnnStpWarning)
+        graph = written(export_nir(model, shape, add=add), tmp_path)
+    refusals = " ".join(str(w.message) for w in caught)
     adds = [node for node in graph.nodes.values() if isinstance(node, nir.Scale)]
-    assert len(adds) == (8 if depth == 18 else 16)  # one per residual block
-    assert all(sum(1 for _, b in graph.edges if graph.nodes[b] is node) == 2 for node in adds)
+    if add == "scale":
+        assert "no Scale" in refusals
+        assert len(adds) == (8 if depth == 18 else 16)  # one per residual block
+        assert all(sum(1 for _, b in graph.edges if graph.nodes[b] is node) == 2 for node in adds)
+    else:
+        assert adds == [] and "no Scale" not in refusals
+        # The first block's conv1 takes the stem's spikes; the second's takes the first block's sum.
+        into = lambda key: sorted(a for a, b in graph.edges if b == key)  # noqa: E731
+        assert into("net_layer1_1_conv1") == sorted(["net_layer1_0_sn2", *into("net_layer1_0_conv1")])
     # Both in float64: in float32 a membrane within rounding of the threshold (the folded batch
     # norm, r = 1/dt) flips a spike in one of them on some CPUs' convolution kernels.
     expected, spikes = ours(model.double(), steps.double())
@@ -246,13 +250,13 @@ def test_sew_resnets_with_add_run_the_same_under_the_nir_reference(depth, stem, 
     assert sorted(float(s.sum()) for s in spikes) == sorted(float(t.sum()) for t in theirs)
 
 
-def test_the_framework_readers_stop_at_max_pooling_as_the_export_says(tmp_path):
-    """snnTorch 1.0 and Norse 1.1 have no Threshold node: a conv net with max pooling is run by
-    run_nir only (the export warns, docs/deployment.md says so)."""
+def test_the_framework_readers_stop_at_the_threshold_form_of_max_pooling_as_the_export_says(tmp_path):
+    """snnTorch 1.0 and Norse 1.1 have no Threshold node: max pooling written in its literal form
+    (``pool="threshold"``) is run by run_nir only (the export warns, docs/deployment.md says so)."""
     model = pruned("nmnist_net", channels=4, hidden=16, image_size=9, time_steps=T)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SnnStpWarning)
-        graph = written(export_nir(model, (2, 9, 9)), tmp_path)
+        graph = written(export_nir(model, (2, 9, 9), pool="threshold"), tmp_path)
     steps = inputs_for(model, (2, 9, 9))
     with pytest.raises(ValueError, match="Threshold"):
         run_snntorch(graph, steps)

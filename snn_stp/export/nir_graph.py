@@ -14,9 +14,12 @@ Euler step of the NIR equations:
 
 Layers: Linear and Conv2d become ``Affine``/``Linear``/``Conv2d`` with the BatchNorm that follows
 them folded in (``w' = w * gamma / sqrt(var + eps)``: a pruned zero stays exactly zero); max
-pooling of spikes, which are 0 or 1, is exactly ``Threshold(SumPool2d, 0.5)`` (the max of 0/1
-values is 1 when their sum is at least 1); the voting readout (mean of groups) is a ``Linear``;
-dropout is the identity at inference. Each weight node's metadata holds its sparsity and the
+pooling of spikes, which are 0 or 1, is 1 exactly where their sum is at least 1: a ``SumPool2d``
+followed by a memoryless spiking neuron (``pool="neuron"``, the default, which every reader runs;
+:func:`any_spike_neuron`) or by ``Threshold(0.5)`` (``pool="threshold"``, the literal form, which no
+reader runs); a SEW ADD is the sum NIR forms of the edges entering a node (``add="edges"``, the
+default: both addends feed each consumer) or a ``Scale`` of ones (``add="scale"``); the voting
+readout (mean of groups) is a ``Linear``; dropout is the identity at inference. Each weight node's metadata holds its sparsity and the
 modules it came from; the graph's metadata states ``dt``, the number of time steps, the input
 encoding and how the output is read.
 """
@@ -35,6 +38,16 @@ from ..errors import SnnStpError, SnnStpWarning, UsageError
 
 #: snnTorch's NIR reader hard-codes this time step (seconds); Norse takes it as an argument.
 DEFAULT_DT = 1e-4
+#: How max pooling of spikes is written: a memoryless neuron every reader runs, or NIR's Threshold.
+POOL_FORMS = ("neuron", "threshold")
+#: How a SEW ADD is written: as the sum of the edges entering each consumer, or as a Scale node of ones.
+ADD_FORMS = ("edges", "scale")
+#: The memoryless "any input spiked" neuron after a SumPool2d: LIF with tau = 2 dt and r = 1, so
+#: one Euler step from v = 0 gives v = sum / 2 (0, 0.5, 1, ...); it fires at the threshold 0.25, which
+#: lies strictly between 0 and 0.5 (snnTorch and Norse fire at v > threshold, SpikingJelly at v >=),
+#: and resets to 0, so v is 0 before every step. tau = dt would be exact too but SpikingJelly 2.0
+#: refuses tau / dt <= 1; an IF with r = 1 / dt is refused by snnTorch (r != 1).
+ANY_SPIKE_TAU_STEPS, ANY_SPIKE_THRESHOLD = 2.0, 0.25
 
 
 class NotExpressibleError(SnnStpError, ValueError):
@@ -55,7 +68,8 @@ class _Step:
     module: nn.Module
 
 
-def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFAULT_DT, model_name: str = ""):
+def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFAULT_DT, model_name: str = "",
+               pool: str = "neuron", add: str = "edges"):
     """The NIR graph of a spiking network of the model zoo (a chain of layers), pruned zeros kept.
 
     Args:
@@ -65,6 +79,11 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
             ``(C, H, W)`` for images and event frames.
         dt: the time step in seconds that one SpikingJelly step stands for.
         model_name: recorded in the graph's metadata.
+        pool: max pooling of spikes as ``SumPool2d`` + a memoryless LIF (``"neuron"``: snnTorch,
+            Norse and SpikingJelly 2.0 run it) or ``SumPool2d`` + ``Threshold`` (``"threshold"``:
+            the literal form; only :func:`~snn_stp.export.run_nir` runs it).
+        add: a SEW ADD as the sum of the edges entering each consumer (``"edges"``) or as a
+            ``Scale`` node of ones (``"scale"``; no reader runs it).
 
     Returns:
         ``nir.NIRGraph`` whose input takes one sample per time step and whose output is the
@@ -78,6 +97,10 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
     import nir
 
     check_time_step(dt)
+    if pool not in POOL_FORMS:
+        raise UsageError(f"unknown max-pooling form {pool!r}; valid: {', '.join(POOL_FORMS)}")
+    if add not in ADD_FORMS:
+        raise UsageError(f"unknown SEW ADD form {add!r}; valid: {', '.join(ADD_FORMS)}")
     if not getattr(model, "spiking", False):
         raise NotExpressibleError(f"{type(model).__name__} is an ANN (spiking=False); NIR export needs the spiking model")
     if hasattr(model, "cnf") and hasattr(model, "net"):  # SEW ResNet: a residual graph
@@ -91,7 +114,7 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
     was_training = model.training
     model.eval()  # the shapes are traced through BatchNorm with its running statistics
     try:
-        nodes, edges = build(model, sample_shape, dt)
+        nodes, edges = build(model, sample_shape, dt, pool, add)
     finally:
         model.train(was_training)
     notes = reader_notes(nodes.values())
@@ -105,11 +128,20 @@ def export_nir(model: nn.Module, sample_shape: tuple[int, ...], dt: float = DEFA
         "output": f"the prediction is the mean of the output over the {model.time_steps} time steps",
         "weight_sparsity": _overall_sparsity(nodes),
         "reader_notes": " | ".join(notes) or "none",
+        "max_pooling_of_spikes": POOL_NOTES[pool],
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
-def _chain_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float) -> tuple[dict, list]:
+POOL_NOTES = {
+    "neuron": (f"SumPool2d then a memoryless LIF (tau = {ANY_SPIKE_TAU_STEPS:g} dt, r = 1, threshold "
+               f"{ANY_SPIKE_THRESHOLD:g}, reset to 0): a spike exactly where any pooled input spiked"),
+    "threshold": "SumPool2d then Threshold(0.5): 1 exactly where any pooled input spiked",
+}
+
+
+def _chain_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float, pool: str, add: str
+                 ) -> tuple[dict, list]:
     """Nodes and edges of a chain of layers (``encoder``, then ``body``)."""
     import nir
     from spikingjelly.activation_based import layer
@@ -141,7 +173,7 @@ def _chain_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float) -> 
             if not spikes:
                 raise NotExpressibleError(f"{step.name}: max pooling of non-spike values has no NIR form "
                                           "(only max pooling of 0/1 spikes, written as a thresholded sum pool)")
-            made += _max_pool_of_spikes(step.name, module, shapes[index + 1])
+            made += _max_pool_of_spikes(step.name, module, shapes[index + 1], dt, pool)
         elif isinstance(module, nn.Flatten):
             made.append((step.name, nir.Flatten({"input": np.array(shape)}, start_dim=module.start_dim - 1,
                                                 end_dim=module.end_dim if module.end_dim < 0 else module.end_dim - 1)))
@@ -165,10 +197,13 @@ def _chain_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float) -> 
     return nodes, edges
 
 
-def _sew_resnet_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float) -> tuple[dict, list]:
-    """Nodes and edges of a SEW ResNet with ADD connections: each block's output spikes and its
-    shortcut enter a NIR ``Scale`` node of ones, whose input is their sum (NIR sums the edges
-    entering a node), and that sum feeds the next block and its shortcut."""
+def _sew_resnet_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float, pool: str, add_form: str
+                      ) -> tuple[dict, list]:
+    """Nodes and edges of a SEW ResNet with ADD connections. NIR sums the edges entering a node, so
+    a block's output (its spikes plus its shortcut) is a set of addends: with ``add_form="edges"``
+    each addend has an edge into every node that takes the block's output (an identity shortcut
+    carries the addends on, so a later consumer may take several); with ``"scale"`` the addends
+    enter one ``Scale`` node of ones, whose output feeds the consumers."""
     import nir
 
     if model.cnf != "ADD":
@@ -178,24 +213,25 @@ def _sew_resnet_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float
     shapes = _module_shapes(model, sample_shape)
     nodes, edges = {"input": nir.Input({"input": np.array(sample_shape)})}, []
 
-    def add(name: str, node, *sources: str) -> str:
+    def add(name: str, node, sources: tuple[str, ...]) -> tuple[str, ...]:
+        """Add ``node`` taking the sum of ``sources``; returns its output as one addend."""
         key = name.replace(".", "_")
         nodes[key] = node
         edges.extend((source, key) for source in sources)
-        return key
+        return (key,)
 
-    def weighted(name: str, conv: nn.Module, norm: nn.Module, source: str) -> str:
+    def weighted(name: str, conv: nn.Module, norm: nn.Module, sources: tuple[str, ...]) -> tuple[str, ...]:
         folded = _weight_node(conv, _Step(f"{name} norm", norm), shapes[conv][0])
-        return add(name, folded, source)
+        return add(name, folded, sources)
 
-    def spiking(name: str, cell: nn.Module, source: str) -> str:
-        return add(name, _neuron_node(name, cell, shapes[cell][0], dt), source)
+    def spiking(name: str, cell: nn.Module, sources: tuple[str, ...]) -> tuple[str, ...]:
+        return add(name, _neuron_node(name, cell, shapes[cell][0], dt), sources)
 
-    x = weighted("net.conv1", net.conv1, net.bn1, "input")
+    x = weighted("net.conv1", net.conv1, net.bn1, ("input",))
     x = spiking("net.sn1", net.sn1, x)
     if isinstance(net.maxpool, nn.MaxPool2d):
-        (sum_name, pool), (any_name, threshold) = _max_pool_of_spikes("net.maxpool", net.maxpool, shapes[net.maxpool][1])
-        x = add(any_name, threshold, add(sum_name, pool, x))
+        for name, node in _max_pool_of_spikes("net.maxpool", net.maxpool, shapes[net.maxpool][1], dt, pool):
+            x = add(name, node, x)
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for index, block in enumerate(getattr(net, stage)):
             prefix = f"net.{stage}.{index}"
@@ -209,9 +245,10 @@ def _sew_resnet_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float
                 conv, norm = [m for m in block.downsample.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
                 shortcut = weighted(f"{prefix}.downsample", conv, norm, block_input)
                 shortcut = spiking(f"{prefix}.downsample_sn", block.downsample_sn, shortcut)
-            x = add(f"{prefix}.add", nir.Scale(np.ones(shapes[block][1], dtype=np.float32), metadata={
-                "source": f"{prefix}: SEW ADD, the block's spikes plus its shortcut (a Scale of 1 on their sum)"}),
-                out, shortcut)
+            x = out + shortcut  # the addends of the block's output
+            if add_form == "scale":
+                x = add(f"{prefix}.add", nir.Scale(np.ones(shapes[block][1], dtype=np.float32), metadata={
+                    "source": f"{prefix}: SEW ADD, the block's spikes plus its shortcut (a Scale of 1 on their sum)"}), x)
     size = shapes[net.avgpool][0][-2:]
     x = add("net.avgpool", nir.AvgPool2d(kernel_size=np.array(size), stride=np.array(size), padding=np.array((0, 0)),
                                          metadata={"source": "AdaptiveAvgPool2d((1, 1))"}), x)
@@ -245,16 +282,21 @@ def _module_shapes(model: nn.Module, sample_shape: tuple[int, ...]) -> dict:
     return shapes
 
 
-#: The NIR node types each framework reader maps (snnTorch 1.0 ``import_from_nir``, Norse 1.1
-#: ``from_nir``; read from their sources, the refusals shown in tests/test_export.py).
+#: The NIR node types each framework reader runs: its own node map plus nirtorch's defaults (which
+#: give snnTorch and SpikingJelly 2.0 ``AvgPool2d``, and all three ``SumPool2d``, as ``LPPool2d``
+#: with p = 1). Every entry, and every type left out, is checked against the installed readers by
+#: tests/test_nir_readers.py (a one-node graph per type through each reader).
 READER_NODE_TYPES = {
-    "snnTorch 1.0": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "AvgPool2d", "IF", "LIF", "CubaLIF"},
+    "snnTorch 1.0": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "AvgPool2d", "LIF",
+                     "CubaLIF"},
     "Norse 1.1": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "IF", "LIF", "CubaLIF"},
+    "SpikingJelly 2.0": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "AvgPool2d", "IF",
+                         "LIF", "CubaLIF"},
 }
 
 
 def reader_notes(nodes) -> list[str]:
-    """What the framework readers cannot run of these nodes, one sentence each."""
+    """What the framework readers cannot run of these nodes, or run differently, one sentence each."""
     import nir
 
     nodes = list(nodes)
@@ -263,14 +305,22 @@ def reader_notes(nodes) -> list[str]:
     for reader, known in READER_NODE_TYPES.items():
         missing = sorted(kinds - known)
         if missing:
-            notes.append(f"{reader} cannot read this graph (no {', '.join(missing)} node; max pooling of spikes is "
-                         "SumPool2d + Threshold, a SEW ADD is a Scale); snn_stp.export.run_nir runs it")
+            notes.append(f"{reader} cannot read this graph (no {', '.join(missing)} node); snn_stp.export.run_nir "
+                         "runs it" + (" (export with pool='neuron' and add='edges' for the forms the readers run)"
+                                      if {"Threshold", "Scale"} & set(missing) else ""))
     if "IF" in kinds:
-        notes.append("snnTorch 1.0 refuses a NIR IF neuron with r != 1 (IF is written with r = 1/dt); Norse and "
-                     "snn_stp.export.run_nir run IF as written")
+        notes.append("snnTorch 1.0 refuses a NIR IF neuron with r != 1 (IF is written with r = 1/dt); Norse, "
+                     "SpikingJelly 2.0 and snn_stp.export.run_nir run IF as written")
     if any(isinstance(node, nir.LIF) and not np.allclose(node.r, 1.0) for node in nodes):
         notes.append("LIF with decay_input=False is written with r = tau: Norse 1.1 assumes r = 1 (it warns), so its "
-                     "outputs differ; snnTorch and snn_stp.export.run_nir run it as written")
+                     "outputs differ; snnTorch, SpikingJelly 2.0 and snn_stp.export.run_nir run it as written")
+    if any(isinstance(node, nir.Flatten) and node.start_dim >= 0 for node in nodes):
+        notes.append("Flatten is written as the NIR spec says (start_dim 0 is the first axis of a sample): snnTorch "
+                     "1.0 and Norse 1.1 pass it to torch.nn.Flatten unchanged, which then also flattens the batch, "
+                     "so feed them one sample at a time; SpikingJelly 2.0 runs batches")
+    if any(isinstance(node, nir.SumPool2d) and np.any(np.asarray(node.padding) != 0) for node in nodes):
+        notes.append("a SumPool2d has padding, which the readers' SumPool2d (nirtorch's LPPool2d) ignores: their "
+                     "outputs differ; snn_stp.export.run_nir pads as written")
     return notes
 
 
@@ -363,7 +413,19 @@ def _neuron_node(name: str, module: nn.Module, shape: tuple[int, ...], dt: float
                    metadata={"source": f"{kind}, decay_input={decay_input}, hard reset, time step {dt} s"})
 
 
-def _max_pool_of_spikes(name: str, module: nn.MaxPool2d, out_shape: tuple[int, ...]):
+def any_spike_neuron(shape: tuple[int, ...], dt: float, source: str):
+    """A NIR LIF of ``shape`` that spikes at a step exactly where its input is at least 1, for
+    inputs that are sums of 0/1 spikes, and keeps no state between steps (see
+    :data:`ANY_SPIKE_TAU_STEPS`)."""
+    import nir
+
+    full = lambda value: np.full(shape, float(value), dtype=np.float32)  # noqa: E731
+    return nir.LIF(tau=full(ANY_SPIKE_TAU_STEPS * dt), r=full(1.0), v_leak=full(0.0),
+                   v_threshold=full(ANY_SPIKE_THRESHOLD), v_reset=full(0.0),
+                   metadata={"source": f"{source}: 1 where any input spiked (memoryless LIF, time step {dt} s)"})
+
+
+def _max_pool_of_spikes(name: str, module: nn.MaxPool2d, out_shape: tuple[int, ...], dt: float, form: str):
     import nir
 
     pair = lambda v: np.array(v if isinstance(v, (tuple, list)) else (v, v))  # noqa: E731
@@ -371,10 +433,13 @@ def _max_pool_of_spikes(name: str, module: nn.MaxPool2d, out_shape: tuple[int, .
         raise NotExpressibleError(f"{name}: max pooling with dilation or ceil_mode has no NIR form")
     stride = module.stride if module.stride is not None else module.kernel_size
     pool = nir.SumPool2d(kernel_size=pair(module.kernel_size), stride=pair(stride), padding=pair(module.padding),
-                         metadata={"source": f"{name}: MaxPool2d of spikes = Threshold(SumPool2d, 0.5)"})
-    threshold = nir.Threshold(np.full(out_shape, 0.5, dtype=np.float32),
-                              metadata={"source": f"{name}: 1 where any input spiked"})
-    return [(f"{name}.sum", pool), (f"{name}.any", threshold)]
+                         metadata={"source": f"{name}: MaxPool2d of spikes = 1 where SumPool2d >= 1 ({form} form)"})
+    if form == "neuron":
+        any_spike = any_spike_neuron(out_shape, dt, name)
+    else:
+        any_spike = nir.Threshold(np.full(out_shape, 0.5, dtype=np.float32),
+                                  metadata={"source": f"{name}: 1 where any input spiked"})
+    return [(f"{name}.sum", pool), (f"{name}.any", any_spike)]
 
 
 def _overall_sparsity(nodes: dict) -> float:

@@ -25,18 +25,22 @@ class UnfinishedRunWarning(SnnStpWarning):
 
 
 def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = rundir.LAST, dt: float = DEFAULT_DT,
-               overwrite: bool = False) -> dict:
+               overwrite: bool = False, pool: str = "neuron", add: str = "edges") -> dict:
     """Export the model of a run directory (or of a checkpoint file).
 
     Args:
         run: a run directory (its ``checkpoints/<checkpoint>``) or a checkpoint file.
-        format: ``nir`` (a NIR graph file; tested with snnTorch and Norse, see docs/deployment.md),
+        format: ``nir`` (a NIR graph file; tested with snnTorch, Norse and SpikingJelly 2.0, see
+            docs/deployment.md),
             ``sparse`` (a checkpoint of the non-zero weights) or ``compact`` (a smaller dense model
             with its zero channels removed, :mod:`.compact`; ``snn-stp eval`` reads it).
         out: the file to write.
         checkpoint: which checkpoint of a run directory (``last.pt`` or ``best.pt``).
         dt: NIR only: the time step in seconds that one step of the network stands for.
         overwrite: replace ``out`` if it exists (never a file of a run directory).
+        pool, add: NIR only: how max pooling of spikes and a SEW ADD are written (see
+            :func:`~snn_stp.export.export_nir`; the defaults are the forms snnTorch, Norse and
+            SpikingJelly 2.0 run).
 
     Returns:
         what was written: ``path``, ``format``, ``weight_sparsity``, ``training`` (the checkpoint's
@@ -75,7 +79,7 @@ def export_run(run: str | Path, format: str, out: str | Path, checkpoint: str = 
                 "dense_parameters": dense}
     import nir
 
-    graph = export_nir(baked, sample_shape(baked, config), dt=dt, model_name=config.model.name)
+    graph = export_nir(baked, sample_shape(baked, config), dt=dt, model_name=config.model.name, pool=pool, add=add)
     graph.metadata["training"] = training
     with atomic_path(out) as temporary:
         nir.write(str(temporary), graph)
