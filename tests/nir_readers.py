@@ -24,11 +24,11 @@ def run_norse(graph, steps, dt):
 
 
 def run_spikingjelly(graph, steps, dt):
-    """SpikingJelly 2.0's importer (``nir_exchange``); the state returned by each step is passed
-    back, as its documentation requires."""
+    """SpikingJelly 2.0's importer (``nir_exchange``), in the precision of ``steps``; the state
+    returned by each step is passed back, as its documentation requires."""
     from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir
 
-    network, state, outputs = import_from_nir(graph, dt=dt), None, []
+    network, state, outputs = import_from_nir(graph, dt=dt, dtype=steps.dtype), None, []
     with torch.no_grad():
         for x in steps:
             out, state = network(x, state)

@@ -98,6 +98,38 @@ def test_a_conv_snn_with_max_pooling_runs_the_same_in_every_reader(reader, name,
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
+@needs_reader["spikingjelly"]
+def test_a_sew_resnet_with_add_as_summed_edges_runs_the_same_in_spikingjelly(tmp_path):
+    """SEW ADD without a Scale node: both addends enter each consumer (NIR sums them). SpikingJelly
+    2.0 runs it exactly (snnTorch refuses its IF neurons, r = 1/dt; Norse has no AvgPool2d)."""
+    import snn_stp
+    from spikingjelly.activation_based import functional
+    from torch import nn
+
+    from snn_stp.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sew_resnet18", stem="cifar", num_classes=10, time_steps=4)
+    snn_stp.sparsify(model, initial_threshold=0.01)
+    steps = inputs_for(model, (3, 16, 16))
+    for norm in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        norm.momentum = None  # statistics of this batch: every layer fires
+    with torch.no_grad():
+        functional.reset_net(model)
+        model(steps[0])
+    snn_stp.bake(model.eval())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SnnStpWarning)
+        graph = written(export_nir(model, (3, 16, 16)), tmp_path)
+    refusals = [str(w.message) for w in caught if "cannot read" in str(w.message)]
+    assert sorted(r.split(" cannot")[0] for r in refusals) == ["Norse 1.1", "snnTorch 1.0"]
+    # float64 on both sides: a membrane within rounding of the threshold would flip a spike.
+    expected, spikes = ours(model.double(), steps.double())
+    assert all(0 < s.mean() < 1 for s in spikes)
+    got = run_reader("spikingjelly", graph, steps.double())
+    assert torch.allclose(got, expected, atol=1e-9)
+
+
 def test_the_any_spike_neuron_is_exact_for_sums_of_spikes_and_keeps_no_state():
     """Through the NIR reference: 1 exactly where the pooled sum is >= 1, whatever came before."""
     node = any_spike_neuron((5,), DT, "test")
