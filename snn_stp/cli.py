@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which checkpoint of a run directory (default last.pt)")
     export.add_argument("--dt", type=float, default=1e-4,
                         help="nir: seconds one time step stands for (default 1e-4, what snnTorch's reader assumes)")
+    export.add_argument("--pool", default="neuron", choices=("neuron", "threshold"),
+                        help="nir: max pooling of spikes as SumPool2d + a memoryless LIF (default: snnTorch, Norse "
+                             "and SpikingJelly 2.0 run it) or SumPool2d + Threshold (the literal form no reader runs)")
+    export.add_argument("--add", default="edges", choices=("edges", "scale"),
+                        help="nir: a SEW ResNet's ADD as the sum of the edges entering each consumer (default) or "
+                             "as a Scale node of ones (no reader runs it)")
     convert = add("convert-checkpoint", help="rewrite a checkpoint you trust so that it loads without running code",
                   description="Every snn-stp command reads files with torch.load(weights_only=True) and refuses one "
                               "that holds objects other than tensors and plain values. This command UNPICKLES "
@@ -144,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--trust-source", action="store_true",
                          help="required: you vouch that SOURCE cannot run harmful code when unpickled")
     convert.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    deploy = add("deploy-report", help="what it takes to put a run on neuromorphic chips (Loihi 2, SpiNNaker2, "
+                                       "Speck, Xylo): NIR support, cores, memory, energy",
+                 description="Report, for each target chip, the NIR node types of the run's graph its tool chain "
+                             "cannot take, each layer's neurons and synapses against the chip's published per-core "
+                             "limits and the cores that needs, the synapse memory with and without pruning under the "
+                             "chip's storage rule, and the energy of one inference (effective synaptic operations x "
+                             "published pJ per synaptic operation), every figure with its source (docs/deployment.md).")
+    deploy.add_argument("run", metavar="RUN", help="a run directory or a checkpoint file")
+    deploy.add_argument("--target", required=True, metavar="TARGET",
+                        help="loihi2, spinnaker2, speck, xylo, or all (several separated by commas)")
+    deploy.add_argument("--format", default="markdown", choices=("markdown", "json"),
+                        help="markdown tables (default) or JSON with the same numbers")
+    deploy.add_argument("--out", help="write the report to this file (default: print it)")
+    deploy.add_argument("--checkpoint", default="last.pt", choices=("last.pt", "best.pt"),
+                        help="which checkpoint of a run directory (default last.pt)")
     add("list", help="list the registered models, data sets, threshold schedulers and recipes",
                    description="List the registered models (spiking ones with their ANN twins), data sets, threshold "
                                "schedulers and the shipped recipes.")
@@ -445,6 +466,8 @@ def dispatch(args) -> int:
         return run_sweep_status(args)
     elif args.command == "export":
         return run_export(args)
+    elif args.command == "deploy-report":
+        return run_deploy_report(args)
     elif args.command == "convert-checkpoint":
         return run_convert(args)
     elif args.command == "eval":
@@ -621,7 +644,7 @@ def _not_counted(counts: dict) -> str:
 def run_export(args) -> int:
     from .export import export_run
 
-    result = export_run(args.run, args.format, args.out, args.checkpoint, args.dt, args.overwrite)
+    result = export_run(args.run, args.format, args.out, args.checkpoint, args.dt, args.overwrite, args.pool, args.add)
     if args.format == "nir":
         print(f"wrote {result['path']}: NIR graph of {result['nodes']} nodes, weight sparsity "
               f"{result['weight_sparsity']:.2%}, {result['time_steps']} time steps of {result['dt']:g} s")
@@ -634,6 +657,29 @@ def run_export(args) -> int:
         print(f"wrote {result['path']}: {result['file']:,} bytes for {result['nonzeros']:,} non-zero weights "
               f"(weight sparsity {result['weight_sparsity']:.2%}; non-zeros {result['sparse_payload']:,} bytes, dense "
               f"parameters {result['dense_payload']:,} bytes, the rest {result['overhead']:,} bytes)")
+    return 0
+
+
+def run_deploy_report(args) -> int:
+    """``deploy-report``: the report printed, or written atomically to ``--out`` (never over a file
+    of the run directory)."""
+    from pathlib import Path
+
+    from .export.deploy import deploy_report, parse_targets, render
+    from .export.runs import check_output_file
+    from .files import write_text_atomic
+    from .train.restore import checkpoint_file
+
+    targets = parse_targets(args.target)  # an unknown target fails before the run is read
+    if args.out:
+        check_output_file(Path(args.out), True, checkpoint_file(args.run, args.checkpoint))
+    text = render(deploy_report(args.run, targets, args.checkpoint), args.format)
+    if not args.out:
+        print(text, end="")
+        return 0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out, text)
+    print(f"wrote {args.out}: the {args.format} deployment report for {', '.join(targets)}")
     return 0
 
 
