@@ -38,11 +38,9 @@ def run_spikingjelly(graph, steps, dt):
 
 def has_spikingjelly_reader() -> bool:
     """SpikingJelly 2.0 has a NIR importer; the 0.0.0.0.14 generation (the CuPy one) has none."""
-    try:
-        import spikingjelly.activation_based.nir_exchange.from_nir  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("spikingjelly.activation_based.nir_exchange") is not None
 
 
 def run_reader(reader: str, graph, steps, one_sample_at_a_time: bool = False):

@@ -12,7 +12,7 @@ from snn_stp.models import build_model
 neurobench = pytest.importorskip("neurobench")
 from neurobench.benchmarks import Benchmark  # noqa: E402
 from neurobench.metrics.static import ConnectionSparsity  # noqa: E402
-from neurobench.metrics.workload import SynapticOperations  # noqa: E402
+from neurobench.metrics.workload import ActivationSparsity, SynapticOperations  # noqa: E402
 from neurobench.models import TorchModel  # noqa: E402
 
 
@@ -52,9 +52,17 @@ def digits(count: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x for x, _ in samples]), torch.tensor([int(y) for _, y in samples])
 
 
-def neurobench_figures(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> dict:
+def neurobench_figures(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                       register_neurons: bool = True) -> dict:
+    """NeuroBench's figures for ``model``; ``register_neurons``: SpikingJelly's neuron base class is
+    registered as an activation module, so that ActivationSparsity sees the spikes."""
+    from spikingjelly.activation_based import neuron
+
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, labels), batch_size=len(labels))
-    benchmark = Benchmark(TorchModel(model), loader, [], [], [[ConnectionSparsity], [SynapticOperations]])
+    wrapped = TorchModel(model)
+    if register_neurons:
+        wrapped.add_activation_module(neuron.BaseNode)
+    benchmark = Benchmark(wrapped, loader, [], [], [[ConnectionSparsity], [SynapticOperations, ActivationSparsity]])
     return benchmark.run(quiet=True)
 
 
@@ -95,6 +103,12 @@ def test_operation_counts_equal_neurobench(case):
         m.weight.numel() for m in layers)
     spiking = case != "ANN twin"
     assert (ours["Effective_ACs"] > 0) == spiking and ours["Effective_MACs"] > 0
+    assert ours["ActivationSparsity"] == pytest.approx(theirs["ActivationSparsity"], abs=1e-12)
+    if spiking:  # 1 - the firing rate pooled over every spiking layer, from SpikingJelly's monitor
+        from snn_stp.measure.spikes import spike_statistics
+
+        assert 0 < ours["ActivationSparsity"] < 1
+        assert ours["ActivationSparsity"] == pytest.approx(1 - spike_statistics(inner, x).total_rate, abs=1e-12)
 
     # The conventions that differ, shown on numbers: this package's MACs count every input (dense
     # hardware computes blank pixels and ReLU zeros too), NeuroBench's skip zero inputs; the digits
@@ -106,6 +120,13 @@ def test_operation_counts_equal_neurobench(case):
         assert report.total("sop", "dense") < ours["Dense"] - report.total("mac", "dense")
     else:
         assert ours["Dense"] == pytest.approx(report.total("mac", "dense"))
+
+
+def test_neurobench_sees_no_spikes_unless_the_neuron_class_is_registered():
+    """Its default activation modules are ReLU and Sigmoid: a SpikingJelly network reports 0."""
+    model, inputs, labels = CASES["spiking MLP"]()
+    assert neurobench_figures(model, inputs, labels, register_neurons=False)["ActivationSparsity"] == 0.0
+    assert count_operations(model, inputs).neurobench()["ActivationSparsity"] > 0.5
 
 
 def test_neurobench_miscounts_a_parametrized_layer_which_is_why_we_bake():

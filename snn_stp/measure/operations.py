@@ -75,6 +75,17 @@ class OperationReport:
 
     layers: list[LayerOps] = field(default_factory=list)
     energy_table: str = DEFAULT_ENERGY_TABLE
+    #: Over every activation output of the pass (spiking neurons; ReLU and Sigmoid, NeuroBench's
+    #: default activations, in an ANN), all time steps and samples: ``(non-zero elements, elements)``.
+    activations: tuple[int, int] = (0, 0)
+
+    @property
+    def activation_sparsity(self) -> float:
+        """The zero fraction of the activations (NeuroBench's ``ActivationSparsity``; for spikes, 1 -
+        the firing rate pooled over every spiking layer); 0.0 when no activation was seen, as
+        NeuroBench returns."""
+        nonzero, total = self.activations
+        return (total - nonzero) / total if total else 0.0
 
     def total(self, kind: str, which: str = "effective") -> float:
         return sum(getattr(layer, which) for layer in self.layers if layer.kind == kind)
@@ -92,11 +103,14 @@ class OperationReport:
 
     def neurobench(self) -> dict:
         """NeuroBench's ``SynapticOperations`` figures under its conventions (module docstring), and
-        its ``ConnectionSparsity`` (which it rounds to 4 decimals)."""
+        its ``ConnectionSparsity`` (which it rounds to 4 decimals) and ``ActivationSparsity`` (which
+        sees spiking neurons only when SpikingJelly's ``BaseNode`` is registered with its model,
+        ``TorchModel.add_activation_module``; otherwise it reports 0)."""
         return {"Effective_MACs": sum(layer.effective_nonzero_inputs for layer in self.layers if layer.kind == "mac"),
                 "Effective_ACs": self.total("sop"),
                 "Dense": sum(layer.possible if layer.kind == "sop" else layer.dense for layer in self.layers),
-                "ConnectionSparsity": self.connection_sparsity}
+                "ConnectionSparsity": self.connection_sparsity,
+                "ActivationSparsity": self.activation_sparsity}
 
     def as_dict(self) -> dict:
         return {"energy_table": self.energy_table,
@@ -205,15 +219,33 @@ def count_operations(model: nn.Module, x: torch.Tensor, spiking: bool | None = N
                 entry.effective_nonzero_inputs += _operation_count(module, (inp != 0).to(weight.dtype), mask) / batch
         return record
 
+    activations = [0, 0]
+
+    def activation(module, inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            activations[0] += int(torch.count_nonzero(output))
+            activations[1] += output.numel()
+
+    activation_types = _activation_types()
     for name, module in model.named_modules():
         if isinstance(module, DEFAULT_PRUNABLE_TYPES):
             handles.append(module.register_forward_hook(hook(name)))
+        elif isinstance(module, activation_types):
+            handles.append(module.register_forward_hook(activation))
     try:
         model(x)
     finally:
         for handle in handles:
             handle.remove()
-    return OperationReport(list(layers.values()), energy_table)
+    return OperationReport(list(layers.values()), energy_table, (activations[0], activations[1]))
+
+
+def _activation_types() -> tuple[type, ...]:
+    """The modules whose outputs are activations: SpikingJelly's neurons, and ReLU and Sigmoid
+    (NeuroBench's default activation modules)."""
+    from spikingjelly.activation_based import neuron
+
+    return (neuron.BaseNode, nn.ReLU, nn.Sigmoid)
 
 
 def weight_operation_costs(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module],
