@@ -206,7 +206,7 @@ def test_conv_nets_run_the_same_under_the_nir_reference(name, options, shape, po
     assert spikes[0].mean() > 0.01  # the first layers fire
 
 
-@pytest.mark.parametrize("add", ["edges", "scale"])
+@pytest.mark.parametrize("add", ["edges", pytest.param("scale", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("depth, stem, shape", [
     (18, "cifar", (3, 16, 16)),  # 16 px: the same graph as at 32 px, a quarter of the convolution work
     pytest.param(50, "imagenet", (3, 64, 64), marks=pytest.mark.slow),  # bottlenecks, the max-pooled stem

@@ -98,6 +98,7 @@ def test_a_conv_snn_with_max_pooling_runs_the_same_in_every_reader(reader, name,
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
+@pytest.mark.slow  # a SEW ResNet-18 in float64 (about 3 s)
 @needs_reader["spikingjelly"]
 def test_a_sew_resnet_with_add_as_summed_edges_runs_the_same_in_spikingjelly(tmp_path):
     """SEW ADD without a Scale node: both addends enter each consumer (NIR sums them). SpikingJelly

@@ -78,7 +78,7 @@ def test_an_unsparsified_model_gets_the_scheduler_s_own_sparsify_call(name):
 def test_unknown_name_and_argument_list_the_valid_ones():
     model = sparsified()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="unknown threshold scheduler 'stlas'; valid names: dense, fixed, gmp, gradr, imp, lats"):
+    with pytest.raises(ValueError, match="unknown threshold scheduler 'stlas'; valid names: dense, fixed, gmp, gradr, gst, imp, lats"):
         snn_stp.build_threshold_scheduler("stlas", model, opt)
     with pytest.raises(TypeError, match=r"'slats' got unknown argument\(s\) \['beta'\]; valid: final_threshold, total_steps"):
         snn_stp.build_threshold_scheduler("slats", model, opt, final_threshold=1.0, total_steps=10, beta=0.5)
@@ -683,6 +683,6 @@ def test_a_scheduler_from_a_test_module_trains_through_snn_stp(tmp_path):
     assert json.loads((out / "summary.json").read_text())["weight_sparsity"] > 0
     refused = snn_stp_command("eval", out, env={"SNN_STP_PLUGINS": ""})
     assert error_line(refused, "eval").startswith(
-        "pruning.scheduler 'test_cubic' is unknown; valid: dense, fixed, gmp, gradr, imp, lats, lats_epoch, linear, pgh, "
+        "pruning.scheduler 'test_cubic' is unknown; valid: dense, fixed, gmp, gradr, gst, imp, lats, lats_epoch, linear, pgh, "
         "sine, slats, str (a scheduler of your own registers when its module is imported: name the module in "
         "SNN_STP_PLUGINS, see docs/contributing.md)")

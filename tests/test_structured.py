@@ -200,7 +200,7 @@ def test_the_config_takes_a_granularity_as_typed(tmp_path):
             (["pruning.granularity=block"], "pruning.granularity 'block' is unknown; valid: weight, channel, nm"),
             (["pruning.scheduler=gmp", "pruning.target_sparsity=0.9", "pruning.granularity=channel"],
              "pruning.granularity channel: gmp (rule magnitude) prunes weight by weight; a structured granularity needs a "
-             "soft-threshold scheduler (fixed, lats, lats_epoch, linear, pgh, sine, slats, str) with rule ste or exact")]:
+             "soft-threshold scheduler (fixed, gst, lats, lats_epoch, linear, pgh, sine, slats, str) with rule ste or exact")]:
         with pytest.raises(ConfigError) as error:
             load_config(overrides=overrides)
         assert str(error.value) == message

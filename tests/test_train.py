@@ -94,7 +94,7 @@ def test_config_errors_list_what_is_valid(tmp_path):
         load_config(overrides=["model.spiking=false", "model.time_steps=4"])
     with pytest.raises(ConfigError, match="model resnet50 is an ANN baseline"):
         load_config(overrides=["model.name=resnet50"])
-    with pytest.raises(ConfigError, match="pruning.scheduler 'stlas' is unknown; valid: dense, fixed, gmp, gradr, imp, lats"):
+    with pytest.raises(ConfigError, match="pruning.scheduler 'stlas' is unknown; valid: dense, fixed, gmp, gradr, gst, imp, lats"):
         load_config(overrides=["pruning.scheduler=stlas"])
     with pytest.raises(ConfigError, match="frames/time_window/event_count/denoise_us/downsample apply to event data"):
         load_config(overrides=["data.frames=8"])

@@ -8,7 +8,7 @@ from .functional import GRADIENT_RULES, inverse_soft_threshold, soft_threshold, 
 from .learning_rates import simulate_learning_rates
 from .parametrizations import FixedSignReLU, MagnitudeMask, PruningParametrization, SoftThreshold, update_costs
 from .schedulers import (CONTEXT_ARGUMENTS, GMP, LATS, PGH, SLATS, STR, THRESHOLD_SCHEDULERS, Dense, Fixed, GradR,
-                         IMP, LATSEpoch, Linear, MaskScheduler, ScheduledThreshold, ShapedThreshold, Sine,
+                         GradualSoftThreshold, IMP, LATSEpoch, Linear, MaskScheduler, ScheduledThreshold, ShapedThreshold, Sine,
                          ThresholdScheduler, build_threshold_scheduler, register_threshold_scheduler, scheduler_class)
 from .sparsify import (DEFAULT_PRUNABLE_TYPES, NORMALIZATION_TYPES, RULES, PrunedLayer, bake, pruned_layers,
                        select_modules, sparsify)
@@ -20,7 +20,7 @@ __all__ = [
     "PruningParametrization", "SoftThreshold", "FixedSignReLU", "MagnitudeMask", "update_costs",
     "sparsify", "bake", "select_modules", "pruned_layers", "PrunedLayer",
     "ThresholdScheduler", "ScheduledThreshold", "ShapedThreshold", "MaskScheduler", "Dense", "LATS", "LATSEpoch", "SLATS", "PGH", "Fixed", "Sine", "Linear",
-    "STR", "GradR", "GMP", "IMP", "build_threshold_scheduler", "register_threshold_scheduler",
+    "STR", "GradR", "GMP", "GradualSoftThreshold", "IMP", "build_threshold_scheduler", "register_threshold_scheduler",
     "scheduler_class",
     "SparsityReport", "SupportChange", "weight_sparsity", "support", "support_change",
 ]

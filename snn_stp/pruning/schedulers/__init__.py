@@ -33,6 +33,7 @@ from .dense import Dense  # noqa: E402
 from .fixed import Fixed  # noqa: E402
 from .gmp import GMP  # noqa: E402
 from .gradr import GradR  # noqa: E402
+from .gradual import GradualSoftThreshold  # noqa: E402
 from .imp import IMP  # noqa: E402
 from .lats import LATS, PGH, SLATS, LATSEpoch  # noqa: E402
 from .stds import Linear, Sine  # noqa: E402
@@ -42,5 +43,5 @@ __all__ = [
     "ThresholdScheduler", "ScheduledThreshold", "ShapedThreshold", "MaskScheduler", "SchedulerWarning",
     "THRESHOLD_SCHEDULERS", "CONTEXT_ARGUMENTS", "ADAPTIVE_MAX_RATE", "UnknownScheduler",
     "register_threshold_scheduler", "build_threshold_scheduler", "scheduler_class", "prunes", "scheduler_table",
-    "Dense", "Fixed", "GMP", "GradR", "IMP", "LATS", "LATSEpoch", "PGH", "SLATS", "Linear", "Sine", "STR",
+    "Dense", "Fixed", "GMP", "GradR", "GradualSoftThreshold", "IMP", "LATS", "LATSEpoch", "PGH", "SLATS", "Linear", "Sine", "STR",
 ]
