@@ -261,7 +261,7 @@ def test_fixed_with_inverse_init_reproduces_the_dense_output_at_step_0():
 # -- resume ----------------------------------------------------------------------------------
 
 def build_run(name):
-    rule = {"gradr": "gradr", "gmp": "magnitude", "str": "exact"}.get(name, "ste")
+    rule = {"gradr": "gradr", "gmp": "magnitude", "str": "exact", "gst": "exact"}.get(name, "ste")
     extra_sparsify = {"trainable_threshold_init": -4.0} if name == "str" else {}
     model = mlp()
     snn_stp.sparsify(model, rule=rule, **extra_sparsify)
@@ -277,12 +277,13 @@ def build_run(name):
         "str": {},
         "gradr": dict(alpha=0.5, target_sparsity=0.8),
         "gmp": dict(target_sparsity=0.7, steps_per_epoch=8, total_steps=40),
+        "gst": dict(target_sparsity=0.7, steps_per_epoch=8, total_steps=40, frequency=3),  # a setting of d at step 21
     }[name]
     sched = snn_stp.build_threshold_scheduler(name, model, opt, **kwargs)
     return model, opt, lrs, sched
 
 
-@pytest.mark.parametrize("name", ["lats", "slats", "pgh", "str", "gradr", "gmp"])
+@pytest.mark.parametrize("name", ["lats", "slats", "pgh", "str", "gradr", "gmp", "gst"])
 def test_resume_is_bit_identical(name):
     model, opt, lrs, sched = build_run(name)
     train(model, opt, sched, 40, lrs)
