@@ -9,7 +9,12 @@ alike. Prints medians over the repeats with their min-max spread, the ratio comp
 the ideal ratio 1 - s (the layer widths shrink by 1 - s; convs between two compacted layers shrink
 by (1 - s)^2, so some layers can beat it).
 
-    python experiments/bench_compact.py [--sparsities 0.5,0.75] [--repeats 9] [--batch 32] [--device cpu]
+    python experiments/bench_compact.py [--network nmnist_net|stds_cifarnet] [--width 128] [--sparsities 0.5,0.75]
+        [--repeats 9] [--batch 32] [--device cpu]
+
+``--network stds_cifarnet`` times the STDS CIFAR net (``--width`` channels, fc 2048, 32x32 images,
+direct encoding, T = 8 for the SNN) instead: a network whose step is dominated by its convolutions,
+where the fixed per-layer costs (neurons' state, BatchNorm, framework overhead) weigh less.
 
 Goal (issue 23): compact / dense within 1 / 0.8 of the ideal, i.e. at least 0.8 of the ideal speed-up.
 """
@@ -27,12 +32,16 @@ from torch import nn
 from snn_stp.export.compact import compact
 from snn_stp.models import build_model
 
-SAMPLE = (2, 17, 17)
+#: One sample of each network's input (no time or batch axis).
+SAMPLES = {"nmnist_net": (2, 17, 17), "stds_cifarnet": (3, 32, 32)}
 
 
-def network(spiking: bool) -> nn.Module:
-    return build_model("nmnist_net", num_classes=10, in_channels=2, spiking=spiking, channels=32, hidden=512,
-                       image_size=17, **({"time_steps": 8} if spiking else {}))
+def network(name: str, spiking: bool, width: int) -> nn.Module:
+    steps = {"time_steps": 8} if spiking else {}
+    if name == "stds_cifarnet":
+        return build_model(name, num_classes=10, spiking=spiking, width=width, **steps)
+    return build_model(name, num_classes=10, in_channels=2, spiking=spiking, channels=32, hidden=512, image_size=17,
+                       **steps)
 
 
 @torch.no_grad()
@@ -58,13 +67,16 @@ def zero_channels(model: nn.Module, fraction: float) -> None:
             norm.running_mean[:count] = 0.0
 
 
-def inputs(spiking: bool, batch: int, device) -> torch.Tensor:
-    shape = (8, batch, *SAMPLE) if spiking else (batch, *SAMPLE)
+def inputs(model: nn.Module, sample: tuple[int, ...], batch: int, device) -> torch.Tensor:
+    """Event frames (``[T, B, ...]`` for the SNN) or images (``[B, ...]``, the SNN repeats them)."""
+    if getattr(model, "input_kind", "static") == "static":
+        return torch.rand((batch, *sample), device=device)
+    shape = (8, batch, *sample) if model.spiking else (batch, *sample)
     return (torch.rand(shape, device=device) < 0.2).float()
 
 
 def step_time(model: nn.Module, x: torch.Tensor, train: bool) -> float:
-    labels = torch.zeros(x.shape[1] if x.dim() == 5 else x.shape[0], dtype=torch.long, device=x.device)
+    labels = torch.zeros(x.shape[1] if x.dim() == 5 else x.shape[0], dtype=torch.long, device=x.device)  # events: [T, B, ...]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6) if train else None
     model.train(train)
     start = time.perf_counter()
@@ -97,6 +109,8 @@ def summary(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="nmnist_net", choices=sorted(SAMPLES))
+    parser.add_argument("--width", type=int, default=128, help="stds_cifarnet: its channels (default 128)")
     parser.add_argument("--sparsities", default="0.5,0.75")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batch", type=int, default=32)
@@ -104,16 +118,19 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"nmnist_net (32 ch, fc 512, 17x17, T = 8 for the SNN), batch {args.batch}, {name}, torch {torch.__version__}")
+    sample = SAMPLES[args.network]
+    described = "nmnist_net (32 ch, fc 512, 17x17 events" if args.network == "nmnist_net" else \
+        f"stds_cifarnet ({args.width} ch, fc 2048, 32x32 images"
+    print(f"{described}, T = 8 for the SNN), batch {args.batch}, {name}, torch {torch.__version__}")
     for spiking in (True, False):
         for fraction in (float(s) for s in args.sparsities.split(",")):
             torch.manual_seed(0)
-            dense = network(spiking).eval()
+            dense = network(args.network, spiking, args.width).eval()
             zero_channels(dense, fraction)
             small = copy.deepcopy(dense)
-            plan = compact(small, SAMPLE)
+            plan = compact(small, sample)
             dense, small = dense.to(device), small.to(device)
-            x = inputs(spiking, args.batch, device)
+            x = inputs(dense, sample, args.batch, device)
             with torch.no_grad():
                 same = torch.equal(dense.eval()(x).argmax(-1), small.eval()(x).argmax(-1))
             print(f"{'SNN' if spiking else 'ANN'} channel sparsity {fraction:.0%}: {plan.removed} channels removed, "
