@@ -19,9 +19,9 @@ followed by a memoryless spiking neuron (``pool="neuron"``, the default, which e
 :func:`any_spike_neuron`) or by ``Threshold(0.5)`` (``pool="threshold"``, the literal form, which no
 reader runs); a SEW ADD is the sum NIR forms of the edges entering a node (``add="edges"``, the
 default: both addends feed each consumer) or a ``Scale`` of ones (``add="scale"``); the voting
-readout (mean of groups) is a ``Linear``; dropout is the identity at inference. Each weight node's metadata holds its sparsity and the
-modules it came from; the graph's metadata states ``dt``, the number of time steps, the input
-encoding and how the output is read.
+readout (mean of groups) is a ``Linear``; dropout is the identity at inference. Each weight node's
+metadata holds its sparsity and the modules it came from; the graph's metadata states ``dt``, the
+number of time steps, the input encoding and how the output is read.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Run a NIR graph as the NIR specification defines it, one Euler step of ``dt`` per time step.
 
 A reader independent of the model code, for checking an exported graph where the framework
-readers stop (snnTorch and Norse read no ``SumPool2d`` + ``Threshold``, which is how max pooling of
-spikes is written). It runs the node types :func:`snn_stp.export.export_nir` writes: ``Input``,
+readers stop (none of snnTorch, Norse and SpikingJelly 2.0 reads ``Threshold`` or ``Scale``, the
+literal forms of max pooling of spikes and of a SEW ADD that ``pool="threshold"`` and
+``add="scale"`` write). It runs the node types :func:`snn_stp.export.export_nir` writes: ``Input``,
 ``Output``, ``Affine``, ``Linear``, ``Scale``, ``Conv2d``, ``Flatten``, ``SumPool2d``, ``AvgPool2d``,
 ``Threshold``, ``LIF`` and ``IF``; a node with several incoming edges receives their sum, as NIR
 specifies (the SEW ResNets' ADD connections rely on it).
