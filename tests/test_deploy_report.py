@@ -164,6 +164,7 @@ def test_targets_are_named_one_by_one_or_all():
         parse_targets("loihi2,tpu")
 
 
+@pytest.mark.slow  # a subprocess that imports torch (about 2 s)
 def test_the_cli_refuses_an_unknown_target_with_the_valid_ones(tmp_path):
     process = snn_stp_command("deploy-report", tmp_path / "no-run", "--target", "truenorth")
     assert error_line(process, "deploy-report") == ("unknown target 'truenorth'; valid: loihi2, spinnaker2, speck, "
