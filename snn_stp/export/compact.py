@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import SnnStpError
 from ..pruning.statistics import zero_output_channels
-from .nir_graph import _flatten, _is_neuron, _shapes
+from ..snn.neurons import is_spiking_neuron
+from .nir_graph import _flatten, _shapes
 
 
 class NotCompactableError(SnnStpError, ValueError):
@@ -94,7 +95,7 @@ def _blocks(model: nn.Module, sample_shape: tuple[int, ...]) -> list[_Block]:
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and blocks[-1].norm is None \
                 and blocks[-1].activation is None:
             blocks[-1].norm, blocks[-1].norm_name = module, step.name
-        elif _is_neuron(module) or isinstance(module, nn.ReLU):
+        elif is_spiking_neuron(module) or isinstance(module, nn.ReLU):
             blocks[-1].activation = module
         elif isinstance(module, nn.Flatten):
             blocks[-1].spatial = math.prod(shapes[index][1:])

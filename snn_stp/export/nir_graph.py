@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import SnnStpError, SnnStpWarning, UsageError
+from ..snn.neurons import is_spiking_neuron
 
 #: snnTorch's NIR reader hard-codes this time step (seconds); Norse takes it as an argument.
 DEFAULT_DT = 1e-4
@@ -166,7 +167,7 @@ def _chain_graph(model: nn.Module, sample_shape: tuple[int, ...], dt: float, poo
             spikes = False
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             raise NotExpressibleError(f"{step.name}: a BatchNorm that does not follow a Linear or Conv2d cannot be folded")
-        elif _is_neuron(module):
+        elif is_spiking_neuron(module):
             made.append((step.name, _neuron_node(step.name, module, shape, dt)))
             spikes = True
         elif isinstance(module, nn.MaxPool2d):
@@ -340,12 +341,6 @@ def _flatten(model: nn.Module) -> list[_Step]:
     return steps
 
 
-def _is_neuron(module: nn.Module) -> bool:
-    from spikingjelly.activation_based import neuron
-
-    return isinstance(module, neuron.BaseNode)
-
-
 def _shapes(steps: list[_Step], sample_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The input shape of every step (one sample, no batch) and, last, the output shape. The
     model is in eval mode (see :func:`export_nir`); the neurons, which hold state, are skipped."""
@@ -354,7 +349,7 @@ def _shapes(steps: list[_Step], sample_shape: tuple[int, ...]) -> list[tuple[int
     with torch.no_grad():
         for step in steps:
             shapes.append(tuple(x.shape[1:]))
-            if not _is_neuron(step.module):
+            if not is_spiking_neuron(step.module):
                 x = step.module(x)
     shapes.append(tuple(x.shape[1:]))
     return shapes

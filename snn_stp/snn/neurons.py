@@ -96,11 +96,16 @@ def make_neuron(config: NeuronConfig | dict | str | None = None) -> nn.Module:
     return neuron.ParametricLIFNode(init_tau=float(config.tau), **common)
 
 
-def spiking_neurons(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every SpikingJelly neuron in ``model``."""
+def is_spiking_neuron(module: nn.Module) -> bool:
+    """Whether ``module`` is a SpikingJelly neuron (any subclass of its ``BaseNode``)."""
     from spikingjelly.activation_based import neuron
 
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, neuron.BaseNode)]
+    return isinstance(module, neuron.BaseNode)
+
+
+def spiking_neurons(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every SpikingJelly neuron in ``model``."""
+    return [(name, m) for name, m in model.named_modules() if is_spiking_neuron(m)]
 
 
 def neuron_kind(module: nn.Module) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 
 from ...errors import SnnStpWarning
 from ...pruning.statistics import zero_output_channels
+from ...snn.neurons import is_spiking_neuron
 
 
 @dataclass
@@ -72,12 +73,6 @@ class LayerCount:
         return found
 
 
-def _is_neuron(module: nn.Module) -> bool:
-    from spikingjelly.activation_based import neuron
-
-    return isinstance(module, neuron.BaseNode)
-
-
 @torch.no_grad()
 def count_layers(model: nn.Module, sample_shape: tuple[int, ...]) -> list[LayerCount]:
     """Every Conv2d and Linear of ``model`` (a spiking network of the zoo with ``encoder`` and
@@ -94,7 +89,7 @@ def count_layers(model: nn.Module, sample_shape: tuple[int, ...]) -> list[LayerC
             events.append((names[module], module, tuple(inputs[0].shape), tuple(output.shape), inputs[0].numel()))
 
     handles = [module.register_forward_hook(record) for module in model.modules()
-               if isinstance(module, (nn.Conv2d, nn.Linear, nn.Flatten)) or _is_neuron(module)]
+               if isinstance(module, (nn.Conv2d, nn.Linear, nn.Flatten)) or is_spiking_neuron(module)]
     training = model.training
     model.eval()
     try:
@@ -111,7 +106,7 @@ def count_layers(model: nn.Module, sample_shape: tuple[int, ...]) -> list[LayerC
     for name, module, in_shape, out_shape, in_numel in events:
         if isinstance(module, nn.Flatten):
             flattened = in_shape[-3:] if len(in_shape) >= 3 else None
-        elif _is_neuron(module):
+        elif is_spiking_neuron(module):
             if layers and len(layers) - 1 not in fed:
                 fed.add(len(layers) - 1)
                 layers[-1].neuron, layers[-1].neurons = type(module).__name__, in_numel
