@@ -347,6 +347,16 @@ def total_steps_after(value, start_step: int) -> int:
     return total
 
 
+def end_step_from(name: str, end_step: int | None, end_epoch: int | None, steps_per_epoch: int) -> int | None:
+    """The step a ramp ends at, from ``end_step`` or ``end_epoch`` (``end_epoch * steps_per_epoch``),
+    of which a scheduler named ``name`` takes at most one; None when neither is given."""
+    if end_step is not None and end_epoch is not None:
+        raise ValueError(f"{name} takes end_step or end_epoch (end_epoch * steps_per_epoch), not both")
+    if end_epoch is not None:
+        return positive_int(end_epoch, "end_epoch") * steps_per_epoch
+    return end_step
+
+
 def positive_int(value, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{what} must be an integer >= 1 (optimizer steps), got {value!r}")

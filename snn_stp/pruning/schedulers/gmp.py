@@ -8,7 +8,7 @@ import torch
 
 from .. import schedules
 from ..parametrizations import MagnitudeMask
-from .base import MaskScheduler, mean, non_negative_int, positive_int
+from .base import MaskScheduler, end_step_from, mean, non_negative_int, positive_int
 from .registry import register_threshold_scheduler
 
 
@@ -48,10 +48,7 @@ class GMP(MaskScheduler):
         self.target_sparsity = float(target_sparsity)
         self.steps_per_epoch = positive_int(steps_per_epoch, "steps_per_epoch")
         self.frequency = self.steps_per_epoch if frequency is None else positive_int(frequency, "frequency")
-        if end_step is not None and end_epoch is not None:
-            raise ValueError("gmp takes end_step or end_epoch (end_epoch * steps_per_epoch), not both")
-        if end_epoch is not None:
-            end_step = positive_int(end_epoch, "end_epoch") * self.steps_per_epoch
+        end_step = end_step_from(self.name, end_step, end_epoch, self.steps_per_epoch)
         self.end_step = positive_int(total_steps if end_step is None else end_step, "end_step")
         span = self.end_step - self.start_step
         if span < self.frequency:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import schedules
 from ..statistics import threshold_for_sparsity
-from .base import ThresholdScheduler, mean, non_negative_int, positive_int
+from .base import ThresholdScheduler, end_step_from, mean, non_negative_int, positive_int
 from .registry import register_threshold_scheduler
 
 SCOPES = ("layer", "global", "erk")
@@ -69,20 +69,16 @@ class GradualSoftThreshold(ThresholdScheduler):
             raise ValueError(f"unknown gst scope {scope!r}; valid: {', '.join(SCOPES)}")
         if not 0 < end_fraction <= 1:
             raise ValueError(f"gst needs 0 < end_fraction <= 1, got {end_fraction!r}")
-        if end_step is not None and end_epoch is not None:
-            raise ValueError("gst takes end_step or end_epoch (end_epoch * steps_per_epoch), not both")
         self.target_sparsity, self.scope = float(target_sparsity), scope
         steps_per_epoch = positive_int(steps_per_epoch, "steps_per_epoch")
         total_steps = positive_int(total_steps, "total_steps")
-        if end_epoch is not None:
-            end_step = positive_int(end_epoch, "end_epoch") * steps_per_epoch
+        end_step = end_step_from(self.name, end_step, end_epoch, steps_per_epoch)
         if end_step is None:
             end_step = self.start_step + max(1, round(end_fraction * (total_steps - self.start_step)))
         self.end_step = non_negative_int(end_step, "end_step")
         if self.end_step <= self.start_step:
             raise ValueError(f"gst's ramp must end after it starts: end_step {self.end_step} <= start step "
                              f"{self.start_step}")
-        self.total_steps = total_steps
         self.frequency = max(1, steps_per_epoch // 10) if frequency is None else positive_int(frequency, "frequency")
         self.sparsity_target = 0.0
         self.layer_thresholds_now = [0.0] * len(self.layers)
